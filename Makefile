@@ -1,0 +1,55 @@
+# ear-stream: `make demo` runs the main job on embedded defaults; `make test` runs every test.
+# Both create .venv, install the pinned stack and build the C++/CUDA extension themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export TORCH_CUDA_ARCH_LIST ?= 9.0
+export MAX_JOBS ?= 2
+EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+.PHONY: install build demo test lint format cmake-test redis bench clean
+
+$(VENV)/.deps: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+# Editable install (entry point, metadata) without compiling, then an incremental in-place build
+# of ear_stream._C: CUDAExtension when torch has CUDA and nvcc exists, else CppExtension.
+$(VENV)/.built: $(VENV)/.deps setup.py $(EXT_SOURCES)
+	EAR_STREAM_BUILD=none $(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PY) setup.py -q build_ext --inplace
+	$(PY) -c "import ear_stream.ops as o; assert o.backend() == 'extension', o.extension_error(); print('ear_stream._C built, CUDA kernels:', o.extension_has_cuda())"
+	touch $@
+
+install build: $(VENV)/.built
+
+redis:
+	@command -v redis-server >/dev/null || { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@redis-server --version
+
+demo: install
+	$(VENV)/bin/ear-stream demo
+
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check ear_stream workers tests benchmarks setup.py
+	$(VENV)/bin/ruff format --check ear_stream workers tests benchmarks setup.py
+
+format: $(VENV)/.deps
+	$(VENV)/bin/ruff check --fix ear_stream workers tests benchmarks setup.py
+	$(VENV)/bin/ruff format ear_stream workers tests benchmarks setup.py
+
+cmake-test: $(VENV)/.deps
+	source $(VENV)/bin/activate && cmake -S . -B build/cmake -G Ninja >/dev/null && cmake --build build/cmake -j$(MAX_JOBS) && ctest --test-dir build/cmake --output-on-failure
+
+test: install redis lint cmake-test
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_ops.py
+
+clean:
+	rm -rf build ear_stream/_C*.so *.egg-info demo_out

@@ -1,0 +1,130 @@
+"""Model artifact: a directory with ``weights.safetensors`` and ``manifest.json``.
+
+Loading never unpickles: weights are safetensors, everything else is JSON.
+The manifest carries the config, the mosaic scale, the decision threshold with
+its calibration statistics, library versions and SHA-256 hashes, so a result
+row's ``model_version`` identifies exactly which weights produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .unet import UNet
+
+WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A model directory is missing, incomplete or corrupt."""
+
+
+@dataclass
+class Manifest:
+    config: ModelConfig
+    threshold: float
+    calibration: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    dino_weights_sha256: str | None = None
+    weights_sha256: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def model_version(self) -> str:
+        """Short content hash of the weights: changes whenever the model does."""
+        return self.weights_sha256[:12]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "model_version": self.model_version,
+            "config": self.config.to_dict(),
+            "threshold": self.threshold,
+            "calibration": self.calibration,
+            "training": self.training,
+            "dino_weights_sha256": self.dino_weights_sha256,
+            "weights_sha256": self.weights_sha256,
+            "versions": self.versions,
+            "created_at": self.created_at,
+        }
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    from . import __version__
+
+    return {"ear_stream": __version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
+def save_artifact(model_dir: str | Path, unet: UNet, manifest: Manifest) -> Path:
+    """Write weights then manifest (manifest last: its presence marks a complete artifact)."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    weights = model_dir / WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    save_file(state, str(weights))
+    manifest.weights_sha256 = sha256_file(weights)
+    manifest.versions = _versions()
+    manifest.created_at = datetime.now(timezone.utc).isoformat()
+    tmp = model_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=2))
+    os.replace(tmp, model_dir / MANIFEST_FILE)
+    return model_dir
+
+
+def load_manifest(model_dir: str | Path) -> Manifest:
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{model_dir} is not a model directory (no {MANIFEST_FILE})")
+    try:
+        data = json.loads(path.read_text())
+        return Manifest(
+            config=ModelConfig.from_dict(data["config"]),
+            threshold=float(data["threshold"]),
+            calibration=data.get("calibration", {}),
+            training=data.get("training", {}),
+            dino_weights_sha256=data.get("dino_weights_sha256"),
+            weights_sha256=data.get("weights_sha256", ""),
+            versions=data.get("versions", {}),
+            created_at=data.get("created_at", ""),
+            format_version=int(data.get("format_version", FORMAT_VERSION)),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc
+
+
+def load_artifact(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Manifest]:
+    """Rebuild the U-Net from a model directory; checks the weights hash when ``verify``."""
+    manifest = load_manifest(model_dir)
+    weights = Path(model_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{model_dir} has no {WEIGHTS_FILE}")
+    if verify and manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
+        raise ArtifactError(f"{weights} does not match the hash in its manifest (corrupt or replaced)")
+    cfg = manifest.config
+    unet = UNet(base_channels=cfg.base_channels, kernel_size=cfg.kernel_size)
+    unet.load_state_dict(load_file(str(weights)))
+    return unet.eval(), manifest

@@ -1,0 +1,92 @@
+"""The fused operators ``excise`` and ``msgms``: extension when built, reference otherwise.
+
+``ear_stream._C`` registers ``torch.ops.ear.excise`` / ``torch.ops.ear.msgms``
+with CPU and CUDA kernels (``csrc/``). This module registers their fake (meta)
+implementations so the ops trace under ``torch.compile`` and CUDA graphs, and
+exposes Python wrappers with the documented signatures. Set
+``EAR_STREAM_BACKEND=reference`` to force the pure-PyTorch path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from . import reference as ref
+
+_EXTENSION_ERROR: str | None = None
+try:
+    if os.environ.get("EAR_STREAM_BACKEND", "").lower() == "reference":
+        raise ImportError("EAR_STREAM_BACKEND=reference")
+    from . import _C  # noqa: F401  (registers torch.ops.ear.*)
+
+    _HAS_EXTENSION = True
+except ImportError as exc:  # not built, or built against another torch
+    _HAS_EXTENSION = False
+    _EXTENSION_ERROR = str(exc)
+
+
+def backend() -> str:
+    """``"extension"`` when the compiled ops are in use, ``"reference"`` otherwise."""
+    return "extension" if _HAS_EXTENSION else "reference"
+
+
+def extension_error() -> str | None:
+    """Why the extension did not load (``None`` when it did)."""
+    return _EXTENSION_ERROR
+
+
+def extension_has_cuda() -> bool:
+    return _HAS_EXTENSION and bool(torch.ops.ear._cuda_available())
+
+
+if _HAS_EXTENSION:
+
+    @torch.library.register_fake("ear::excise")
+    def _excise_fake(images, attention, m, hint=True):  # type: ignore[no-untyped-def]
+        return torch.empty_like(images), images.new_empty((images.shape[0],), dtype=torch.float32)
+
+    @torch.library.register_fake("ear::msgms")
+    def _msgms_fake(images, recon, scales=3, c=0.0026, median=True, box=21, want_map=False):  # type: ignore[no-untyped-def]
+        b, _, h, w = images.shape
+        score = images.new_empty((b,), dtype=torch.float32)
+        dmap = images.new_empty((b, 1, h, w) if want_map else (0,), dtype=torch.float32)
+        return score, dmap
+
+
+def _use_extension(t: torch.Tensor) -> bool:
+    if not _HAS_EXTENSION:
+        return False
+    if t.device.type == "cuda" and not extension_has_cuda():
+        warnings.warn("ear_stream._C was built without CUDA; using the reference ops", stacklevel=3)
+        return False
+    return t.device.type in ("cpu", "cuda")
+
+
+def excise(
+    images: torch.Tensor, attention: torch.Tensor | None, m: int, hint: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q3 mask + nearest upsample + tile means + composition → (composite, mask_ratio[B])."""
+    ref.check_excise_args(images, attention, m)
+    if _use_extension(images):
+        return torch.ops.ear.excise(images, attention, int(m), bool(hint))
+    return ref.excise_reference(images, attention, int(m), hint)
+
+
+def msgms(
+    images: torch.Tensor,
+    recon: torch.Tensor,
+    scales: int = 3,
+    c: float = ref.GMS_C,
+    median: bool = True,
+    box: int = 21,
+    want_map: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-image max of the MSGMS distance map → (score[B], map[B,1,H,W] or None)."""
+    ref.check_msgms_args(images, recon, scales, box)
+    if _use_extension(images):
+        score, dmap = torch.ops.ear.msgms(images, recon, int(scales), float(c), bool(median), int(box), bool(want_map))
+        return score, (dmap if want_map else None)
+    return ref.msgms_reference(images, recon, scales, c, median, box, want_map)

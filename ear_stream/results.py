@@ -1,0 +1,139 @@
+"""Verdict rows as Parquet (SPEC §4): atomic part files in a Hive layout, read back de-duplicated.
+
+``OUT/product=P/date=YYYY-MM-DD/part-<worker>-<seq>.parquet`` — written to a
+temporary name, fsynced, renamed and the folder fsynced, so a part is either
+absent or whole. The stream worker acknowledges entries only after this.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+UTC_MS = pa.timestamp("ms", tz="UTC")
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("stream_id", pa.string()),
+        ("product", pa.string()),
+        ("score", pa.float32()),
+        ("normalized_score", pa.float32()),
+        ("is_anomaly", pa.bool_()),
+        ("threshold", pa.float32()),
+        ("mask_ratio", pa.float32()),
+        ("mosaic_scale", pa.int32()),
+        ("model_version", pa.string()),
+        ("worker", pa.string()),
+        ("enqueued_at", UTC_MS),
+        ("processed_at", UTC_MS),
+        ("latency_ms", pa.float32()),
+        ("meta", pa.string()),
+        ("heatmap", pa.binary()),
+    ]
+)
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_component(value: str) -> str:
+    """A value usable inside a path component (products and worker names come from users)."""
+    return _SAFE.sub("_", value)[:100] or "_"
+
+
+@dataclass
+class ResultWriter:
+    """Writes batches of rows to new part files; one writer per worker."""
+
+    out_dir: Path
+    worker: str
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self._seq = 0
+
+    def write(self, rows: list[dict[str, Any]]) -> list[Path]:
+        """Write rows grouped by (product, date of processed_at); returns the durable paths."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in rows:
+            day = row["processed_at"].astimezone(timezone.utc).strftime("%Y-%m-%d")
+            groups.setdefault((row["product"], day), []).append(row)
+        return [self._write_part(product, day, part) for (product, day), part in sorted(groups.items())]
+
+    def _write_part(self, product: str, day: str, rows: list[dict[str, Any]]) -> Path:
+        folder = self.out_dir / f"product={safe_component(product)}" / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        # time in the sequence keeps names unique across restarts of the same worker
+        name = f"part-{safe_component(self.worker)}-{time.time_ns():019d}-{self._seq:06d}.parquet"
+        final, tmp = folder / name, folder / f".{name}.tmp"
+        table = pa.Table.from_pylist([{f: r.get(f) for f in SCHEMA.names} for r in rows], schema=SCHEMA)
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(folder)
+        return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def read_results(out_dir: str | Path, dedupe: bool = True) -> pa.Table:
+    """Every part under ``out_dir``; duplicates of an ``id`` (at-least-once) keep the earliest row."""
+    out_dir = Path(out_dir)
+    files = sorted(str(p) for p in out_dir.rglob("part-*.parquet"))
+    if not files:
+        return SCHEMA.empty_table()
+    table = ds.dataset(files, format="parquet", schema=SCHEMA).to_table()
+    if not dedupe or table.num_rows == 0:
+        return table
+    order = np.lexsort(
+        (
+            table["processed_at"].to_numpy(zero_copy_only=False).astype("int64"),
+            table["id"].to_numpy(zero_copy_only=False),
+        )
+    )
+    ids = table["id"].to_numpy(zero_copy_only=False)[order]
+    keep = order[np.concatenate([[True], ids[1:] != ids[:-1]])] if len(ids) else order
+    return table.take(np.sort(keep))
+
+
+def summarize(table: pa.Table) -> dict[str, Any]:
+    """Counts, anomaly rate and score quantiles per product."""
+    out: dict[str, Any] = {"rows": table.num_rows, "products": {}}
+    if table.num_rows == 0:
+        return out
+    products = table["product"].to_numpy(zero_copy_only=False)
+    scores = table["score"].to_numpy(zero_copy_only=False)
+    anomalous = table["is_anomaly"].to_numpy(zero_copy_only=False)
+    for product in sorted(set(products)):
+        sel = products == product
+        s = scores[sel]
+        out["products"][product] = {
+            "count": int(sel.sum()),
+            "anomalies": int(anomalous[sel].sum()),
+            "anomaly_rate": float(anomalous[sel].mean()),
+            "score_p50": float(np.quantile(s, 0.5)),
+            "score_p95": float(np.quantile(s, 0.95)),
+            "score_max": float(s.max()),
+        }
+    return out

@@ -1,0 +1,62 @@
+"""Shared fixtures: generated and real data, a tiny trained model, a poisoned-output switch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ear_stream.config import ModelConfig, TrainConfig
+from ear_stream.data import write_synthetic_category
+from ear_stream.training import train_model
+
+REAL_DATA = Path(os.environ.get("EAR_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not (REAL_DATA / "magnetic_tile" / "train" / "good").is_dir():
+        pytest.skip(f"real data not found at {REAL_DATA} (set EAR_DATA)")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic_category(root, "synthetic", n_train=16, n_test_good=6, n_test_defect=5)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(synthetic_root, tmp_path_factory) -> Path:
+    """A 64-px model trained for a few steps on the generated category."""
+    out = tmp_path_factory.mktemp("models") / "synthetic"
+    cfg = ModelConfig(image_size=64, saliency="none", base_channels=8)
+    return train_model(
+        synthetic_root,
+        "synthetic",
+        out,
+        cfg,
+        TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+        mosaic_scale=8,
+        progress=False,
+        max_steps=3,
+    )
+
+
+@pytest.fixture
+def poisoned_outputs():
+    """Make the extension fill outputs with NaN before its kernels write them."""
+    from ear_stream import ops
+
+    if ops.backend() != "extension":
+        yield
+        return
+    torch.ops.ear._set_poison(True)
+    try:
+        yield
+    finally:
+        torch.ops.ear._set_poison(False)

@@ -1,0 +1,1 @@
+"""Ray application of ear-stream: GPU-pinned inspection actors and their supervisor."""

@@ -1,45 +1,120 @@
-"""``ear-stream demo``: the whole offline job on a generated sample, no data or weights needed."""
+"""``ear-stream demo``: the main job end to end on embedded defaults, no data or weights needed.
+
+Local redis-server (loopback, free port) + local Ray + a model trained on a
+generated sample; images are pushed to the stream, the Ray actors score them
+into Parquet, and everything started here is stopped again.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
+from . import queue as q
+from .artifact import load_manifest
 from .config import ModelConfig, TrainConfig
 from .data import write_synthetic_category
 from .decode import list_images
 from .evaluation import evaluate, write_report
 from .pipeline import Pipeline
+from .redis_server import RedisServer
 from .results import read_results, summarize
-from .scoring import score_files
 from .training import train_model
+from .worker import WorkerConfig
+
+PRODUCT = "synthetic"
 
 
-def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64) -> dict:
-    workdir = Path(workdir)
-    click.secho("ear-stream demo: saliency 'none' (no DINO weights are configured in the demo)", fg="yellow", err=True)
+def ensure_model(workdir: Path, epochs: int, image_size: int) -> Path:
+    """Train the demo model once; later runs reuse it when its config matches."""
     data = workdir / "data"
-    if not (data / "synthetic").is_dir():
-        write_synthetic_category(data)
-    model_dir = workdir / "models" / "synthetic"
+    if not (data / PRODUCT).is_dir():
+        write_synthetic_category(data, PRODUCT)
+    model_dir = workdir / "models" / PRODUCT
+    if (model_dir / "manifest.json").is_file() and load_manifest(model_dir).config.image_size == image_size:
+        click.echo(f"reusing model {model_dir}")
+        return model_dir
     cfg = ModelConfig(image_size=image_size, saliency="none", base_channels=16)
-    train_model(
+    return train_model(
         data,
-        "synthetic",
+        PRODUCT,
         model_dir,
         cfg,
         TrainConfig(epochs=epochs, batch_size=8, lr=1e-3),
         mosaic_scale=None,
         device="auto",
     )
+
+
+def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64, copies: int = 4, max_workers: int = 2) -> dict:
+    import ray
+
+    from workers.local import init_ray
+    from workers.policy import ScalingPolicy
+    from workers.supervisor import Supervisor
+
+    workdir = Path(workdir).resolve()
+    click.secho(
+        "ear-stream demo: saliency 'none' (EAR w/o attention) - no DINO weights are configured", fg="yellow", err=True
+    )
+    model_dir = ensure_model(workdir, epochs, image_size)
     pipe = Pipeline.from_artifact(model_dir)
-    result, material = evaluate(pipe, data, "synthetic")
+    result, material = evaluate(pipe, workdir / "data", PRODUCT, progress=False)
     report = write_report(workdir / "report.html", pipe, result, material, "EAR demo: synthetic")
-    score_files(pipe, list_images([str(data / "synthetic" / "test")]), workdir / "results", "synthetic")
-    summary = summarize(read_results(workdir / "results"))
-    click.echo(f"image AUROC {result.image_auroc:.3f}, pixel AUROC {result.pixel_auroc:.3f}")
+    click.echo(f"offline eval: image AUROC {result.image_auroc:.3f}, pixel AUROC {result.pixel_auroc:.3f}")
+
+    out = workdir / "results"
+    files = list_images([str(workdir / "data" / PRODUCT / "test")])
+    with RedisServer() as server:
+        click.echo(f"redis-server on {server.url}")
+        scfg = q.StreamConfig(results="ear:out")
+        client = q.connect(server.url)
+        run_tag = f"{int(time.time())}"
+        for c in range(copies):
+            for path in files:
+                q.push(
+                    client,
+                    PRODUCT,
+                    path.read_bytes(),
+                    f"{run_tag}/{c}/{path.parent.name}/{path.name}",
+                    {"file": path.name},
+                    scfg,
+                )
+        click.echo(f"pushed {copies * len(files)} images to {scfg.stream}")
+        init_ray(num_cpus=max(2, max_workers))
+        try:
+            template = WorkerConfig(
+                redis_url=server.url,
+                models_dir=model_dir.parent,
+                out_dir=out,
+                stream=scfg,
+                batch_size=16,
+                flush_rows=64,
+                flush_seconds=0.5,
+                block_ms=200,
+            )
+            policy = ScalingPolicy(min_workers=1, max_workers=max_workers, high_watermark=32, scale_up_cooldown_s=0)
+            sup = Supervisor(template, policy, poll_s=0.5)
+            started = time.monotonic()
+            try:
+                sup.run(until=sup.drained, max_seconds=600)
+            finally:
+                sup.shutdown()
+            elapsed = time.monotonic() - started
+            status = q.stream_status(client, scfg)
+        finally:
+            ray.shutdown()
+    summary = summarize(read_results(out))
+    click.echo(
+        f"Ray actors scored the stream in {elapsed:.1f}s; dead letters {status['dlq']}, "
+        f"pending {status['group'].get('pending')}"
+    )
     for product, s in summary["products"].items():
-        click.echo(f"{product}: {s['count']} scored, {s['anomalies']} flagged, score p50 {s['score_p50']:.4f}")
-    click.echo(f"results: {workdir / 'results'}  report: {report}")
+        click.echo(
+            f"{product}: {s['count']} unique ids, {s['anomalies']} flagged ({s['anomaly_rate']:.1%}), "
+            f"score p50 {s['score_p50']:.4f} p95 {s['score_p95']:.4f}"
+        )
+    click.echo(f"results: {out}\nreport:  {report}")
     return summary

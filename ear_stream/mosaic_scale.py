@@ -5,10 +5,11 @@ averaged over the top 10% of saliency-region pixels (r10), mapped by a linear
 function and quantised to the nearest power of two in [2, 64].
 
 Calibration of the default coefficients: the paper fits f on MVTec AD (Fig. 2)
-without printing the coefficients. Our defaults map the SIFT edge threshold
-r = 12.1 (edge ratio 10) to m = 64 and r10 ≥ 95 (heavy texture) to m = 2, the
-same decreasing relation; refit them with :func:`fit_estimator` on grid-search
-results (``ear-stream mosaic-search``) for your own products.
+without printing the coefficients. Our defaults keep its decreasing relation:
+the SIFT edge threshold r = 12.1 (edge ratio 10) maps to m = 64 and r10 ≥ 95
+(saturated edge responses, heavy texture) to m = 2; the magnetic-tile surfaces
+of ``shared/data`` (r10 ≈ 55 at 128 px) land on m = 32. Refit them with
+:func:`fit_estimator` on grid-search results (``ear-stream mosaic-search``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 
 from .config import MOSAIC_SCALES
 
-#: pixels with Det(H) <= 0 (saddles, edges) or r above this are clamped to it
+#: r above this (Det(H) close to 0: straight edges) is clamped; pixels with Det(H) <= 0
+#: (saddles) have no defined edge ratio and are left out, as in SIFT
 R_CAP = 100.0
 
 
@@ -45,7 +47,7 @@ def quantise_scale(value: float) -> int:
 
 
 def edge_response(gray: torch.Tensor) -> torch.Tensor:
-    """Per-pixel r = Tr(H)²/Det(H) of [B, 1, H, W] images (0–255 scale, σ=1 Gaussian pre-smoothing)."""
+    """Per-pixel r = Tr(H)²/Det(H) of [B, 1, H, W] images (binomial pre-smoothing); NaN where Det(H) <= 0."""
     x = gray.float() * 255.0
     g = torch.tensor([0.25, 0.5, 0.25], device=x.device)
     x = F.conv2d(F.pad(x, (1, 1, 0, 0), mode="replicate"), g.view(1, 1, 1, 3))
@@ -56,18 +58,23 @@ def edge_response(gray: torch.Tensor) -> torch.Tensor:
     dyy = p[..., 2:, 1:-1] - 2 * c + p[..., :-2, 1:-1]
     dxy = (p[..., 2:, 2:] - p[..., 2:, :-2] - p[..., :-2, 2:] + p[..., :-2, :-2]) / 4.0
     tr, det = dxx + dyy, dxx * dyy - dxy * dxy
-    r = torch.where(det > 1e-9, tr * tr / det.clamp(min=1e-9), torch.full_like(det, R_CAP))
-    return r.clamp(max=R_CAP)
+    r = torch.where(det > 1e-6, (tr * tr / det.clamp(min=1e-6)).clamp(max=R_CAP), torch.full_like(det, float("nan")))
+    return r
 
 
 def r10(images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of the top 10% edge responses inside the saliency region, per image: [B]."""
+    """Mean of the top 10% edge responses inside the saliency region, per image: [B].
+
+    An image without any pixel of positive Hessian determinant (flat) has r10 = 0.
+    """
     r = edge_response(images.float().mean(dim=1, keepdim=True)).flatten(1)
     out = []
     for i in range(r.shape[0]):
-        vals = r[i] if mask is None else r[i][mask[i].flatten() > 0.5]
+        inside = torch.ones_like(r[i], dtype=torch.bool) if mask is None else mask[i].flatten() > 0.5
+        vals = r[i][inside & ~r[i].isnan()]
         if vals.numel() == 0:
-            vals = r[i]
+            out.append(r.new_zeros(()))
+            continue
         k = max(1, int(math.ceil(0.1 * vals.numel())))
         out.append(vals.topk(k).values.mean())
     return torch.stack(out) if out else r.new_zeros((0,))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 UTC_MS = pa.timestamp("ms", tz="UTC")
@@ -49,15 +50,28 @@ def safe_component(value: str) -> str:
     return _SAFE.sub("_", value)[:100] or "_"
 
 
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
 @dataclass
 class ResultWriter:
-    """Writes batches of rows to new part files; one writer per worker."""
+    """Writes batches of rows to new part files; one writer per worker.
 
-    out_dir: Path
+    ``out_dir`` is a local folder (temporary name, fsync, rename) or a pyarrow
+    filesystem URI such as ``s3://bucket/prefix`` or ``gs://…``, where an
+    object becomes visible whole when its upload completes.
+    """
+
+    out_dir: Path | str
     worker: str
 
     def __post_init__(self) -> None:
-        self.out_dir = Path(self.out_dir)
+        self._fs: pafs.FileSystem | None = None
+        if is_uri(self.out_dir):
+            self._fs, self._base = pafs.FileSystem.from_uri(str(self.out_dir))
+        else:
+            self.out_dir = Path(self.out_dir)
         self._seq = 0
 
     def write(self, rows: list[dict[str, Any]]) -> list[Path]:
@@ -68,14 +82,21 @@ class ResultWriter:
             groups.setdefault((row["product"], day), []).append(row)
         return [self._write_part(product, day, part) for (product, day), part in sorted(groups.items())]
 
-    def _write_part(self, product: str, day: str, rows: list[dict[str, Any]]) -> Path:
-        folder = self.out_dir / f"product={safe_component(product)}" / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
+    def _write_part(self, product: str, day: str, rows: list[dict[str, Any]]) -> Path | str:
+        partition = f"product={safe_component(product)}/date={day}"
         self._seq += 1
         # time in the sequence keeps names unique across restarts of the same worker
         name = f"part-{safe_component(self.worker)}-{time.time_ns():019d}-{self._seq:06d}.parquet"
-        final, tmp = folder / name, folder / f".{name}.tmp"
         table = pa.Table.from_pylist([{f: r.get(f) for f in SCHEMA.names} for r in rows], schema=SCHEMA)
+        if self._fs is not None:
+            path = f"{self._base.rstrip('/')}/{partition}/{name}"
+            self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with self._fs.open_output_stream(path) as f:
+                pq.write_table(table, f, compression="zstd")
+            return path
+        folder = self.out_dir / partition
+        folder.mkdir(parents=True, exist_ok=True)
+        final, tmp = folder / name, folder / f".{name}.tmp"
         with open(tmp, "wb") as f:
             pq.write_table(table, f, compression="zstd")
             f.flush()
@@ -99,11 +120,15 @@ def now_utc() -> datetime:
 
 def read_results(out_dir: str | Path, dedupe: bool = True) -> pa.Table:
     """Every part under ``out_dir``; duplicates of an ``id`` (at-least-once) keep the earliest row."""
-    out_dir = Path(out_dir)
-    files = sorted(str(p) for p in out_dir.rglob("part-*.parquet"))
+    if is_uri(out_dir):
+        fs, base = pafs.FileSystem.from_uri(str(out_dir))
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+    else:
+        fs, files = None, sorted(str(p) for p in Path(out_dir).rglob("part-*.parquet"))
     if not files:
         return SCHEMA.empty_table()
-    table = ds.dataset(files, format="parquet", schema=SCHEMA).to_table()
+    table = ds.dataset(files, format="parquet", schema=SCHEMA, filesystem=fs).to_table()
     if not dedupe or table.num_rows == 0:
         return table
     order = np.lexsort(

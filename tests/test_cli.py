@@ -163,3 +163,16 @@ def test_clear_errors_for_bad_arguments(synthetic_root, tmp_path):
         ok=False,
     )
     assert res.exit_code != 0 and "needs DINO" in res.output
+
+
+def test_results_to_a_filesystem_uri(tiny_model, tmp_path):
+    """Object-store style output goes through pyarrow filesystems (file:// here, s3:// or gs:// in production)."""
+    from ear_stream.results import ResultWriter, now_utc
+
+    uri = f"file://{tmp_path / 'bucket'}"
+    writer = ResultWriter(uri, "w1")
+    row = {"id": "a", "product": "p", "score": 0.5, "processed_at": now_utc(), "is_anomaly": False}
+    paths = writer.write([row, {**row, "id": "b"}])
+    assert len(paths) == 1 and "product=p/date=" in str(paths[0])
+    table = read_results(uri)
+    assert sorted(table["id"].to_pylist()) == ["a", "b"]

@@ -1,0 +1,363 @@
+"""The stream worker loop (SPEC §3): one process, used by ``ear-stream worker`` and the Ray actors.
+
+Per iteration: reclaim idle entries (XAUTOCLAIM) from time to time, read new ones
+(XREADGROUP), validate and decode them on a thread pool while the device scores
+the previous batch, dead-letter what cannot be scored, buffer verdict rows, and
+flush them to a durable Parquet part before acknowledging the entries. A crash
+anywhere leaves unacknowledged entries pending, to be scored again by this
+worker on restart or by another one after ``claim_idle_ms``: at-least-once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from . import queue as q
+from .artifact import ArtifactError
+from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from .metrics import WorkerMetrics
+from .pipeline import Pipeline
+from .results import ResultWriter
+from .scoring import result_rows
+
+log = logging.getLogger("ear_stream.worker")
+T = TypeVar("T")
+MODEL_ERROR = "model_error"
+#: test hook: SIGKILL this process at a named point (before_score, before_flush, before_ack)
+FAULT_POINT_ENV, FAULT_AFTER_ENV = "EAR_FAULT_POINT", "EAR_FAULT_AFTER"
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class WorkerConfig:
+    redis_url: str
+    models_dir: Path
+    out_dir: Path
+    name: str = field(default_factory=default_worker_name)
+    stream: q.StreamConfig = field(default_factory=q.StreamConfig)
+    batch_size: int = 32
+    device: str = "auto"
+    dino_weights: Path | None = None
+    flush_rows: int = 256
+    flush_seconds: float = 2.0
+    block_ms: int = 500
+    claim_every_s: float = 5.0
+    heartbeat_every_s: float = 2.0
+    decode_threads: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = 8
+    exit_when_idle_s: float | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass
+class Prepared:
+    """A batch after validation and decoding: what the device should score."""
+
+    items: list[tuple[q.ValidEntry, Any]] = field(default_factory=list)
+
+
+class UnknownProduct(LookupError):
+    pass
+
+
+class ModelRegistry:
+    """One pipeline per product from ``MODELS_DIR/<product>/``, loaded on first use."""
+
+    def __init__(self, models_dir: Path, device: str, dino_weights: Path | None) -> None:
+        self.models_dir = Path(models_dir)
+        self.device = device
+        self.dino_weights = dino_weights
+        self._pipes: dict[str, Pipeline] = {}
+        self._lock = threading.Lock()
+
+    def get(self, product: str) -> Pipeline:
+        with self._lock:
+            if product not in self._pipes:
+                path = self.models_dir / product  # product names are validated: no path traversal
+                if not (path / "manifest.json").is_file():
+                    raise UnknownProduct(f"no model for product {product!r} in {self.models_dir}")
+                self._pipes[product] = Pipeline.from_artifact(path, self.device, self.dino_weights)
+            return self._pipes[product]
+
+    def known(self) -> list[str]:
+        return sorted(self._pipes)
+
+
+class Worker:
+    """Scores stream entries until stopped (SIGTERM/SIGINT, :meth:`stop`, or idle timeout)."""
+
+    def __init__(self, cfg: WorkerConfig, registry: ModelRegistry | None = None) -> None:
+        self.cfg = cfg
+        self.scfg = cfg.stream
+        self.client = q.connect(cfg.redis_url)
+        self.models = registry or ModelRegistry(cfg.models_dir, cfg.device, cfg.dino_weights)
+        self.writer = ResultWriter(cfg.out_dir, cfg.name)
+        self.metrics = WorkerMetrics(cfg.name)
+        self.stats = {"scored": 0, "dead_letters": 0, "batches": 0, "flushes": 0, "reconnects": 0}
+        self._rows: list[dict[str, Any]] = []
+        self._unacked: list[str] = []
+        self._first_buffered: float | None = None
+        self._stop = threading.Event()
+        self._decode_pool = ThreadPoolExecutor(max(1, cfg.decode_threads), thread_name_prefix="ear-decode")
+        self._prefetch = ThreadPoolExecutor(1, thread_name_prefix="ear-prefetch")
+        self._last_claim = 0.0
+        self._recovery_cursor: str | None = "0"  # own pending entries are re-read once, at start
+        self._held: set[str] = set()  # stream ids fetched and not yet acknowledged or dead-lettered
+        self._last_heartbeat = 0.0
+        self._fault_point = os.environ.get(FAULT_POINT_ENV)
+        self._fault_after = int(os.environ.get(FAULT_AFTER_ENV, "1"))
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Finish the batch in hand, flush, acknowledge and leave."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+
+    def _fault(self, point: str) -> None:
+        if self._fault_point == point and self.stats["batches"] >= self._fault_after:
+            log.warning("fault injection: SIGKILL at %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _redis(self, fn: Callable[[], T], what: str) -> T:
+        """Run a Redis call, reconnecting with exponential backoff; recreates a lost consumer group."""
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                if self._stop.is_set() and delay > 2.0:
+                    raise
+                log.warning("redis unavailable during %s (%s); retrying in %.1fs", what, exc, delay)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("consumer group missing during %s; recreating it", what)
+                q.ensure_group(self.client, self.scfg)
+                continue
+            self.stats["reconnects"] += 1
+            self.metrics.reconnects.inc()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> dict[str, Any]:
+        if self.cfg.metrics_port:
+            self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
+        self._redis(lambda: q.ensure_group(self.client, self.scfg), "group creation")
+        log.info("worker %s reading %s as group %s", self.cfg.name, self.scfg.stream, self.scfg.group)
+        idle_since = time.monotonic()
+        in_flight: Future | None = None
+        try:
+            while True:
+                entries = [] if self._stop.is_set() else self._fetch()
+                # decode the next batch on the pool while the device scores the previous one
+                next_batch = self._prefetch.submit(self._prepare, entries) if entries else None
+                if in_flight is not None:
+                    self._score(in_flight.result())
+                in_flight = next_batch
+                if entries:
+                    idle_since = time.monotonic()
+                self._maybe_flush()
+                self._maybe_heartbeat()
+                if self._stop.is_set() and in_flight is None:
+                    break
+                idle_for = time.monotonic() - idle_since
+                if (
+                    self.cfg.exit_when_idle_s is not None
+                    and in_flight is None
+                    and not self._rows
+                    and idle_for >= self.cfg.exit_when_idle_s
+                    and self._drained()
+                ):
+                    break
+        finally:
+            self._flush()
+            self._maybe_heartbeat(force=True)
+            self._decode_pool.shutdown(wait=True)
+            self._prefetch.shutdown(wait=True)
+        log.info("worker %s stopped: %s", self.cfg.name, self.stats)
+        return dict(self.stats)
+
+    def _drained(self) -> bool:
+        lag, pending = self._redis(lambda: q.backlog(self.client, self.scfg), "backlog")
+        return lag == 0 and pending == 0
+
+    def _fetch(self) -> list[q.Entry]:
+        entries = [e for e in self._fetch_raw() if e.stream_id not in self._held]
+        self._held.update(e.stream_id for e in entries)
+        return entries
+
+    def _fetch_raw(self) -> list[q.Entry]:
+        """Own pending entries first (restart after a crash), then idle ones of others, then new ones.
+
+        XAUTOCLAIM may also return entries this worker holds itself (buffered longer
+        than ``claim_idle_ms``); :meth:`_fetch` drops those so nothing is scored twice here.
+        """
+        n = self.cfg.batch_size
+        if self._recovery_cursor is not None:
+            cursor = self._recovery_cursor
+            own = self._redis(lambda: q.read_own_pending(self.client, self.scfg, self.cfg.name, n, cursor), "recovery")
+            self._recovery_cursor = own[-1].stream_id if own else None
+            if own:
+                log.info("re-scoring %d entries this worker had not acknowledged", len(own))
+                return own
+        now = time.monotonic()
+        if now - self._last_claim >= self.cfg.claim_every_s:
+            self._last_claim = now
+            claimed, deleted = self._redis(lambda: q.claim_idle(self.client, self.scfg, self.cfg.name, n), "claim")
+            if deleted:  # trimmed by the producer's MAXLEN while pending: nothing left to score
+                log.warning("%d pending entries were trimmed from the stream before scoring", len(deleted))
+                self._redis(lambda: q.ack(self.client, self.scfg, deleted), "ack of trimmed entries")
+            if claimed:
+                return claimed
+        block = 0 if self._rows and self._flush_due() else self.cfg.block_ms
+        return self._redis(lambda: q.read_new(self.client, self.scfg, self.cfg.name, n, block or None), "read")
+
+    # ------------------------------------------------------------------ stages
+    def _prepare(self, entries: list[q.Entry]) -> Prepared:
+        """Validate and decode; rejected entries go to the DLQ now (nothing to write for them)."""
+        rejections: list[q.Rejection] = []
+        valid: list[q.ValidEntry] = []
+        for e in entries:
+            if e.deliveries > self.scfg.max_deliveries:
+                rejections.append(q.Rejection(e, q.MAX_DELIVERIES, f"delivered {e.deliveries} times"))
+                continue
+            try:
+                ve = q.parse_entry(e, self.scfg.max_image_bytes)
+                self.models.get(ve.product)
+                valid.append(ve)
+            except q.ValidationError as exc:
+                rejections.append(q.Rejection(e, exc.reason, str(exc)))
+            except UnknownProduct as exc:
+                rejections.append(q.Rejection(e, q.UNKNOWN_PRODUCT, str(exc)))
+            except (ArtifactError, ValueError, OSError) as exc:
+                rejections.append(q.Rejection(e, MODEL_ERROR, f"model for {e.fields.get('product')!r}: {exc}"))
+        decoded = list(self._decode_pool.map(self._decode, valid))
+        prepared = Prepared()
+        for ve, result in zip(valid, decoded, strict=True):
+            if isinstance(result, q.Rejection):
+                rejections.append(result)
+            else:
+                prepared.items.append((ve, result))
+        if rejections:
+            self._redis(lambda: q.dead_letter(self.client, self.scfg, rejections, self.cfg.name), "dead letter")
+            self._held.difference_update(r.entry.stream_id for r in rejections)
+            self.stats["dead_letters"] += len(rejections)
+            self.metrics.dead_letters.inc(len(rejections))
+        return prepared
+
+    def _decode(self, ve: q.ValidEntry) -> Any:
+        try:
+            arr = decode_image(ve.image, self.cfg.max_pixels)
+        except ImageDecodeError as exc:
+            return q.Rejection(ve.entry, exc.reason, str(exc))
+        if min(arr.shape[:2]) < self.cfg.min_side:
+            return q.Rejection(
+                ve.entry, q.TOO_SMALL, f"image is {arr.shape[1]}x{arr.shape[0]}, min side {self.cfg.min_side}"
+            )
+        return arr
+
+    def _score(self, prepared: Prepared) -> None:
+        if not prepared.items:
+            return
+        self.stats["batches"] += 1
+        self._fault("before_score")
+        started = time.perf_counter()
+        by_product: dict[str, list[tuple[q.ValidEntry, Any]]] = {}
+        for ve, arr in prepared.items:
+            by_product.setdefault(ve.product, []).append((ve, arr))
+        for product, items in by_product.items():
+            try:
+                pipe = self.models.get(product)
+                res = pipe.score_arrays([arr for _, arr in items])
+            except Exception:  # noqa: BLE001 - left pending: reclaimed later, dead-lettered after max_deliveries
+                log.exception("scoring %d %s images failed; they stay pending", len(items), product)
+                self._held.difference_update(ve.entry.stream_id for ve, _ in items)
+                continue
+            processed = datetime.now(timezone.utc)
+            extras = []
+            for ve, _ in items:
+                enqueued = datetime.fromtimestamp(ve.entry.enqueued_ms / 1000, tz=timezone.utc)
+                extras.append(
+                    {
+                        "stream_id": ve.entry.stream_id,
+                        "enqueued_at": enqueued,
+                        "processed_at": processed,
+                        "latency_ms": (processed - enqueued).total_seconds() * 1000,
+                        "meta": ve.meta,
+                    }
+                )
+            self._rows += result_rows(pipe, res, [ve.id for ve, _ in items], product, self.cfg.name, extras)
+            self._unacked += [ve.entry.stream_id for ve, _ in items]
+        if self._first_buffered is None:
+            self._first_buffered = time.monotonic()
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._fault("before_flush")
+
+    def _flush_due(self) -> bool:
+        if not self._rows:
+            return False
+        waited = time.monotonic() - (self._first_buffered or time.monotonic())
+        return len(self._rows) >= self.cfg.flush_rows or waited >= self.cfg.flush_seconds
+
+    def _maybe_flush(self) -> None:
+        if self._flush_due() or (self._stop.is_set() and self._rows):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Durable Parquet first, then XACK: an entry is acknowledged only once its row is on disk."""
+        if not self._rows:
+            return
+        rows, ids = self._rows, self._unacked
+        self.writer.write(rows)
+        self._fault("before_ack")
+        self._rows, self._unacked, self._first_buffered = [], [], None
+        try:
+            self._redis(lambda: q.ack(self.client, self.scfg, ids), "ack")
+            self._held.difference_update(ids)
+            self._redis(lambda: q.publish_results(self.client, self.scfg, rows), "result stream")
+        except redis.RedisError as exc:  # only when stopping with Redis gone: entries will be re-scored
+            log.error("could not acknowledge %d entries (%s); they will be scored again", len(ids), exc)
+        self.stats["scored"] += len(rows)
+        self.stats["flushes"] += 1
+        self.metrics.images.inc(len(rows))
+
+    def _maybe_heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_heartbeat < self.cfg.heartbeat_every_s:
+            return
+        self._last_heartbeat = now
+        try:
+            q.heartbeat(
+                self.client,
+                self.scfg,
+                self.cfg.name,
+                {**self.stats, "pid": os.getpid(), "products": ",".join(self.models.known())},
+            )
+            lag, pending = q.backlog(self.client, self.scfg)
+            self.metrics.lag.set(lag)
+            self.metrics.pending.set(pending)
+        except redis.RedisError as exc:  # the heartbeat never stops the worker
+            log.debug("heartbeat failed: %s", exc)

@@ -1,0 +1,118 @@
+"""Ray deployment: the scaling policy (pure) and actors on a real local Ray with a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from workers.policy import ScalingPolicy, resource_bundles
+
+
+def test_policy_scales_up_to_max_with_rising_lag():
+    p = ScalingPolicy(min_workers=1, max_workers=4, high_watermark=100, scale_up_cooldown_s=0)
+    n, t = 1, 0.0
+    for lag in (50, 300, 900, 5000, 10000):
+        n = p.desired(n, lag, 0, t)
+        t += 1
+    assert n == 4
+    assert p.desired(4, 10**6, 0, t) == 4  # never above max
+
+
+def test_policy_scales_down_to_min_only_after_cooldown():
+    p = ScalingPolicy(min_workers=1, max_workers=4, high_watermark=100, scale_down_cooldown_s=30)
+    assert p.desired(4, 0, 0, now=0) == 4
+    assert p.desired(4, 0, 0, now=29) == 4
+    assert p.desired(4, 0, 0, now=30) == 1
+
+
+def test_policy_does_not_oscillate_on_flapping_lag():
+    p = ScalingPolicy(min_workers=1, max_workers=4, high_watermark=100, scale_down_cooldown_s=10, scale_up_cooldown_s=0)
+    n = p.desired(1, 250, 0, now=0)
+    assert n == 3
+    history = []
+    for step in range(1, 60):  # lag alternates between empty and moderate every second
+        lag = 0 if step % 2 else 150
+        n = p.desired(n, lag, 0, now=step)
+        history.append(n)
+    assert set(history) == {3}, history
+
+
+def test_policy_respects_scale_up_cooldown_and_bounds():
+    p = ScalingPolicy(min_workers=2, max_workers=3, high_watermark=10, scale_up_cooldown_s=5)
+    assert p.desired(0, 0, 0, now=0) == 2  # below min: start min
+    assert p.desired(2, 1000, 0, now=1) == 3
+    assert p.desired(3, 10**5, 0, now=2) == 3
+    with pytest.raises(ValueError):
+        ScalingPolicy(min_workers=3, max_workers=2)
+
+
+def test_resource_bundles():
+    assert resource_bundles(2, use_gpu=True) == [{"GPU": 1.0}, {"GPU": 1.0}]
+    assert resource_bundles(1, use_gpu=False, cpus_per_actor=2) == [{"CPU": 2}]
+    assert resource_bundles(0, use_gpu=True) == []
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    from workers.local import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def test_actors_score_everything_and_survive_a_kill(local_ray, tiny_model, synthetic_root, tmp_path):
+    from ear_stream import queue as q
+    from ear_stream.redis_server import RedisServer
+    from ear_stream.results import read_results
+    from ear_stream.worker import WorkerConfig
+    from workers.supervisor import Supervisor
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "synthetic").symlink_to(tiny_model, target_is_directory=True)
+    payloads = [p.read_bytes() for p in sorted((synthetic_root / "synthetic" / "test").rglob("*.png"))]
+    with RedisServer() as server:
+        scfg = q.StreamConfig(stream="ray:in", group="g", dlq="ray:dlq", claim_idle_ms=2000)
+        client = q.connect(server.url)
+        ids = [f"r-{i}" for i in range(300)]
+        for i, ident in enumerate(ids):
+            q.push(client, "synthetic", payloads[i % len(payloads)], ident, None, scfg)
+        template = WorkerConfig(
+            redis_url=server.url,
+            models_dir=models,
+            out_dir=tmp_path / "out",
+            stream=scfg,
+            device="cpu",
+            batch_size=16,
+            flush_rows=32,
+            flush_seconds=0.5,
+            block_ms=200,
+            claim_every_s=1.0,
+        )
+        calls = []
+        sup = Supervisor(
+            template, ScalingPolicy(min_workers=2, max_workers=2), poll_s=0.5, request_resources=calls.append
+        )
+        try:
+            killed = False
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                sup.step()
+                written = read_results(tmp_path / "out", dedupe=False).num_rows
+                if not killed and written > 0:
+                    local_ray.kill(sup.slots[0].handle, no_restart=False)  # crash one actor mid-run
+                    killed = True
+                if killed and sup.drained():
+                    break
+                time.sleep(0.5)
+            assert killed and sup.drained()
+            assert calls and calls[0] == [{"CPU": 1.0}, {"CPU": 1.0}]
+        finally:
+            sup.shutdown()
+        assert calls[-1] == []
+        table = read_results(tmp_path / "out")
+        assert sorted(table["id"].to_pylist()) == sorted(ids)
+        assert set(table["worker"].to_pylist()) <= {"ear-actor-0", "ear-actor-1"}

@@ -1,0 +1,131 @@
+"""Supervisor of the inspection actors: scales them with the stream's backlog and asks Ray for nodes.
+
+It runs in the driver (``ear-stream cluster``). Every ``poll_s`` it reads the
+group's lag and pending count from Redis, asks :class:`workers.policy.ScalingPolicy`
+how many actors that calls for, tells the Ray autoscaler (``request_resources``)
+so GPU nodes are added or released, starts actors, and drains surplus ones
+(stop → finish, flush, ack → kill). Actor names are stable slots
+(``<prefix>-0``, ``<prefix>-1``…) so a slot that comes back re-reads its own
+unacknowledged entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from ear_stream import queue as q
+from ear_stream.worker import WorkerConfig
+
+from .actor import actor_class, worker_config_to_dict
+from .policy import ScalingPolicy, resource_bundles
+
+log = logging.getLogger("workers.supervisor")
+
+
+def default_request_resources(bundles: list[dict[str, float]]) -> None:
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+
+
+@dataclass
+class Slot:
+    name: str
+    handle: Any
+    run_ref: Any
+
+
+@dataclass
+class Supervisor:
+    template: WorkerConfig
+    policy: ScalingPolicy
+    use_gpu: bool | None = None
+    name_prefix: str = "ear-actor"
+    poll_s: float = 2.0
+    drain_timeout_s: float = 120.0
+    request_resources: Callable[[list[dict[str, float]]], None] = default_request_resources
+    clock: Callable[[], float] = time.monotonic
+    slots: dict[int, Slot] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.use_gpu is None:
+            self.use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        self._actor_cls = actor_class(self.use_gpu)
+        self._client = q.connect(self.template.redis_url)
+        q.ensure_group(self._client, self.template.stream)
+        self._last_request: int | None = None
+
+    # ------------------------------------------------------------------ one control step
+    def step(self) -> int:
+        lag, pending = q.backlog(self._client, self.template.stream)
+        desired = self.policy.desired(len(self.slots), lag, pending, self.clock())
+        if desired != self._last_request:
+            self.request_resources(resource_bundles(desired, bool(self.use_gpu)))
+            self._last_request = desired
+        while len(self.slots) < desired:
+            self._start(min(set(range(self.policy.max_workers)) - set(self.slots)))
+        while len(self.slots) > desired:
+            self._drain(max(self.slots))
+        self._revive_finished()
+        return desired
+
+    def _start(self, index: int) -> None:
+        name = f"{self.name_prefix}-{index}"
+        cfg = dataclasses.replace(self.template, name=name, metrics_port=None, exit_when_idle_s=None)
+        handle = self._actor_cls.remote(worker_config_to_dict(cfg))
+        self.slots[index] = Slot(name, handle, handle.run.remote())
+        log.info("started %s (%s)", name, "GPU" if self.use_gpu else "CPU")
+
+    def _drain(self, index: int) -> None:
+        slot = self.slots.pop(index)
+        try:
+            slot.handle.stop.remote()
+            ray.get(slot.run_ref, timeout=self.drain_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to drain
+            log.warning("draining %s: %s", slot.name, exc)
+        ray.kill(slot.handle, no_restart=True)
+        log.info("stopped %s", slot.name)
+
+    def _revive_finished(self) -> None:
+        """A run that ended without being asked (its retries exhausted) is started again."""
+        refs = {slot.run_ref: i for i, slot in self.slots.items()}
+        if not refs:
+            return
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        for ref in done:
+            index = refs[ref]
+            try:
+                ray.get(ref)
+                log.warning("%s returned unexpectedly; restarting its loop", self.slots[index].name)
+            except Exception as exc:  # noqa: BLE001
+                log.error("%s failed (%s); restarting its loop", self.slots[index].name, exc)
+            self.slots[index].run_ref = self.slots[index].handle.run.remote()
+
+    # ------------------------------------------------------------------ loops
+    def run(self, until: Callable[[], bool] | None = None, max_seconds: float | None = None) -> None:
+        started = self.clock()
+        while True:
+            self.step()
+            if until is not None and until():
+                return
+            if max_seconds is not None and self.clock() - started >= max_seconds:
+                return
+            time.sleep(self.poll_s)
+
+    def drained(self) -> bool:
+        return q.backlog(self._client, self.template.stream) == (0, 0)
+
+    def stats(self) -> list[dict[str, Any]]:
+        return ray.get([slot.handle.stats.remote() for slot in self.slots.values()], timeout=60)
+
+    def shutdown(self) -> None:
+        for index in sorted(self.slots, reverse=True):
+            self._drain(index)
+        self.request_resources([])

@@ -12,6 +12,27 @@ import click
 from .config import MOSAIC_SCALES, SALIENCY_VARIANTS, SCHEDULES, ModelConfig, TrainConfig
 
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
+DEVICE_OPTION = click.option(
+    "--device",
+    type=DEVICE_CHOICE,
+    default="auto",
+    show_default=True,
+    help="Where to run; auto picks CUDA when present.",
+)
+DINO_OPTION = click.option(
+    "--dino-weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Local DINO ViT-S/8 checkpoint (official .pth or timm layout), needed by saliency dino and binary. "
+    "Env: EAR_DINO_WEIGHTS.",
+)
+MODEL_OPTION = click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Model directory written by 'train'.",
+)
 
 
 def _warn(msg: str) -> None:
@@ -66,19 +87,14 @@ def main() -> None:
     help="dino = full EAR; none = mosaic the whole image (no weights needed); binary = DINO mask without "
     "mosaic hint. Default: dino when DINO weights are given, else none.",
 )
-@click.option(
-    "--dino-weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Local DINO ViT-S/8 checkpoint (official .pth or timm layout). Env: EAR_DINO_WEIGHTS.",
-)
+@DINO_OPTION
 @click.option(
     "--mosaic-scale",
     default="auto",
     show_default=True,
     help="Mosaic tile size m, or 'auto' to estimate it from the images' edge response (r10).",
 )
-@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True, help="Where to train.")
+@DEVICE_OPTION
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, shuffling and initialisation.")
 @click.option("--max-steps", default=None, type=int, help="Stop after this many steps (quick trials).")
 def train(
@@ -145,13 +161,7 @@ def train(
 @main.command("eval")
 @click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--category", required=True, help="Product folder under DATA_ROOT with test/ and ground_truth/.")
-@click.option(
-    "--model",
-    "model_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Model directory written by 'train'.",
-)
+@MODEL_OPTION
 @click.option(
     "--report",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -166,13 +176,8 @@ def train(
     help="Write metrics as JSON (image_auroc, pixel_auroc, n_good, n_defect, per_defect, ...).",
 )
 @click.option("--batch-size", default=16, show_default=True, help="Images per scoring batch.")
-@click.option(
-    "--dino-weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="DINO checkpoint, for models trained with saliency dino or binary. Env: EAR_DINO_WEIGHTS.",
-)
-@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+@DINO_OPTION
+@DEVICE_OPTION
 def evaluate_cmd(data_root, category, model_dir, report, json_out, batch_size, dino_weights, device) -> None:
     """Image and pixel AUROC of a model on DATA_ROOT/CATEGORY/test."""
     from .evaluation import evaluate, write_report
@@ -200,13 +205,7 @@ def evaluate_cmd(data_root, category, model_dir, report, json_out, batch_size, d
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option(
-    "--model",
-    "model_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Model directory written by 'train'.",
-)
+@MODEL_OPTION
 @click.option(
     "--out",
     "out_dir",
@@ -222,13 +221,8 @@ def evaluate_cmd(data_root, category, model_dir, report, json_out, batch_size, d
     help="Also write heatmap overlays (PNG) here and embed them in the Parquet 'heatmap' column.",
 )
 @click.option("--batch-size", default=16, show_default=True, help="Images per scoring batch.")
-@click.option(
-    "--dino-weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="DINO checkpoint, for models trained with saliency dino or binary. Env: EAR_DINO_WEIGHTS.",
-)
-@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+@DINO_OPTION
+@DEVICE_OPTION
 def score(inputs, model_dir, out_dir, product, save_maps, batch_size, dino_weights, device) -> None:
     """Score image files (INPUTS: files, folders or globs) into Parquet.
 
@@ -347,7 +341,7 @@ def push(inputs, redis_url, product, id_prefix, maxlen, stream, group, dlq, resu
     help="Results root for the Parquet parts.",
 )
 @click.option("--batch-size", default=32, show_default=True, help="Entries read and scored per batch.")
-@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+@DEVICE_OPTION
 @click.option("--name", default=None, help="Consumer name (default host-pid); reuse it to resume its pending entries.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
@@ -361,12 +355,7 @@ def push(inputs, redis_url, product, id_prefix, maxlen, stream, group, dlq, resu
 )
 @click.option("--max-deliveries", default=5, show_default=True, help="Dead-letter entries delivered more often.")
 @click.option("--exit-when-idle", type=float, default=None, help="Leave once the stream is drained for this long (s).")
-@click.option(
-    "--dino-weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="DINO checkpoint for dino/binary models. Env: EAR_DINO_WEIGHTS.",
-)
+@DINO_OPTION
 @_stream_options
 def worker(
     redis_url,
@@ -473,12 +462,7 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between supervisor decisions.")
 @click.option("--exit-when-drained", is_flag=True, help="Stop (draining the actors) once the stream is empty.")
 @click.option("--max-seconds", type=float, default=None, help="Stop after this long.")
-@click.option(
-    "--dino-weights",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="DINO checkpoint for dino/binary models (same path on every node). Env: EAR_DINO_WEIGHTS.",
-)
+@DINO_OPTION
 @_stream_options
 def cluster(
     redis_url,
@@ -549,8 +533,8 @@ def cluster(
 @click.option("--epochs", default=5, show_default=True)
 @click.option("--width", "base_channels", default=32, show_default=True, help="U-Net base channel count.")
 @click.option("--saliency", type=click.Choice(SALIENCY_VARIANTS), default="none", show_default=True)
-@click.option("--dino-weights", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
+@DINO_OPTION
+@DEVICE_OPTION
 @click.option("--seed", default=0, show_default=True)
 def mosaic_search(
     data_root, category, out_dir, scales, image_size, epochs, base_channels, saliency, dino_weights, device, seed
@@ -579,6 +563,22 @@ def mosaic_search(
     best = max(table, key=lambda k: table[k])
     click.echo(f"best m = {best}")
     (out_dir / "mosaic_search.json").write_text(json.dumps({"auroc": table, "best": best}, indent=2))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("which", type=click.Choice(["ops", "worker", "study"]))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(which, args) -> None:
+    """Run a benchmark script from benchmarks/ (ops, worker or study); ARGS go to the script (try ARGS = --help)."""
+    import runpy
+
+    script = (
+        Path(__file__).resolve().parents[1] / "benchmarks" / f"{'study' if which == 'study' else 'bench_' + which}.py"
+    )
+    if not script.is_file():
+        raise click.ClickException(f"{script} not found: benchmarks ship with the source checkout")
+    sys.argv = [str(script), *args]
+    runpy.run_path(str(script), run_name="__main__")
 
 
 @main.group()

@@ -132,10 +132,16 @@ class Pipeline:
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
             raise ValueError(f"expected a [B, 3, {size}, {size}] batch, got {tuple(images.shape)}")
         images = images.to(self.device, non_blocking=True).float()
-        composite, ratio = excise_for(self.config, images, self.attention(images))
-        recon = self.reconstruct(composite)
         sc = self.config.scoring
-        scores, maps = ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, want_maps)
+        if self.config.method == "riad":  # baseline: 12 masked passes, no excision
+            from . import riad
+
+            scores, maps, recon = riad.score(self.unet, images, sc, want_maps, forward=self.reconstruct)
+            composite, ratio = images, torch.ones(images.shape[0])
+        else:
+            composite, ratio = excise_for(self.config, images, self.attention(images))
+            recon = self.reconstruct(composite)
+            scores, maps = ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, want_maps)
         scores_np = scores.float().cpu().numpy().astype(np.float32)
         return BatchResult(
             scores=scores_np,

@@ -153,6 +153,12 @@ def gms_distance(gray_a: torch.Tensor, gray_b: torch.Tensor, c: float = GMS_C, m
     return 1.0 - (2.0 * ga * gb + c) / (ga**2 + gb**2 + c)
 
 
+def gms_pyramid(images: torch.Tensor, recon: torch.Tensor, scales: int, c: float, median: bool) -> list[torch.Tensor]:
+    """GMS distance at each scale s = 0..scales-1, each at its own (pooled) resolution."""
+    gray_a, gray_b = to_gray(images), to_gray(recon)
+    return [gms_distance(pool_pow2(gray_a, s), pool_pow2(gray_b, s), c=c, median=median) for s in range(scales)]
+
+
 def box_filter(x: torch.Tensor, k: int) -> torch.Tensor:
     """k×k mean with replicate padding; ``k <= 1`` returns ``x`` unchanged."""
     if k <= 1:
@@ -172,12 +178,10 @@ def msgms_map_reference(
     """Full-resolution MSGMS distance map [B, 1, H, W] (float32), SPEC §1 step 5."""
     check_msgms_args(images, recon, scales, box)
     h, w = images.shape[-2:]
-    gray_a, gray_b = to_gray(images), to_gray(recon)
-    total = torch.zeros_like(gray_a)
+    total = images.new_zeros((images.shape[0], 1, h, w), dtype=torch.float32)
     if images.shape[0] == 0:
         return total
-    for s in range(scales):
-        d = gms_distance(pool_pow2(gray_a, s), pool_pow2(gray_b, s), c=c, median=median)
+    for d in gms_pyramid(images, recon, scales, c, median):
         if d.shape[-2:] != (h, w):
             d = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
         total = total + d
@@ -202,8 +206,7 @@ def msgms_reference(
 # --------------------------------------------------------------------------- training losses
 def msgms_loss(images: torch.Tensor, recon: torch.Tensor, scales: int = 3, c: float = GMS_C) -> torch.Tensor:
     """Mean over scales of the mean GMS distance: a training loss in [0, 1]."""
-    gray_a, gray_b = to_gray(images), to_gray(recon)
-    per_scale = [gms_distance(pool_pow2(gray_a, s), pool_pow2(gray_b, s), c=c).mean() for s in range(scales)]
+    per_scale = [d.mean() for d in gms_pyramid(images, recon, scales, c, median=False)]
     return torch.stack(per_scale).mean()
 
 

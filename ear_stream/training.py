@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import riad
 from .artifact import Manifest, save_artifact, sha256_file
 from .config import ModelConfig, TrainConfig
 from .data import load_tensor, train_images
@@ -137,8 +138,12 @@ def train_model(
             idx = torch.from_numpy(train_idx)[batch]
             x = images[idx].to(dev)
             att = None if attention is None else attention[idx].to(dev)
-            composite, _ = excise_for(model_cfg, x, att)
-            loss = combined_loss(x, unet(composite), train_cfg.loss_weights, model_cfg.scoring.scales)
+            if model_cfg.method == "riad":
+                recon = riad.training_reconstruction(unet, x, gen)
+            else:
+                composite, _ = excise_for(model_cfg, x, att)
+                recon = unet(composite)
+            loss = combined_loss(x, recon, train_cfg.loss_weights, model_cfg.scoring.scales)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -12,7 +12,20 @@ from click.testing import CliRunner
 from ear_stream.cli import main
 from ear_stream.results import SCHEMA, read_results
 
-VERBS = ["train", "eval", "score", "results", "demo", "mosaic-search", "weights"]
+VERBS = [
+    "train",
+    "eval",
+    "score",
+    "results",
+    "demo",
+    "mosaic-search",
+    "weights",
+    "push",
+    "worker",
+    "status",
+    "cluster",
+    "bench",
+]
 
 
 def run(*args: str, ok: bool = True):

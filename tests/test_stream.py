@@ -162,6 +162,24 @@ def test_sigkill_mid_batch_loses_nothing(point, redis_server, models_dir, stream
     assert summary["rows"] == len(ids)
 
 
+def test_sigterm_finishes_the_batch_flushes_and_acks(redis_server, models_dir, stream_cfg, payloads, tmp_path):
+    client = q.connect(redis_server.url)
+    push_many(client, stream_cfg, payloads, 400)
+    out = tmp_path / "out"
+    cmd = _worker_cmd(redis_server, models_dir, out, stream_cfg, "graceful")[:-2]  # no --exit-when-idle
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list(out.rglob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    stats = json.loads(stdout.decode().strip().splitlines()[-1])
+    lag, pending = q.backlog(client, stream_cfg)
+    assert pending == 0  # everything it had read was scored, written and acknowledged before leaving
+    assert stats["scored"] == read_results(out).num_rows == 400 - lag
+
+
 def test_redis_restart_while_worker_runs(models_dir, payloads, tmp_path):
     server = RedisServer(appendonly=True, data_dir=tmp_path / "redis").start()
     try:

@@ -48,25 +48,33 @@ void excise_image(const T* in, T* out, const int64_t* is, const int64_t* os, int
   }
   *ratio = static_cast<float>(static_cast<double>(count) / (double(H) * W));
   const int ty_n = (H + m - 1) / m, tx_n = (W + m - 1) / m;
+  std::vector<int> tile_col(W);  // x / m, computed once instead of per pixel
+  for (int x = 0; x < W; ++x) tile_col[x] = x / m;
+  std::vector<double> sums(hint ? tx_n : 0);
   for (int c = 0; c < C; ++c) {
     const T* src = in + c * is[1];
     T* dst = out + c * os[1];
-    if (hint) {  // tile means: partial edge tiles average their in-bounds pixels only
+    if (hint) {  // tile means, row by row; partial edge tiles average their in-bounds pixels only
       for (int ty = 0; ty < ty_n; ++ty) {
+        std::fill(sums.begin(), sums.end(), 0.0);
+        const int y1 = std::min(H, (ty + 1) * m);
+        for (int y = ty * m; y < y1; ++y) {
+          const T* row = src + y * is[2];
+          for (int x = 0; x < W; ++x) sums[tile_col[x]] += static_cast<float>(row[x * is[3]]);
+        }
         for (int tx = 0; tx < tx_n; ++tx) {
-          const int y1 = std::min(H, (ty + 1) * m), x1 = std::min(W, (tx + 1) * m);
-          double sum = 0.0;
-          for (int y = ty * m; y < y1; ++y)
-            for (int x = tx * m; x < x1; ++x) sum += static_cast<float>(src[y * is[2] + x * is[3]]);
-          means[int64_t(ty) * tx_n + tx] = static_cast<float>(sum / (double(y1 - ty * m) * (x1 - tx * m)));
+          const int width = std::min(W, (tx + 1) * m) - tx * m;
+          means[int64_t(ty) * tx_n + tx] = static_cast<float>(sums[tx] / (double(y1 - ty * m) * width));
         }
       }
     }
     for (int y = 0; y < H; ++y) {
+      const T* row = src + y * is[2];
+      T* orow = dst + y * os[2];
+      const uint8_t* mrow = mask.data() + int64_t(y) * W;
+      const float* trow = hint ? means.data() + int64_t(y / m) * tx_n : nullptr;
       for (int x = 0; x < W; ++x) {
-        const float v = mask[int64_t(y) * W + x] ? (hint ? means[int64_t(y / m) * tx_n + x / m] : 0.f)
-                                                 : static_cast<float>(src[y * is[2] + x * is[3]]);
-        dst[y * os[2] + x * os[3]] = static_cast<T>(v);
+        orow[x * os[3]] = mrow[x] ? static_cast<T>(hint ? trow[tile_col[x]] : 0.f) : row[x * is[3]];
       }
     }
   }

@@ -28,41 +28,42 @@ void pad_replicate(const float* __restrict__ src, int h, int w, float* __restric
   }
 }
 
-void median_padded(const float* __restrict__ p, int h, int w, float* __restrict__ out) {
+// Apply a 3x3 filter over the interior of a padded buffer; `f` gets the three rows at x - 1.
+template <typename Filter>
+void filter3x3_padded(const float* __restrict__ p, int h, int w, float* __restrict__ out, Filter f) {
   const int pw = w + 2;
   for (int y = 0; y < h; ++y) {
     const float* r0 = p + int64_t(y) * pw;
     const float* r1 = r0 + pw;
     const float* r2 = r1 + pw;
     float* o = out + int64_t(y) * w;
-    for (int x = 0; x < w; ++x)
-      o[x] = median9(r0[x], r0[x + 1], r0[x + 2], r1[x], r1[x + 1], r1[x + 2], r2[x], r2[x + 1], r2[x + 2]);
+    for (int x = 0; x < w; ++x) o[x] = f(r0 + x, r1 + x, r2 + x);
   }
 }
 
-void prewitt_padded(const float* __restrict__ p, int h, int w, float* __restrict__ out) {
-  const int pw = w + 2;
-  for (int y = 0; y < h; ++y) {
-    const float* r0 = p + int64_t(y) * pw;
-    const float* r1 = r0 + pw;
-    const float* r2 = r1 + pw;
-    float* o = out + int64_t(y) * w;
-    for (int x = 0; x < w; ++x) {
-      const float n[9] = {r0[x], r0[x + 1], r0[x + 2], r1[x], r1[x + 1], r1[x + 2], r2[x], r2[x + 1], r2[x + 2]};
-      o[x] = prewitt_magnitude(n);
-    }
+// Function objects (not pointers) so that each filter is inlined into its loop and vectorised.
+struct Median3x3 {
+  float operator()(const float* a, const float* b, const float* c) const {
+    return median9(a[0], a[1], a[2], b[0], b[1], b[2], c[0], c[1], c[2]);
   }
-}
+};
+
+struct Prewitt3x3 {
+  float operator()(const float* a, const float* b, const float* c) const {
+    const float n[9] = {a[0], a[1], a[2], b[0], b[1], b[2], c[0], c[1], c[2]};
+    return prewitt_magnitude(n);
+  }
+};
 
 // Gradient magnitude of one gray level (optionally median-filtered first), replicate borders.
 void level_gradient(const float* g, int h, int w, bool median, std::vector<float>& pad, std::vector<float>& tmp,
                     float* out) {
   pad_replicate(g, h, w, pad.data());
   if (median) {
-    median_padded(pad.data(), h, w, tmp.data());
+    filter3x3_padded(pad.data(), h, w, tmp.data(), Median3x3{});
     pad_replicate(tmp.data(), h, w, pad.data());
   }
-  prewitt_padded(pad.data(), h, w, out);
+  filter3x3_padded(pad.data(), h, w, out, Prewitt3x3{});
 }
 
 // Distance map of one scale from two gray levels (h x w).

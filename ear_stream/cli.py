@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .config import MOSAIC_SCALES, SALIENCY_VARIANTS, SCHEDULES, ModelConfig, TrainConfig
+from .config import METHODS, MOSAIC_SCALES, SALIENCY_VARIANTS, SCHEDULES, ModelConfig, TrainConfig
 
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
 DEVICE_OPTION = click.option(
@@ -97,6 +97,14 @@ def main() -> None:
 @DEVICE_OPTION
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, shuffling and initialisation.")
 @click.option("--max-steps", default=None, type=int, help="Stop after this many steps (quick trials).")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="ear",
+    show_default=True,
+    help="ear = one excision + one U-Net pass; riad = the RIAD baseline (random disjoint masks, 12 U-Net passes "
+    "at inference), same U-Net, losses and scorer.",
+)
 def train(
     data_root,
     category,
@@ -114,6 +122,7 @@ def train(
     device,
     seed,
     max_steps,
+    method,
 ) -> None:
     """Train a model for one product on DATA_ROOT/CATEGORY/train/good.
 
@@ -125,7 +134,7 @@ def train(
     has_weights = bool(dino_weights or os.environ.get("EAR_DINO_WEIGHTS"))
     if saliency is None:
         saliency = "dino" if has_weights else "none"
-        if saliency == "none":
+        if saliency == "none" and method == "ear":
             _warn(
                 "No DINO weights configured: training with saliency 'none' (EAR w/o attention, whole image "
                 "mosaicked). Pass --dino-weights PATH or set EAR_DINO_WEIGHTS for full EAR."
@@ -133,7 +142,11 @@ def train(
     m = _mosaic_scale(mosaic_scale)
     try:
         cfg = ModelConfig(
-            image_size=image_size, saliency=saliency, kernel_size=int(kernel_size), base_channels=base_channels
+            image_size=image_size,
+            saliency=saliency,
+            kernel_size=int(kernel_size),
+            base_channels=base_channels,
+            method=method,
         )
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed)
         path = train_model(
@@ -178,13 +191,21 @@ def train(
 @click.option("--batch-size", default=16, show_default=True, help="Images per scoring batch.")
 @DINO_OPTION
 @DEVICE_OPTION
-def evaluate_cmd(data_root, category, model_dir, report, json_out, batch_size, dino_weights, device) -> None:
+@click.option("--box", type=int, default=None, help="Override the model's MSGMS box-filter size (k <= 1 disables).")
+@click.option("--median/--no-median", default=None, help="Override the model's 3x3 median before the gradients.")
+def evaluate_cmd(
+    data_root, category, model_dir, report, json_out, batch_size, dino_weights, device, box, median
+) -> None:
     """Image and pixel AUROC of a model on DATA_ROOT/CATEGORY/test."""
     from .evaluation import evaluate, write_report
     from .pipeline import Pipeline
 
     try:
         pipe = Pipeline.from_artifact(model_dir, device=device, dino_weights=dino_weights)
+        if box is not None:
+            pipe.config.scoring.box = box
+        if median is not None:
+            pipe.config.scoring.median = median
         result, material = evaluate(pipe, data_root, category, batch_size=batch_size)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc

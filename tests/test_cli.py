@@ -138,6 +138,27 @@ def test_parquet_schema_and_hive_layout(tiny_model, synthetic_root, tmp_path):
     assert hive.num_rows == table.num_rows and "date" in hive.column_names
 
 
+def test_train_riad_baseline_from_the_cli(synthetic_root, tmp_path):
+    res = run(
+        "train",
+        str(synthetic_root),
+        "--category",
+        "synthetic",
+        "--out",
+        str(tmp_path / "riad"),
+        "--image-size",
+        "64",
+        "--width",
+        "4",
+        "--max-steps",
+        "1",
+        "--method",
+        "riad",
+    )
+    assert "No DINO weights" not in res.stderr
+    assert json.loads((tmp_path / "riad" / "manifest.json").read_text())["config"]["method"] == "riad"
+
+
 def test_corrupt_input_is_reported_not_fatal(tiny_model, synthetic_root, tmp_path):
     bad = tmp_path / "in" / "broken.png"
     bad.parent.mkdir()

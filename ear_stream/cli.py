@@ -26,6 +26,19 @@ DINO_OPTION = click.option(
     help="Local DINO ViT-S/8 checkpoint (official .pth or timm layout), needed by saliency dino and binary. "
     "Env: EAR_DINO_WEIGHTS.",
 )
+MODELS_DIR_OPTION = click.option(
+    "--models",
+    "models_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of model directories, one per product: MODELS/<product>/ (on Ray: the same path on every node).",
+)
+RESULTS_OPTION = click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    help="Results root: a folder (shared across nodes for Ray), or a pyarrow filesystem URI (s3://…, gs://…).",
+)
 MODEL_OPTION = click.option(
     "--model",
     "model_dir",
@@ -347,20 +360,8 @@ def push(inputs, redis_url, product, id_prefix, maxlen, stream, group, dlq, resu
 
 @main.command()
 @REDIS_OPTION
-@click.option(
-    "--models",
-    "models_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of model directories, one per product: MODELS/<product>/.",
-)
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Results root for the Parquet parts.",
-)
+@MODELS_DIR_OPTION
+@RESULTS_OPTION
 @click.option("--batch-size", default=32, show_default=True, help="Entries read and scored per batch.")
 @DEVICE_OPTION
 @click.option("--name", default=None, help="Consumer name (default host-pid); reuse it to resume its pending entries.")
@@ -466,14 +467,8 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
 
 @main.command()
 @REDIS_OPTION
-@click.option(
-    "--models",
-    "models_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of model directories, one per product (must be visible to every Ray node).",
-)
-@click.option("--out", "out_dir", required=True, help="Results root: a shared path, or s3://… / gs://… (pyarrow).")
+@MODELS_DIR_OPTION
+@RESULTS_OPTION
 @click.option("--address", default=None, help="Ray cluster: 'auto', 'ray://head:10001'; default: start a local Ray.")
 @click.option("--min-workers", default=1, show_default=True, help="Fewest inspection actors.")
 @click.option("--max-workers", default=4, show_default=True, help="Most inspection actors (one GPU each on GPU nodes).")

@@ -13,7 +13,7 @@ import json
 import re
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -79,7 +79,6 @@ class ValidEntry:
     product: str
     image: bytes
     meta: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class ValidationError(ValueError):

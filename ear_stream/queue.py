@@ -292,7 +292,17 @@ def stream_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
 
 
 def backlog(client: redis.Redis, cfg: StreamConfig) -> tuple[int, int]:
-    """(lag, pending) of the group: entries not yet delivered, and delivered but not acknowledged."""
-    status = stream_status(client, cfg)["group"]
-    lag = status.get("lag")
-    return (int(lag) if lag is not None else 0), int(status.get("pending", 0))
+    """(lag, pending) of the group: entries not yet delivered, and delivered but not acknowledged.
+
+    One XINFO GROUPS call: workers and the supervisor ask this every few seconds, so it
+    does not go through :func:`stream_status` (which also scans heartbeats and consumers).
+    """
+    try:
+        groups = client.xinfo_groups(cfg.stream)
+    except redis.ResponseError:  # no stream yet
+        return 0, 0
+    for g in groups:
+        if _text(g["name"]) == cfg.group:
+            lag = g.get("lag")
+            return (int(lag) if lag is not None else 0), int(g["pending"])
+    return 0, 0

@@ -157,9 +157,8 @@ def train_model(
     unet.eval()
 
     pipe = Pipeline(model_cfg, unet, threshold=1.0, device=dev, attention_model=attention_model)
-    hold_scores = np.concatenate(
-        [pipe.score_tensor(images[hold_idx][i : i + 16]).scores for i in range(0, len(hold_idx), 16)]
-    )
+    held_out = images[hold_idx]
+    hold_scores = np.concatenate([pipe.score_tensor(held_out[i : i + 16]).scores for i in range(0, len(hold_idx), 16)])
     threshold, stats = calibrate_threshold(hold_scores, train_cfg.threshold_sigmas)
 
     dino_path = resolve_dino_weights(dino_weights) if needs_dino(model_cfg) else None

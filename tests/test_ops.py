@@ -143,5 +143,13 @@ def test_ops_trace_under_torch_compile():
     torch.testing.assert_close(compiled(x, y, att), pipeline(x, y, att))
 
 
-def test_backend_reports_which_path():
-    assert ops.backend() in ("extension", "reference")
+def test_reference_backend_can_be_forced():
+    """EAR_STREAM_BACKEND=reference makes a fresh interpreter skip the extension."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import ear_stream.ops as o; print(o.backend(), o.extension_error())"
+    env = {**os.environ, "EAR_STREAM_BACKEND": "reference"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith("reference EAR_STREAM_BACKEND=reference")

@@ -22,7 +22,7 @@ $(VENV)/.deps: requirements.txt
 $(VENV)/.built: $(VENV)/.deps setup.py $(EXT_SOURCES)
 	EAR_STREAM_BUILD=none $(PIP) install -q --no-build-isolation --no-deps -e .
 	$(PY) setup.py -q build_ext --inplace
-	$(PY) -c "import ear_stream.ops as o; assert o.backend() == 'extension', o.extension_error(); print('ear_stream._C built, CUDA kernels:', o.extension_has_cuda())"
+	$(PY) -c "import ear_stream.model.ops as o; assert o.backend() == 'extension', o.extension_error(); print('ear_stream._C built, CUDA kernels:', o.extension_has_cuda())"
 	touch $@
 
 install build: $(VENV)/.built

@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from ear_stream import ops
-from ear_stream import reference as ref
+from ear_stream.model import ops
+from ear_stream.model import reference as ref
 
 
 def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:

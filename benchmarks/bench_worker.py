@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ear_stream import queue as q
-from ear_stream.config import ModelConfig, TrainConfig
-from ear_stream.data import write_synthetic_category
-from ear_stream.decode import decode_image, list_images
-from ear_stream.pipeline import Pipeline
-from ear_stream.redis_server import RedisServer
-from ear_stream.results import read_results
-from ear_stream.training import train_model
-from ear_stream.worker import Worker, WorkerConfig
+from ear_stream.inspect.pipeline import Pipeline
+from ear_stream.inspect.training import train_model
+from ear_stream.io.datasets import write_synthetic_category
+from ear_stream.io.decode import decode_image, list_images
+from ear_stream.io.results import read_results
+from ear_stream.model.config import ModelConfig, TrainConfig
+from ear_stream.stream import queue as q
+from ear_stream.stream.redis_server import RedisServer
+from ear_stream.stream.worker import Worker, WorkerConfig
 
 
 def main() -> None:

@@ -10,6 +10,6 @@ export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 EAR_STREAM_BUILD=cuda PYTHONUNBUFFER
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 python3 setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-python3 -c "import ear_stream.ops as o; print('backend', o.backend(), 'cuda kernels', o.extension_has_cuda())"
+python3 -c "import ear_stream.model.ops as o; print('backend', o.backend(), 'cuda kernels', o.extension_has_cuda())"
 python3 -m pytest -q -p no:cacheprovider tests/test_ops.py -k cuda 2>&1 | tee "$OUT/tests.log" | tail -5
 python3 benchmarks/bench_ops.py --cpu-batch 16 --cuda-batch 256 --size 256 --repeats 20 2>&1 | tee "$OUT/bench.log" | tail -8

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from ear_stream.config import ModelConfig, TrainConfig
-from ear_stream.data import load_tensor, test_samples, train_images
-from ear_stream.evaluation import evaluate, write_report
-from ear_stream.mosaic_scale import MosaicEstimator
-from ear_stream.pipeline import Pipeline
-from ear_stream.training import estimate_mosaic_scale, train_model
+from ear_stream.inspect.evaluation import evaluate, write_report
+from ear_stream.inspect.pipeline import Pipeline
+from ear_stream.inspect.training import estimate_mosaic_scale, train_model
+from ear_stream.io.datasets import load_tensor, test_samples, train_images
+from ear_stream.model.config import ModelConfig, TrainConfig
+from ear_stream.model.mosaic_scale import MosaicEstimator
 
 
 def time_inference(pipe: Pipeline, images: torch.Tensor) -> tuple[float, float]:

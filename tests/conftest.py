@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ear_stream.config import ModelConfig, TrainConfig
-from ear_stream.data import write_synthetic_category
-from ear_stream.training import train_model
+from ear_stream.inspect.training import train_model
+from ear_stream.io.datasets import write_synthetic_category
+from ear_stream.model.config import ModelConfig, TrainConfig
 
 REAL_DATA = Path(os.environ.get("EAR_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -50,7 +50,7 @@ def tiny_model(synthetic_root, tmp_path_factory) -> Path:
 @pytest.fixture
 def poisoned_outputs():
     """Make the extension fill outputs with NaN before its kernels write them."""
-    from ear_stream import ops
+    from ear_stream.model import ops
 
     if ops.backend() != "extension":
         yield

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ear_stream.cli import main
-from ear_stream.results import SCHEMA, read_results
+from ear_stream.io.results import SCHEMA, read_results
 
 VERBS = [
     "train",
@@ -201,7 +201,7 @@ def test_clear_errors_for_bad_arguments(synthetic_root, tmp_path):
 
 def test_results_to_a_filesystem_uri(tiny_model, tmp_path):
     """Object-store style output goes through pyarrow filesystems (file:// here, s3:// or gs:// in production)."""
-    from ear_stream.results import ResultWriter, now_utc
+    from ear_stream.io.results import ResultWriter, now_utc
 
     uri = f"file://{tmp_path / 'bucket'}"
     writer = ResultWriter(uri, "w1")

@@ -64,10 +64,10 @@ def local_ray():
 
 
 def test_actors_score_everything_and_survive_a_kill(local_ray, tiny_model, synthetic_root, tmp_path):
-    from ear_stream import queue as q
-    from ear_stream.redis_server import RedisServer
-    from ear_stream.results import read_results
-    from ear_stream.worker import WorkerConfig
+    from ear_stream.io.results import read_results
+    from ear_stream.stream import queue as q
+    from ear_stream.stream.redis_server import RedisServer
+    from ear_stream.stream.worker import WorkerConfig
     from workers.supervisor import Supervisor
 
     models = tmp_path / "models"

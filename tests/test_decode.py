@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ear_stream.decode import ImageDecodeError, decode_image, list_images, to_model_input
+from ear_stream.io.decode import ImageDecodeError, decode_image, list_images, to_model_input
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:

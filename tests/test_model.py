@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from ear_stream.artifact import ArtifactError, load_artifact, load_manifest
-from ear_stream.config import ModelConfig, TrainConfig
-from ear_stream.data import write_synthetic_category
-from ear_stream.mosaic_scale import MosaicEstimator, edge_response, fit_estimator, quantise_scale, r10
-from ear_stream.pipeline import Pipeline
-from ear_stream.saliency import DinoAttention, DinoWeightsError, build_dino, write_random_dino_checkpoint
-from ear_stream.training import calibrate_threshold, split_holdout, train_model
-from ear_stream.unet import UNet
+from ear_stream.inspect.pipeline import Pipeline
+from ear_stream.inspect.training import calibrate_threshold, split_holdout, train_model
+from ear_stream.io.datasets import write_synthetic_category
+from ear_stream.model.artifact import ArtifactError, load_artifact, load_manifest
+from ear_stream.model.config import ModelConfig, TrainConfig
+from ear_stream.model.mosaic_scale import MosaicEstimator, edge_response, fit_estimator, quantise_scale, r10
+from ear_stream.model.saliency import DinoAttention, DinoWeightsError, build_dino, write_random_dino_checkpoint
+from ear_stream.model.unet import UNet
 
 
 def test_unet_shapes_and_range():
@@ -77,7 +77,7 @@ def test_tiny_model_on_real_images_reloads_to_identical_scores(real_data, tmp_pa
     assert man.config.mosaic_scale in (2, 4, 8, 16, 32, 64)
     assert man.training["steps"] == 3 and man.calibration["n"] >= 2 and man.threshold > 0
     assert "r10" in man.training["mosaic_estimate"]
-    from ear_stream.data import load_tensor, test_samples
+    from ear_stream.io.datasets import load_tensor, test_samples
 
     names = {"exp1_num_108719.jpg", "exp1_num_108889.jpg"}  # real test images, picked by name
     samples = [s for s in test_samples(real_data, "magnetic_tile") if s.path.name in names]
@@ -167,7 +167,7 @@ def test_dino_model_trains_saves_reloads_and_scores(tmp_path):
 
 
 def test_riad_masks_partition_the_image():
-    from ear_stream import riad
+    from ear_stream.model import riad
 
     gen = torch.Generator().manual_seed(0)
     for cell in riad.CELL_SIZES:

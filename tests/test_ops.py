@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from ear_stream import ops
-from ear_stream import reference as ref
+from ear_stream.model import ops
+from ear_stream.model import reference as ref
 
 needs_ext = pytest.mark.skipif(ops.backend() != "extension", reason=f"extension not built: {ops.extension_error()}")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ops.extension_has_cuda() else [])
@@ -149,7 +149,7 @@ def test_reference_backend_can_be_forced():
     import subprocess
     import sys
 
-    code = "import ear_stream.ops as o; print(o.backend(), o.extension_error())"
+    code = "import ear_stream.model.ops as o; print(o.backend(), o.extension_error())"
     env = {**os.environ, "EAR_STREAM_BACKEND": "reference"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.startswith("reference EAR_STREAM_BACKEND=reference")

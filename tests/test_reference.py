@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ear_stream import reference as ref
+from ear_stream.model import reference as ref
 
 
 def test_constant_images_score_zero():

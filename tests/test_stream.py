@@ -21,11 +21,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from ear_stream import queue as q
 from ear_stream.cli import main
-from ear_stream.redis_server import RedisServer, free_port
-from ear_stream.results import read_results
-from ear_stream.worker import Worker, WorkerConfig
+from ear_stream.io.results import read_results
+from ear_stream.stream import queue as q
+from ear_stream.stream.redis_server import RedisServer, free_port
+from ear_stream.stream.worker import Worker, WorkerConfig
 
 pytestmark = pytest.mark.skipif(
     not any(os.access(os.path.join(p, "redis-server"), os.X_OK) for p in os.environ.get("PATH", "").split(":")),

@@ -15,8 +15,8 @@ from typing import Any
 
 import ray
 
-from ear_stream import queue as q
-from ear_stream.worker import Worker, WorkerConfig
+from ear_stream.stream import queue as q
+from ear_stream.stream.worker import Worker, WorkerConfig
 
 
 def worker_config_to_dict(cfg: WorkerConfig) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def worker_config_from_dict(data: dict[str, Any]) -> WorkerConfig:
 
 
 class InspectionActor:
-    """Runs one :class:`~ear_stream.worker.Worker`; ``stop`` drains it (finish, flush, ack, return)."""
+    """Runs one :class:`~ear_stream.stream.worker.Worker`; ``stop`` drains it (finish, flush, ack, return)."""
 
     def __init__(self, config: dict[str, Any], torch_threads: int = 1) -> None:
         import torch

@@ -20,8 +20,8 @@ from typing import Any
 
 import ray
 
-from ear_stream import queue as q
-from ear_stream.worker import WorkerConfig
+from ear_stream.stream import queue as q
+from ear_stream.stream.worker import WorkerConfig
 
 from .actor import actor_class, worker_config_to_dict
 from .policy import ScalingPolicy, resource_bundles

@@ -4,7 +4,7 @@ Entries of the input stream carry ``id`` (producer-unique), ``product``,
 ``image`` (encoded bytes) and optional ``meta`` (JSON). Workers read them with
 XREADGROUP, reclaim idle ones with XAUTOCLAIM, dead-letter what cannot be
 processed (with a reason) and XACK only after the rows are durably on disk —
-see :mod:`ear_stream.worker`. Values are bytes or JSON; nothing is pickled.
+see :mod:`ear_stream.stream.worker`. Values are bytes or JSON; nothing is pickled.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ _EXTENSION_ERROR: str | None = None
 try:
     if os.environ.get("EAR_STREAM_BACKEND", "").lower() == "reference":
         raise ImportError("EAR_STREAM_BACKEND=reference")
-    from . import _C  # noqa: F401  (registers torch.ops.ear.*)
+    from .. import _C  # noqa: F401  (registers torch.ops.ear.*)
 
     _HAS_EXTENSION = True
 except ImportError as exc:  # not built, or built against another torch

@@ -2,7 +2,7 @@
 
 Everything here follows SPEC §1 literally and favours clarity over speed. The
 fused C++/CUDA operators in ``csrc/`` are tested against these functions, and
-:mod:`ear_stream.ops` falls back to them when the extension is not built.
+:mod:`ear_stream.model.ops` falls back to them when the extension is not built.
 
 All arithmetic happens in float32 whatever the input dtype, so bf16/fp16 inputs
 only lose precision when they are read, never while accumulating.

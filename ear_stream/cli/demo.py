@@ -12,17 +12,17 @@ from pathlib import Path
 
 import click
 
-from . import queue as q
-from .artifact import load_manifest
-from .config import ModelConfig, TrainConfig
-from .data import write_synthetic_category
-from .decode import list_images
-from .evaluation import evaluate, write_report
-from .pipeline import Pipeline
-from .redis_server import RedisServer
-from .results import read_results, summarize
-from .training import train_model
-from .worker import WorkerConfig
+from ..inspect.evaluation import evaluate, write_report
+from ..inspect.pipeline import Pipeline
+from ..inspect.training import train_model
+from ..io.datasets import write_synthetic_category
+from ..io.decode import list_images
+from ..io.results import read_results, summarize
+from ..model.artifact import load_manifest
+from ..model.config import ModelConfig, TrainConfig
+from ..stream import queue as q
+from ..stream.redis_server import RedisServer
+from ..stream.worker import WorkerConfig
 
 PRODUCT = "synthetic"
 
@@ -118,3 +118,25 @@ def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64, copies: int =
         )
     click.echo(f"results: {out}\nreport:  {report}")
     return summary
+
+
+@click.command()
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo_out"),
+    show_default=True,
+    help="Where the generated data, model and results go.",
+)
+@click.option("--epochs", default=3, show_default=True, help="Training epochs for the demo model.")
+@click.option("--image-size", default=64, show_default=True)
+@click.option("--copies", default=4, show_default=True, help="Times each test image is pushed (with distinct ids).")
+@click.option("--workers", "n_workers", default=2, show_default=True, help="Most Ray actors.")
+def demo(workdir, epochs, image_size, copies, n_workers) -> None:
+    """Run the main job on embedded defaults.
+
+    Starts a local redis-server and a local Ray, trains (or reuses) a small model on
+    a generated sample, pushes the test images, lets the Ray actors score them into
+    Parquet, prints the summary and the HTML report's path, and shuts everything down.
+    """
+    run_demo(workdir, epochs=epochs, image_size=image_size, copies=copies, max_workers=n_workers)

@@ -11,9 +11,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .decode import ImageDecodeError, read_image_file
+from ..io.decode import ImageDecodeError, read_image_file
+from ..io.results import ResultWriter, now_utc
 from .pipeline import BatchResult, Pipeline
-from .results import ResultWriter, now_utc
 from .visualize import heatmap_overlay, to_png
 
 
@@ -80,7 +80,7 @@ def score_files(
     progress: bool = True,
 ) -> ScoreReport:
     """Score files in batches; undecodable files are reported, never fatal."""
-    from .decode import to_model_input
+    from ..io.decode import to_model_input
 
     writer = ResultWriter(out_dir, worker)
     report = ScoreReport()

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ops
-from .artifact import ArtifactError, load_artifact, sha256_file
-from .config import ModelConfig
-from .decode import to_model_input
-from .saliency import DinoAttention, build_dino, resolve_dino_weights
-from .unet import UNet
+from ..io.decode import to_model_input
+from ..model import ops
+from ..model.artifact import ArtifactError, load_artifact, sha256_file
+from ..model.config import ModelConfig
+from ..model.saliency import DinoAttention, build_dino, resolve_dino_weights
+from ..model.unet import UNet
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -134,7 +134,7 @@ class Pipeline:
         images = images.to(self.device, non_blocking=True).float()
         sc = self.config.scoring
         if self.config.method == "riad":  # baseline: 12 masked passes, no excision
-            from . import riad
+            from ..model import riad
 
             scores, maps, recon = riad.score(self.unet, images, sc, want_maps, forward=self.reconstruct)
             composite, ratio = images, torch.ones(images.shape[0])

@@ -25,15 +25,15 @@ from typing import Any, TypeVar
 
 import redis
 
+from ..inspect.pipeline import Pipeline
+from ..inspect.scoring import result_rows
+from ..io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from ..io.results import ResultWriter
+from ..model.artifact import ArtifactError
 from . import queue as q
-from .artifact import ArtifactError
-from .decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from .metrics import WorkerMetrics
-from .pipeline import Pipeline
-from .results import ResultWriter
-from .scoring import result_rows
 
-log = logging.getLogger("ear_stream.worker")
+log = logging.getLogger("ear_stream.stream.worker")
 T = TypeVar("T")
 MODEL_ERROR = "model_error"
 #: test hook: SIGKILL this process at a named point (before_score, before_flush, before_ack)

@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-from .data import Sample, load_mask, load_tensor, test_samples
+from ..io.datasets import Sample, load_mask, load_tensor, test_samples
 from .pipeline import Pipeline
 from .visualize import heatmap_overlay, image_rgb, roc_png, to_png
 

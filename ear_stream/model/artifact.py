@@ -74,7 +74,7 @@ def sha256_file(path: str | Path) -> str:
 def _versions() -> dict[str, str]:
     import timm
 
-    from . import __version__
+    from .. import __version__
 
     return {"ear_stream": __version__, "torch": torch.__version__, "timm": timm.__version__}
 

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import riad
-from .artifact import Manifest, save_artifact, sha256_file
-from .config import ModelConfig, TrainConfig
-from .data import load_tensor, train_images
-from .mosaic_scale import MosaicEstimator, r10
+from ..io.datasets import load_tensor, train_images
+from ..model import riad
+from ..model.artifact import Manifest, save_artifact, sha256_file
+from ..model.config import ModelConfig, TrainConfig
+from ..model.mosaic_scale import MosaicEstimator, r10
+from ..model.reference import combined_loss, saliency_mask
+from ..model.saliency import resolve_dino_weights
+from ..model.unet import UNet
 from .pipeline import Pipeline, excise_for, load_attention_model, needs_dino, resolve_device
-from .reference import combined_loss, saliency_mask
-from .saliency import resolve_dino_weights
-from .unet import UNet
 
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,237 @@
+"""Model verbs: train, eval, mosaic-search and the DINO weights file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from ..model.config import METHODS, MOSAIC_SCALES, SALIENCY_VARIANTS, SCHEDULES, ModelConfig, TrainConfig
+from .options import (
+    DEVICE_OPTION,
+    DINO_OPTION,
+    MODEL_OPTION,
+    _mosaic_scale,
+    _warn,
+)
+
+
+@click.command()
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--category", required=True, help="Product folder under DATA_ROOT (MVTec AD layout: CAT/train/good).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--image-size", default=256, show_default=True, help="Side the images are resized to (multiple of 32).")
+@click.option("--epochs", default=20, show_default=True, help="Passes over the training images.")
+@click.option("--batch-size", default=8, show_default=True, help="Images per optimisation step.")
+@click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default="fixed",
+    show_default=True,
+    help="Learning-rate schedule: fixed, linear warm-up, or SGDR (cosine with restarts).",
+)
+@click.option("--kernel-size", type=click.Choice(["3", "5"]), default="3", show_default=True, help="U-Net conv kernel.")
+@click.option("--width", "base_channels", default=32, show_default=True, help="U-Net base channel count.")
+@click.option(
+    "--saliency",
+    type=click.Choice(SALIENCY_VARIANTS),
+    default=None,
+    help="dino = full EAR; none = mosaic the whole image (no weights needed); binary = DINO mask without "
+    "mosaic hint. Default: dino when DINO weights are given, else none.",
+)
+@DINO_OPTION
+@click.option(
+    "--mosaic-scale",
+    default="auto",
+    show_default=True,
+    help="Mosaic tile size m, or 'auto' to estimate it from the images' edge response (r10).",
+)
+@DEVICE_OPTION
+@click.option("--seed", default=0, show_default=True, help="Seed for the split, shuffling and initialisation.")
+@click.option("--max-steps", default=None, type=int, help="Stop after this many steps (quick trials).")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="ear",
+    show_default=True,
+    help="ear = one excision + one U-Net pass; riad = the RIAD baseline (random disjoint masks, 12 U-Net passes "
+    "at inference), same U-Net, losses and scorer.",
+)
+def train(
+    data_root,
+    category,
+    out_dir,
+    image_size,
+    epochs,
+    batch_size,
+    lr,
+    schedule,
+    kernel_size,
+    base_channels,
+    saliency,
+    dino_weights,
+    mosaic_scale,
+    device,
+    seed,
+    max_steps,
+    method,
+) -> None:
+    """Train a model for one product on DATA_ROOT/CATEGORY/train/good.
+
+    A tenth of the good images is held out to calibrate the decision
+    threshold. The model directory holds weights.safetensors and manifest.json.
+    """
+    from ..inspect.training import train_model
+
+    has_weights = bool(dino_weights or os.environ.get("EAR_DINO_WEIGHTS"))
+    if saliency is None:
+        saliency = "dino" if has_weights else "none"
+        if saliency == "none" and method == "ear":
+            _warn(
+                "No DINO weights configured: training with saliency 'none' (EAR w/o attention, whole image "
+                "mosaicked). Pass --dino-weights PATH or set EAR_DINO_WEIGHTS for full EAR."
+            )
+    m = _mosaic_scale(mosaic_scale)
+    try:
+        cfg = ModelConfig(
+            image_size=image_size,
+            saliency=saliency,
+            kernel_size=int(kernel_size),
+            base_channels=base_channels,
+            method=method,
+        )
+        tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed)
+        path = train_model(
+            data_root,
+            category,
+            out_dir,
+            cfg,
+            tcfg,
+            mosaic_scale=m,
+            dino_weights=dino_weights,
+            device=device,
+            max_steps=max_steps,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    from ..model.artifact import load_manifest
+
+    man = load_manifest(path)
+    click.echo(
+        f"model written to {path} (m={man.config.mosaic_scale}, threshold={man.threshold:.4f}, "
+        f"version {man.model_version})"
+    )
+
+
+@click.command("eval")
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--category", required=True, help="Product folder under DATA_ROOT with test/ and ground_truth/.")
+@MODEL_OPTION
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write a self-contained HTML report (ROC curve, per-defect table, worst examples).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write metrics as JSON (image_auroc, pixel_auroc, n_good, n_defect, per_defect, ...).",
+)
+@click.option("--batch-size", default=16, show_default=True, help="Images per scoring batch.")
+@DINO_OPTION
+@DEVICE_OPTION
+@click.option("--box", type=int, default=None, help="Override the model's MSGMS box-filter size (k <= 1 disables).")
+@click.option("--median/--no-median", default=None, help="Override the model's 3x3 median before the gradients.")
+def evaluate_cmd(
+    data_root, category, model_dir, report, json_out, batch_size, dino_weights, device, box, median
+) -> None:
+    """Image and pixel AUROC of a model on DATA_ROOT/CATEGORY/test."""
+    from ..inspect.evaluation import evaluate, write_report
+    from ..inspect.pipeline import Pipeline
+
+    try:
+        pipe = Pipeline.from_artifact(model_dir, device=device, dino_weights=dino_weights)
+        if box is not None:
+            pipe.config.scoring.box = box
+        if median is not None:
+            pipe.config.scoring.median = median
+        result, material = evaluate(pipe, data_root, category, batch_size=batch_size)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    pix = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"
+    click.echo(
+        f"{category}: image AUROC {result.image_auroc:.4f}, pixel AUROC {pix} "
+        f"({result.n_good} good, {result.n_defect} defective, {result.ms_per_image:.1f} ms/image)"
+    )
+    for defect, row in result.per_defect.items():
+        click.echo(f"  {defect:<12} n={row['n']:<4} AUROC {row['image_auroc']:.4f}  flagged {row['detected']:.1%}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_json(), indent=2))
+    if report:
+        path = write_report(report, pipe, result, material, title=f"EAR evaluation: {category}")
+        click.echo(f"report: {path}")
+
+
+@click.command("mosaic-search")
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--category", required=True, help="Product folder with train/good and a labelled test/ set.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the trial models.")
+@click.option("--scales", default=",".join(map(str, MOSAIC_SCALES)), show_default=True, help="Candidate m values.")
+@click.option("--image-size", default=128, show_default=True)
+@click.option("--epochs", default=5, show_default=True)
+@click.option("--width", "base_channels", default=32, show_default=True, help="U-Net base channel count.")
+@click.option("--saliency", type=click.Choice(SALIENCY_VARIANTS), default="none", show_default=True)
+@DINO_OPTION
+@DEVICE_OPTION
+@click.option("--seed", default=0, show_default=True)
+def mosaic_search(
+    data_root, category, out_dir, scales, image_size, epochs, base_channels, saliency, dino_weights, device, seed
+) -> None:
+    """Grid search of the mosaic scale m on a labelled validation set (image AUROC per m)."""
+    from ..inspect.evaluation import evaluate
+    from ..inspect.pipeline import Pipeline
+    from ..inspect.training import train_model
+
+    table = {}
+    for m in [int(s) for s in scales.split(",")]:
+        cfg = ModelConfig(image_size=image_size, saliency=saliency, base_channels=base_channels)
+        path = train_model(
+            data_root,
+            category,
+            out_dir / f"m{m}",
+            cfg,
+            TrainConfig(epochs=epochs, seed=seed),
+            mosaic_scale=m,
+            dino_weights=dino_weights,
+            device=device,
+        )
+        res, _ = evaluate(Pipeline.from_artifact(path, device=device, dino_weights=dino_weights), data_root, category)
+        table[m] = res.image_auroc
+        click.echo(f"m={m:<3} image AUROC {res.image_auroc:.4f}")
+    best = max(table, key=lambda k: table[k])
+    click.echo(f"best m = {best}")
+    (out_dir / "mosaic_search.json").write_text(json.dumps({"auroc": table, "best": best}, indent=2))
+
+
+@click.group()
+def weights() -> None:
+    """Manage the DINO ViT-S/8 weights file."""
+
+
+@weights.command("fetch")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+def weights_fetch(dest) -> None:
+    """Download the official DINO ViT-S/8 checkpoint to DEST (needs internet; the only networked command)."""
+    from ..model.saliency import fetch_dino_weights
+
+    try:
+        click.echo(f"saved {fetch_dino_weights(dest)}")
+    except OSError as exc:
+        raise click.ClickException(f"download failed (no internet?): {exc}") from exc

@@ -1,0 +1,80 @@
+"""Options and helpers shared by the verbs of the ``ear-stream`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
+DEVICE_OPTION = click.option(
+    "--device",
+    type=DEVICE_CHOICE,
+    default="auto",
+    show_default=True,
+    help="Where to run; auto picks CUDA when present.",
+)
+DINO_OPTION = click.option(
+    "--dino-weights",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Local DINO ViT-S/8 checkpoint (official .pth or timm layout), needed by saliency dino and binary. "
+    "Env: EAR_DINO_WEIGHTS.",
+)
+MODELS_DIR_OPTION = click.option(
+    "--models",
+    "models_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of model directories, one per product: MODELS/<product>/ (on Ray: the same path on every node).",
+)
+RESULTS_OPTION = click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    help="Results root: a folder (shared across nodes for Ray), or a pyarrow filesystem URI (s3://…, gs://…).",
+)
+MODEL_OPTION = click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Model directory written by 'train'.",
+)
+
+
+def _warn(msg: str) -> None:
+    click.secho(msg, fg="yellow", err=True)
+
+
+def _mosaic_scale(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        m = int(value)
+    except ValueError:
+        raise click.BadParameter(f"must be 'auto' or an integer, got {value!r}") from None
+    if m < 1:
+        raise click.BadParameter(f"must be >= 1, got {m}")
+    return m
+
+
+def _stream_options(fn):
+    """--stream/--group/--dlq/--results-stream shared by push, worker, status and cluster."""
+    fn = click.option("--results-stream", default=None, help="Also XADD id/product/score/verdict here (e.g. ear:out).")(
+        fn
+    )
+    fn = click.option("--dlq", default="ear:dlq", show_default=True, help="Dead-letter stream (entries + reason).")(fn)
+    fn = click.option("--group", default="ear-workers", show_default=True, help="Consumer group of the workers.")(fn)
+    fn = click.option("--stream", default="ear:in", show_default=True, help="Input stream.")(fn)
+    return fn
+
+
+REDIS_OPTION = click.option(
+    "--redis",
+    "redis_url",
+    required=True,
+    envvar="EAR_REDIS_URL",
+    show_envvar=True,
+    help="Redis URL: redis://[:password@]host:port/db, or rediss:// for TLS.",
+)

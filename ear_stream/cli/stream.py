@@ -1,0 +1,232 @@
+"""Streaming verbs: push, worker, status and cluster (Redis Streams, Ray)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .options import (
+    DEVICE_OPTION,
+    DINO_OPTION,
+    MODELS_DIR_OPTION,
+    REDIS_OPTION,
+    RESULTS_OPTION,
+    _stream_options,
+)
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@REDIS_OPTION
+@click.option("--product", required=True, help="Product name; a worker needs MODELS_DIR/<product>/.")
+@click.option("--id-prefix", default="", help="Prefix of the entry ids (the file path follows it).")
+@click.option("--maxlen", type=int, default=None, help="Trim the stream to about this many entries (XADD MAXLEN ~).")
+@_stream_options
+def push(inputs, redis_url, product, id_prefix, maxlen, stream, group, dlq, results_stream) -> None:
+    """XADD image files (INPUTS: files, folders or globs) to the input stream.
+
+    Each entry carries id (prefix + path), product, the encoded image bytes and a
+    meta JSON with the file name. Invalid files are refused before they reach Redis.
+    """
+    from tqdm import tqdm
+
+    from ..io.decode import list_images
+    from ..stream import queue as q
+
+    cfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
+    client = q.connect(redis_url)
+    files = list_images(list(inputs))
+    refused = 0
+    for path in tqdm(files, desc=f"pushing {product}", file=sys.stderr):
+        try:
+            q.push(client, product, path.read_bytes(), f"{id_prefix}{path}", {"file": path.name}, cfg, maxlen)
+        except q.ValidationError as exc:
+            refused += 1
+            click.echo(f"refused [{exc.reason}] {path}: {exc}", err=True)
+    click.echo(f"pushed {len(files) - refused} images to {stream}")
+    if refused:
+        sys.exit(2)
+
+
+@click.command()
+@REDIS_OPTION
+@MODELS_DIR_OPTION
+@RESULTS_OPTION
+@click.option("--batch-size", default=32, show_default=True, help="Entries read and scored per batch.")
+@DEVICE_OPTION
+@click.option("--name", default=None, help="Consumer name (default host-pid); reuse it to resume its pending entries.")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
+@click.option("--flush-rows", default=256, show_default=True, help="Write a Parquet part after this many rows ...")
+@click.option("--flush-seconds", default=2.0, show_default=True, help="... or after this long, whichever first.")
+@click.option(
+    "--claim-idle-ms",
+    default=60_000,
+    show_default=True,
+    help="Reclaim entries another consumer left unacknowledged this long (XAUTOCLAIM).",
+)
+@click.option("--max-deliveries", default=5, show_default=True, help="Dead-letter entries delivered more often.")
+@click.option("--exit-when-idle", type=float, default=None, help="Leave once the stream is drained for this long (s).")
+@DINO_OPTION
+@_stream_options
+def worker(
+    redis_url,
+    models_dir,
+    out_dir,
+    batch_size,
+    device,
+    name,
+    metrics_port,
+    metrics_host,
+    flush_rows,
+    flush_seconds,
+    claim_idle_ms,
+    max_deliveries,
+    exit_when_idle,
+    dino_weights,
+    stream,
+    group,
+    dlq,
+    results_stream,
+) -> None:
+    """Score the input stream into Parquet until SIGTERM/SIGINT (one process, no Ray).
+
+    Rows are written to a durable Parquet part before the entries are acknowledged;
+    undecodable or invalid entries go to the dead-letter stream with the reason.
+    """
+    import logging
+
+    from ..stream import queue as q
+    from ..stream.worker import Worker, WorkerConfig, default_worker_name
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scfg = q.StreamConfig(
+        stream=stream,
+        group=group,
+        dlq=dlq,
+        results=results_stream,
+        max_deliveries=max_deliveries,
+        claim_idle_ms=claim_idle_ms,
+    )
+    cfg = WorkerConfig(
+        redis_url=redis_url,
+        models_dir=models_dir,
+        out_dir=out_dir,
+        name=name or default_worker_name(),
+        stream=scfg,
+        batch_size=batch_size,
+        device=device,
+        dino_weights=dino_weights,
+        flush_rows=flush_rows,
+        flush_seconds=flush_seconds,
+        exit_when_idle_s=exit_when_idle,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
+    w = Worker(cfg)
+    w.install_signal_handlers()
+    stats = w.run()
+    click.echo(json.dumps(stats))
+
+
+@click.command()
+@REDIS_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@_stream_options
+def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
+    """Stream length, group lag and pending, pending per consumer, DLQ size, live workers."""
+    from ..stream import queue as q
+
+    st = q.stream_status(q.connect(redis_url), q.StreamConfig(stream=stream, group=group, dlq=dlq))
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    g = st["group"]
+    click.echo(f"stream {st['stream']}: length {st['length']}, dead letters {st['dlq']}")
+    click.echo(
+        f"group {g['name']}: lag {g.get('lag')}, pending {g.get('pending', 0)}, consumers {g.get('consumers', 0)}"
+    )
+    for consumer, c in g.get("per_consumer", {}).items():
+        click.echo(f"  consumer {consumer}: pending {c['pending']}, idle {c['idle_ms'] / 1000:.1f}s")
+    click.echo(f"live workers: {len(st['workers'])}")
+    for name, w in st["workers"].items():
+        click.echo(
+            f"  {name}: scored {w.get('scored')}, dead letters {w.get('dead_letters')}, products {w.get('products')}"
+        )
+
+
+@click.command()
+@REDIS_OPTION
+@MODELS_DIR_OPTION
+@RESULTS_OPTION
+@click.option("--address", default=None, help="Ray cluster: 'auto', 'ray://head:10001'; default: start a local Ray.")
+@click.option("--min-workers", default=1, show_default=True, help="Fewest inspection actors.")
+@click.option("--max-workers", default=4, show_default=True, help="Most inspection actors (one GPU each on GPU nodes).")
+@click.option("--batch-size", default=32, show_default=True, help="Entries read and scored per batch, per actor.")
+@click.option("--high-watermark", default=256, show_default=True, help="Backlog per actor that triggers scale-up.")
+@click.option("--cooldown", default=60.0, show_default=True, help="Seconds of empty backlog before scaling down.")
+@click.option("--poll", default=2.0, show_default=True, help="Seconds between supervisor decisions.")
+@click.option("--exit-when-drained", is_flag=True, help="Stop (draining the actors) once the stream is empty.")
+@click.option("--max-seconds", type=float, default=None, help="Stop after this long.")
+@DINO_OPTION
+@_stream_options
+def cluster(
+    redis_url,
+    models_dir,
+    out_dir,
+    address,
+    min_workers,
+    max_workers,
+    batch_size,
+    high_watermark,
+    cooldown,
+    poll,
+    exit_when_drained,
+    max_seconds,
+    dino_weights,
+    stream,
+    group,
+    dlq,
+    results_stream,
+) -> None:
+    """Run the inspection actors on Ray, scaled between --min-workers and --max-workers by the stream's backlog.
+
+    One actor per GPU (num_gpus=1) on GPU clusters, CPU actors otherwise; actors
+    restart on failure; the supervisor asks the Ray autoscaler for the resources
+    the backlog calls for (request_resources). SIGINT/SIGTERM drain the actors.
+    """
+    import logging
+    import signal
+
+    from ..stream import queue as q
+    from ..stream.worker import WorkerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from workers.local import init_ray
+    from workers.policy import ScalingPolicy
+    from workers.supervisor import Supervisor
+
+    init_ray(address)
+    scfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
+    template = WorkerConfig(
+        redis_url=redis_url,
+        models_dir=models_dir.resolve(),
+        out_dir=out_dir,
+        stream=scfg,
+        batch_size=batch_size,
+        dino_weights=dino_weights,
+    )
+    policy = ScalingPolicy(
+        min_workers=min_workers, max_workers=max_workers, high_watermark=high_watermark, scale_down_cooldown_s=cooldown
+    )
+    sup = Supervisor(template, policy, poll_s=poll)
+    stopping = {"flag": False}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.update(flag=True))
+    try:
+        sup.run(until=lambda: stopping["flag"] or (exit_when_drained and sup.drained()), max_seconds=max_seconds)
+    finally:
+        sup.shutdown()
+    click.echo("cluster stopped; all actors drained")

@@ -1,0 +1,1 @@
+"""Inspection wing: the pipeline, training, evaluation, scoring and visualisation (uses model/ and io/)."""

@@ -1,0 +1,1 @@
+"""I/O wing: decoding images, MVTec-layout datasets, Parquet results. Imports no higher wing."""

@@ -5,7 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-export TORCH_CUDA_ARCH_LIST ?= 9.0
+# one fat-binary arch list for setup.py, this Makefile and CMake (csrc/cuda_archs.py: sm_75 on + PTX)
+ifndef TORCH_CUDA_ARCH_LIST
+TORCH_CUDA_ARCH_LIST := $(shell $(PYTHON) csrc/cuda_archs.py)
+endif
+export TORCH_CUDA_ARCH_LIST
 export MAX_JOBS ?= 2
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
@@ -31,7 +35,7 @@ redis:
 	@command -v redis-server >/dev/null || { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@redis-server --version
 
-demo: install
+demo: install redis
 	$(VENV)/bin/ear-stream demo
 
 lint: $(VENV)/.deps

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import os
-import sys
 
 from setuptools import find_packages, setup
 
@@ -53,6 +52,14 @@ def _pip_cuda_includes() -> list[str]:
     return dirs
 
 
+def _cuda_arch_list() -> str:
+    """The fat-binary list of csrc/cuda_archs.py (Turing on, plus PTX of the newest): one list for every build."""
+    import runpy
+
+    mod = runpy.run_path(os.path.join(HERE, "csrc", "cuda_archs.py"))
+    return mod["torch_format"](mod["arch_list"]())
+
+
 def extension_modules() -> tuple[list, dict]:
     mode = os.environ.get("EAR_STREAM_BUILD", "auto").lower()
     if mode == "none":
@@ -62,17 +69,20 @@ def extension_modules() -> tuple[list, dict]:
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-    except ImportError:
-        if mode in ("cpu", "cuda"):
-            raise
-        print("ear-stream: torch is not importable at build time; skipping the C++ extension", file=sys.stderr)
-        return [], {}
+    except ImportError as exc:
+        # pip's default isolated build has no torch: fail loudly instead of installing a package that
+        # silently runs the slow reference ops (torchvision-style extensions do the same)
+        raise SystemExit(
+            f"ear-stream: torch is not importable at build time ({exc}). The C++/CUDA extension is built "
+            "against the installed torch: install torch==2.14.1 first, then `pip install --no-build-isolation .` "
+            "(or `make install`). EAR_STREAM_BUILD=none installs without the extension (reference ops only)."
+        ) from exc
     want_cuda = mode == "cuda" or (mode == "auto" and torch.version.cuda is not None and CUDA_HOME is not None)
     cxx = ["-O3"]
     sources = _sources("ear.cpp", "runtime.cpp", "ops/*.cpp", "ops/cpu/*.cpp")
     include = [os.path.join(HERE, "csrc")]
     if want_cuda:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0+PTX")
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _cuda_arch_list())
         ext = CUDAExtension(
             "ear_stream._C",
             sources + _sources("ops/cuda/*.cu"),

@@ -60,3 +60,27 @@ def poisoned_outputs():
         yield
     finally:
         torch.ops.ear._set_poison(False)
+
+
+#: tests that talk to a real redis-server skip cleanly where none is installed
+needs_redis = pytest.mark.skipif(
+    not any(os.access(os.path.join(p, "redis-server"), os.X_OK) for p in os.environ.get("PATH", "").split(":")),
+    reason="redis-server is not installed (make test installs it)",
+)
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A redis-server on a free loopback port, stopped after the module."""
+    from ear_stream.stream.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def models_dir(tiny_model, tmp_path_factory) -> Path:
+    """MODELS_DIR with the tiny model as product ``synthetic``."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "synthetic").symlink_to(tiny_model, target_is_directory=True)
+    return root

@@ -76,8 +76,9 @@ def test_train_eval_score_results(synthetic_root, tmp_path):
         "--mosaic-scale",
         "8",
     )
-    assert "model written" in res.output
-    assert "No DINO weights" in res.stderr
+    assert "model written" in res.output and "saliency spectral" in res.output
+    assert "saliency: spectral (--saliency auto: no DINO weights configured)" in res.stderr
+    assert json.loads((model / "manifest.json").read_text())["config"]["saliency"] == "spectral"
 
     report, metrics = tmp_path / "report.html", tmp_path / "metrics.json"
     run(
@@ -96,6 +97,7 @@ def test_train_eval_score_results(synthetic_root, tmp_path):
     assert {"image_auroc", "pixel_auroc", "n_good", "n_defect", "per_defect"} <= set(data)
     assert data["n_good"] == 6 and data["n_defect"] == 10
     assert "Worst false positives" in report.read_text() and report.with_suffix(".roc.png").stat().st_size > 0
+    assert "excised mask S" in report.read_text()
 
     out = tmp_path / "results"
     test_dir = synthetic_root / "synthetic" / "test"

@@ -14,11 +14,11 @@ import time
 import urllib.request
 import uuid
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import needs_redis
 from PIL import Image
 
 from ear_stream.cli import main
@@ -27,16 +27,7 @@ from ear_stream.stream import queue as q
 from ear_stream.stream.redis_server import RedisServer, free_port
 from ear_stream.stream.worker import Worker, WorkerConfig
 
-pytestmark = pytest.mark.skipif(
-    not any(os.access(os.path.join(p, "redis-server"), os.X_OK) for p in os.environ.get("PATH", "").split(":")),
-    reason="redis-server is not installed (make test installs it)",
-)
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    with RedisServer() as server:
-        yield server
+pytestmark = needs_redis
 
 
 @pytest.fixture
@@ -45,13 +36,6 @@ def stream_cfg() -> q.StreamConfig:
     return q.StreamConfig(
         stream=f"t:{tag}:in", group="g", dlq=f"t:{tag}:dlq", results=f"t:{tag}:out", claim_idle_ms=300
     )
-
-
-@pytest.fixture(scope="module")
-def models_dir(tiny_model, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    (root / "synthetic").symlink_to(tiny_model, target_is_directory=True)
-    return root
 
 
 @pytest.fixture(scope="module")

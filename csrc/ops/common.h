@@ -23,6 +23,16 @@ constexpr float kGradEps = 1e-12f;   // under the gradient-magnitude square root
 
 EAR_HD int clamp_index(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// Max that keeps NaN, like torch.amax: once a NaN is seen it wins. fmaxf / std::max drop
+// NaN, and a diverged model (NaN or inf reconstruction, inf/inf = NaN in the GMS) would
+// then score finite and pass a part as good. Scores must fail closed.
+EAR_HD float nan_max(float best, float v) { return (best != best) ? best : ((v != v || v > best) ? v : best); }
+
+// Q3 rule (SPEC §1 step 2): threshold = mean + 0.674 * population std, mean and variance
+// accumulated in double, then combined in float; S = A > threshold (strict). For constant
+// attention (std = 0) the double mean is exact, so threshold == A everywhere and S = 0:
+// nothing stands out, nothing is excised. The reference computes it the same way.
+
 // PyTorch's `nearest` rule: src = min(floor(dst * in / out), in - 1), with a float scale.
 EAR_HD int nearest_source(int dst, int in, int out) {
   if (in == out) return dst;

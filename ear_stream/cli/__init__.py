@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import click
 
+from .errors import ExpectedErrorsGroup
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+@click.group(
+    cls=ExpectedErrorsGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(package_name="ear-stream")
 def main() -> None:
     """EAR (Excision And Recovery) visual defect detection.

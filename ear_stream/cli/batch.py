@@ -12,6 +12,7 @@ from .options import (
     DEVICE_OPTION,
     DINO_OPTION,
     MODEL_OPTION,
+    announce_backend,
 )
 
 
@@ -42,6 +43,8 @@ def score(inputs, model_dir, out_dir, product, save_maps, batch_size, dino_weigh
     with status 2 after scoring the rest.
     """
     from ..inspect.pipeline import Pipeline
+
+    announce_backend()
     from ..inspect.scoring import score_files
     from ..io.decode import list_images
 

@@ -9,10 +9,10 @@ import click
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("which", type=click.Choice(["ops", "worker", "study"]))
+@click.argument("which", type=click.Choice(["ops", "worker", "saliency", "study"]))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench(which, args) -> None:
-    """Run a benchmark script from benchmarks/ (ops, worker or study); ARGS go to the script (try ARGS = --help)."""
+    """Run a benchmark script from benchmarks/ (ops, worker, saliency or study); ARGS go to the script (try ARGS = --help)."""
     import runpy
 
     script = (

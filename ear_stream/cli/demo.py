@@ -19,9 +19,9 @@ from ..io.datasets import write_synthetic_category
 from ..io.decode import list_images
 from ..io.results import read_results, summarize
 from ..model.artifact import load_manifest
-from ..model.config import ModelConfig, TrainConfig
+from ..model.config import ModelConfig, TrainConfig, resolve_saliency
 from ..stream import queue as q
-from ..stream.redis_server import RedisServer
+from ..stream.redis_server import RedisServer, find_redis_server
 from ..stream.worker import WorkerConfig
 
 PRODUCT = "synthetic"
@@ -33,10 +33,13 @@ def ensure_model(workdir: Path, epochs: int, image_size: int) -> Path:
     if not (data / PRODUCT).is_dir():
         write_synthetic_category(data, PRODUCT)
     model_dir = workdir / "models" / PRODUCT
-    if (model_dir / "manifest.json").is_file() and load_manifest(model_dir).config.image_size == image_size:
-        click.echo(f"reusing model {model_dir}")
-        return model_dir
-    cfg = ModelConfig(image_size=image_size, saliency="none", base_channels=16)
+    saliency = resolve_saliency("auto", has_dino_weights=False)
+    if (model_dir / "manifest.json").is_file():
+        cfg = load_manifest(model_dir).config
+        if (cfg.image_size, cfg.saliency) == (image_size, saliency):
+            click.echo(f"reusing model {model_dir}")
+            return model_dir
+    cfg = ModelConfig(image_size=image_size, saliency=saliency, base_channels=16)
     return train_model(
         data,
         PRODUCT,
@@ -55,12 +58,16 @@ def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64, copies: int =
     from workers.policy import ScalingPolicy
     from workers.supervisor import Supervisor
 
+    find_redis_server()  # before minutes of training, not after
     workdir = Path(workdir).resolve()
-    click.secho(
-        "ear-stream demo: saliency 'none' (EAR w/o attention) - no DINO weights are configured", fg="yellow", err=True
-    )
     model_dir = ensure_model(workdir, epochs, image_size)
     pipe = Pipeline.from_artifact(model_dir)
+    click.secho(
+        f"ear-stream demo: saliency {pipe.config.saliency} (--saliency auto without DINO weights), "
+        f"m={pipe.config.mosaic_scale}, threshold {pipe.threshold:.4f}",
+        fg="yellow",
+        err=True,
+    )
     result, material = evaluate(pipe, workdir / "data", PRODUCT, progress=False)
     report = write_report(workdir / "report.html", pipe, result, material, "EAR demo: synthetic")
     click.echo(f"offline eval: image AUROC {result.image_auroc:.3f}, pixel AUROC {result.pixel_auroc:.3f}")
@@ -83,7 +90,9 @@ def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64, copies: int =
                     scfg,
                 )
         click.echo(f"pushed {copies * len(files)} images to {scfg.stream}")
+        t_ray = time.monotonic()
         init_ray(num_cpus=max(2, max_workers))
+        ray_start = time.monotonic() - t_ray
         try:
             template = WorkerConfig(
                 redis_url=server.url,
@@ -96,20 +105,32 @@ def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64, copies: int =
                 block_ms=200,
             )
             policy = ScalingPolicy(min_workers=1, max_workers=max_workers, high_watermark=32, scale_up_cooldown_s=0)
-            sup = Supervisor(template, policy, poll_s=0.5)
-            started = time.monotonic()
+            sup = Supervisor(template, policy, poll_s=0.2)
+            t_actors = time.monotonic()
             try:
+                sup.step()  # the backlog asks for actors at once
+                ray.get([slot.handle.ping.remote() for slot in sup.slots.values()], timeout=300)
+                actor_start = time.monotonic() - t_actors
+                t_scoring = time.monotonic()
                 sup.run(until=sup.drained, max_seconds=600)
+                scoring = time.monotonic() - t_scoring
             finally:
                 sup.shutdown()
-            elapsed = time.monotonic() - started
             status = q.stream_status(client, scfg)
         finally:
             ray.shutdown()
     summary = summarize(read_results(out))
     click.echo(
-        f"Ray actors scored the stream in {elapsed:.1f}s; dead letters {status['dlq']}, "
+        f"Ray stage: ray start {ray_start:.1f}s, actor start-up {actor_start:.1f}s, scoring {scoring:.1f}s "
+        f"(at most {max_workers} actors); dead letters {status['dlq']}, "
         f"pending {status['group'].get('pending')}"
+    )
+    rows = read_results(out).select(["id", "is_anomaly"]).to_pylist()  # ids are run/copy/<defect>/<file>
+    bad = [r["is_anomaly"] for r in rows if "/good/" not in r["id"]]
+    good = [r["is_anomaly"] for r in rows if "/good/" in r["id"]]
+    click.echo(
+        f"verdicts: {sum(bad)}/{len(bad)} defective images flagged ({sum(bad) / max(1, len(bad)):.0%}), "
+        f"{sum(good)}/{len(good)} good images flagged ({sum(good) / max(1, len(good)):.0%})"
     )
     for product, s in summary["products"].items():
         click.echo(

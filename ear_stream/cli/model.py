@@ -8,13 +8,25 @@ from pathlib import Path
 
 import click
 
-from ..model.config import METHODS, MOSAIC_SCALES, SALIENCY_VARIANTS, SCHEDULES, ModelConfig, TrainConfig
+from ..model.config import (
+    AUTO_WEIGHT_FREE,
+    METHODS,
+    MOSAIC_SCALES,
+    SALIENCY_CHOICES,
+    SALIENCY_VARIANTS,
+    SCHEDULES,
+    ModelConfig,
+    ScoringConfig,
+    TrainConfig,
+    resolve_saliency,
+)
 from .options import (
     DEVICE_OPTION,
     DINO_OPTION,
     MODEL_OPTION,
     _mosaic_scale,
     _warn,
+    announce_backend,
 )
 
 
@@ -37,11 +49,19 @@ from .options import (
 @click.option("--width", "base_channels", default=32, show_default=True, help="U-Net base channel count.")
 @click.option(
     "--saliency",
-    type=click.Choice(SALIENCY_VARIANTS),
-    default=None,
-    help="dino = full EAR; none = mosaic the whole image (no weights needed); binary = DINO mask without "
-    "mosaic hint. Default: dino when DINO weights are given, else none.",
+    type=click.Choice(SALIENCY_CHOICES),
+    default="auto",
+    show_default=True,
+    help=f"What to excise. auto = dino when DINO weights are configured, else {AUTO_WEIGHT_FREE} (best weight-free "
+    "variant on real data, BENCHMARKS.md). dino = full EAR; spectral = spectral-residual saliency; stats = "
+    "deviation from per-cell statistics of the training images (aligned products); self = two-pass EAR (a first "
+    "U-Net pass finds what to excise); none = mosaic the whole image; binary = DINO mask without mosaic hint.",
 )
+@click.option("--grid", type=int, default=None, help="Attention grid side of the weight-free variants (default 16).")
+@click.option("--max-minutes", type=float, default=None, help="Wall-clock training budget; stops at the first limit.")
+@click.option("--box", type=int, default=None, help="MSGMS box filter (odd; <= 1 disables). Default: 21·size/256.")
+@click.option("--scales", type=int, default=None, help="MSGMS scales. Default: 3 at 256 px, one fewer per halving.")
+@click.option("--border", type=int, default=0, show_default=True, help="Pixels at each edge left out of the score.")
 @DINO_OPTION
 @click.option(
     "--mosaic-scale",
@@ -72,6 +92,11 @@ def train(
     kernel_size,
     base_channels,
     saliency,
+    grid,
+    max_minutes,
+    box,
+    scales,
+    border,
     dino_weights,
     mosaic_scale,
     device,
@@ -87,21 +112,20 @@ def train(
     from ..inspect.training import train_model
 
     has_weights = bool(dino_weights or os.environ.get("EAR_DINO_WEIGHTS"))
-    if saliency is None:
-        saliency = "dino" if has_weights else "none"
-        if saliency == "none" and method == "ear":
-            _warn(
-                "No DINO weights configured: training with saliency 'none' (EAR w/o attention, whole image "
-                "mosaicked). Pass --dino-weights PATH or set EAR_DINO_WEIGHTS for full EAR."
-            )
+    resolved = resolve_saliency(saliency, has_weights)
+    if method == "ear":
+        why = "(--saliency auto: no DINO weights configured)" if saliency == "auto" and not has_weights else ""
+        _warn(f"saliency: {resolved} {why}".rstrip())
     m = _mosaic_scale(mosaic_scale)
     try:
         cfg = ModelConfig(
             image_size=image_size,
-            saliency=saliency,
+            saliency=resolved,
             kernel_size=int(kernel_size),
             base_channels=base_channels,
             method=method,
+            scoring=ScoringConfig(scales=scales, box=box, border=border),
+            saliency_params={"grid": grid} if grid and resolved not in ("dino", "binary", "none") else {},
         )
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed)
         path = train_model(
@@ -114,6 +138,7 @@ def train(
             dino_weights=dino_weights,
             device=device,
             max_steps=max_steps,
+            max_minutes=max_minutes,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -121,7 +146,8 @@ def train(
 
     man = load_manifest(path)
     click.echo(
-        f"model written to {path} (m={man.config.mosaic_scale}, threshold={man.threshold:.4f}, "
+        f"model written to {path} (saliency {man.config.saliency}, m={man.config.mosaic_scale}, "
+        f"threshold={man.threshold:.4f}, {man.training['steps']} steps, stopped by {man.training['stop_reason']}, "
         f"version {man.model_version})"
     )
 
@@ -148,10 +174,12 @@ def train(
 @DEVICE_OPTION
 @click.option("--box", type=int, default=None, help="Override the model's MSGMS box-filter size (k <= 1 disables).")
 @click.option("--median/--no-median", default=None, help="Override the model's 3x3 median before the gradients.")
+@click.option("--border", type=int, default=None, help="Override the pixels at each edge left out of the score.")
 def evaluate_cmd(
-    data_root, category, model_dir, report, json_out, batch_size, dino_weights, device, box, median
+    data_root, category, model_dir, report, json_out, batch_size, dino_weights, device, box, median, border
 ) -> None:
     """Image and pixel AUROC of a model on DATA_ROOT/CATEGORY/test."""
+    announce_backend()
     from ..inspect.evaluation import evaluate, write_report
     from ..inspect.pipeline import Pipeline
 
@@ -161,6 +189,9 @@ def evaluate_cmd(
             pipe.config.scoring.box = box
         if median is not None:
             pipe.config.scoring.median = median
+        if border is not None:
+            pipe.config.scoring.border = border
+        click.echo(f"saliency: {pipe.config.saliency} {pipe.config.saliency_params or ''}".rstrip(), err=True)
         result, material = evaluate(pipe, data_root, category, batch_size=batch_size)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc

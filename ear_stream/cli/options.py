@@ -78,3 +78,10 @@ REDIS_OPTION = click.option(
     show_envvar=True,
     help="Redis URL: redis://[:password@]host:port/db, or rediss:// for TLS.",
 )
+
+
+def announce_backend() -> None:
+    """One stderr line saying what runs the fused ops and why (extension cpu+cuda / cpu / reference)."""
+    from ..model import ops
+
+    click.echo(f"ops backend: {ops.backend_description()}", err=True)

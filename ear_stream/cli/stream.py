@@ -14,6 +14,7 @@ from .options import (
     REDIS_OPTION,
     RESULTS_OPTION,
     _stream_options,
+    announce_backend,
 )
 
 
@@ -36,7 +37,7 @@ def push(inputs, redis_url, product, id_prefix, maxlen, stream, group, dlq, resu
     from ..stream import queue as q
 
     cfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
-    client = q.connect(redis_url)
+    client = q.connect(redis_url, verify=True)
     files = list_images(list(inputs))
     refused = 0
     for path in tqdm(files, desc=f"pushing {product}", file=sys.stderr):
@@ -96,6 +97,7 @@ def worker(
     Rows are written to a durable Parquet part before the entries are acknowledged;
     undecodable or invalid entries go to the dead-letter stream with the reason.
     """
+    announce_backend()
     import logging
 
     from ..stream import queue as q
@@ -139,7 +141,7 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
     """Stream length, group lag and pending, pending per consumer, DLQ size, live workers."""
     from ..stream import queue as q
 
-    st = q.stream_status(q.connect(redis_url), q.StreamConfig(stream=stream, group=group, dlq=dlq))
+    st = q.stream_status(q.connect(redis_url, verify=True), q.StreamConfig(stream=stream, group=group, dlq=dlq))
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
@@ -197,6 +199,7 @@ def cluster(
     restart on failure; the supervisor asks the Ray autoscaler for the resources
     the backlog calls for (request_resources). SIGINT/SIGTERM drain the actors.
     """
+    announce_backend()
     import logging
     import signal
 
@@ -208,6 +211,7 @@ def cluster(
     from workers.policy import ScalingPolicy
     from workers.supervisor import Supervisor
 
+    q.connect(redis_url, verify=True)  # a wrong URL or password fails here, before Ray starts
     init_ray(address)
     scfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
     template = WorkerConfig(

@@ -16,10 +16,14 @@ from tqdm import tqdm
 
 from ..io.datasets import Sample, load_mask, load_tensor, test_samples
 from .pipeline import Pipeline
-from .visualize import heatmap_overlay, image_rgb, roc_png, to_png
+from .visualize import heatmap_overlay, image_rgb, mask_overlay, roc_png, to_png
 
 #: pixel AUROC uses at most this many pixels (uniform subsample, fixed seed) to bound memory
 MAX_PIXELS_FOR_AUROC = 20_000_000
+
+
+class NonFiniteScoreError(ValueError):
+    """Some test image scored NaN/inf: metrics over such scores would be meaningless."""
 
 
 @dataclass
@@ -51,14 +55,25 @@ def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def evaluate(
-    pipe: Pipeline, data_root: str | Path, category: str, batch_size: int = 16, progress: bool = True
+    pipe: Pipeline,
+    data_root: str | Path,
+    category: str,
+    batch_size: int = 16,
+    progress: bool = True,
+    samples: list[Sample] | None = None,
+    images: torch.Tensor | None = None,
 ) -> tuple[EvalResult, dict[str, Any]]:
-    """Score every test image; returns the metrics and the material the report needs."""
+    """Score every test image; returns the metrics and the material the report needs.
+
+    ``samples``/``images`` (already loaded at the model's size) skip the listing
+    and decoding, for callers that evaluate many models on one set.
+    """
     import time
 
-    samples = test_samples(data_root, category)
+    samples = test_samples(data_root, category) if samples is None else samples
     size = pipe.config.image_size
-    images = load_tensor([s.path for s in samples], size, desc="loading test images", progress=progress)
+    if images is None:
+        images = load_tensor([s.path for s in samples], size, desc="loading test images", progress=progress)
     scores, maps = [], []
     started = time.perf_counter()
     for i in tqdm(range(0, len(samples), batch_size), desc="scoring", disable=not progress):
@@ -67,7 +82,22 @@ def evaluate(
         maps.append(res.maps.half())
     elapsed = time.perf_counter() - started
     score = np.concatenate(scores)
+    bad = [samples[i].path.name for i in np.where(~np.isfinite(score))[0]]
+    if bad:
+        raise NonFiniteScoreError(
+            f"{len(bad)} of {len(samples)} test images scored NaN/inf (e.g. {', '.join(bad[:3])}): the model's "
+            "reconstruction is not finite (diverged training?); no AUROC is reported over them"
+        )
     dmaps = torch.cat(maps)
+    labels = np.array([s.defect != "good" for s in samples])
+    result = compute_metrics(samples, score, dmaps, size, pipe.threshold, 1000.0 * elapsed / max(1, len(samples)))
+    return result, {"images": images, "maps": dmaps, "labels": labels}
+
+
+def compute_metrics(
+    samples: list[Sample], score: np.ndarray, dmaps: torch.Tensor, size: int, threshold: float, ms_per_image: float
+) -> EvalResult:
+    """Image/pixel AUROC and the per-defect table of already-scored samples (any subset of a test set)."""
     labels = np.array([s.defect != "good" for s in samples])
     per_defect = {}
     for defect in sorted({s.defect for s in samples} - {"good"}):
@@ -75,21 +105,19 @@ def evaluate(
         per_defect[defect] = {
             "n": int(sum(s.defect == defect for s in samples)),
             "image_auroc": _auroc(labels[sel], score[sel]),
-            "detected": float((score[np.array([s.defect == defect for s in samples])] > pipe.threshold).mean()),
+            "detected": float((score[np.array([s.defect == defect for s in samples])] > threshold).mean()),
         }
-    pixel_auroc = _pixel_auroc(samples, dmaps, size)
-    result = EvalResult(
+    return EvalResult(
         image_auroc=_auroc(labels, score),
-        pixel_auroc=pixel_auroc,
+        pixel_auroc=_pixel_auroc(samples, dmaps, size),
         n_good=int((~labels).sum()),
         n_defect=int(labels.sum()),
         per_defect=per_defect,
-        threshold=pipe.threshold,
-        ms_per_image=1000.0 * elapsed / max(1, len(samples)),
+        threshold=threshold,
+        ms_per_image=ms_per_image,
         samples=samples,
         scores=score,
     )
-    return result, {"images": images, "maps": dmaps, "labels": labels}
 
 
 def _pixel_auroc(samples: list[Sample], dmaps: torch.Tensor, size: int) -> float | None:
@@ -124,13 +152,14 @@ def write_report(
         idx = chosen[i : i + 16]
         res = pipe.score_tensor(material["images"][idx], want_recon=True)
         for j, k in enumerate(idx):
-            recon[k] = (res.composite[j], res.recon[j])
+            recon[k] = (res.composite[j], res.recon[j], res.mask[j])
 
     def row(k: int) -> str:
         s = result.samples[k]
-        comp, rec = recon[k]
+        comp, rec, mask = recon[k]
         cells = [
             _b64(to_png(image_rgb(material["images"][k]))),
+            _b64(to_png(mask_overlay(material["images"][k], mask))),
             _b64(to_png(image_rgb(comp))),
             _b64(to_png(image_rgb(rec))),
             _b64(to_png(heatmap_overlay(material["images"][k], material["maps"][k], vmax=pipe.threshold * 1.5))),
@@ -138,7 +167,7 @@ def write_report(
         imgs = "".join(f'<td><img src="{c}" width="160"></td>' for c in cells)
         return f"<tr><td>{html.escape(s.path.name)}<br>{s.defect}<br>score {score[k]:.4f}</td>{imgs}</tr>"
 
-    header = "<tr><th>image</th><th>input</th><th>excised I'</th><th>recovered</th><th>MSGMS map</th></tr>"
+    header = "<tr><th>image</th><th>input</th><th>excised mask S</th><th>excised I'</th><th>recovered</th><th>MSGMS map</th></tr>"
     defect_rows = "".join(
         f"<tr><td>{d}</td><td>{v['n']}</td><td>{v['image_auroc']:.4f}</td><td>{v['detected']:.2%}</td></tr>"
         for d, v in result.per_defect.items()

@@ -12,13 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..io.decode import to_model_input
 from ..model import ops
-from ..model.artifact import ArtifactError, load_artifact, sha256_file
-from ..model.config import ModelConfig
+from ..model.artifact import ArtifactError, load_artifact_parts, sha256_file
+from ..model.config import ModelConfig, ScoringConfig
+from ..model.reference import saliency_mask
 from ..model.saliency import DinoAttention, build_dino, resolve_dino_weights
 from ..model.unet import UNet
+from ..model.weightfree import SelfSaliency, create_saliency, grid_pool
+
+
+class DeviceUnavailable(RuntimeError):
+    """The device asked for is not there (no silent fallback: a plant sized for a GPU must know)."""
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -27,7 +35,12 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+        raise DeviceUnavailable(
+            f"--device {device} was asked for but no CUDA device is available here "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): use --device cpu or auto"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceUnavailable(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev
 
 
@@ -35,18 +48,31 @@ def needs_dino(config: ModelConfig) -> bool:
     return config.saliency in ("dino", "binary")
 
 
-def load_attention_model(
-    config: ModelConfig, dino_weights: str | os.PathLike | None, device: torch.device
-) -> DinoAttention | None:
-    """The DINO attention module when the variant needs one; a clear error when no weights are given."""
-    if not needs_dino(config):
+def build_saliency(
+    config: ModelConfig,
+    dino_weights: str | os.PathLike | None,
+    device: torch.device,
+    state: dict[str, torch.Tensor] | None = None,
+) -> nn.Module | None:
+    """The module that yields attention grids for the config's variant (``None`` for ``none``).
+
+    DINO variants need a local weights file (clear error otherwise); weight-free
+    variants come from the registry, with their fitted ``state`` when they have one.
+    """
+    if config.saliency == "none" or config.method != "ear":
         return None
-    path = resolve_dino_weights(dino_weights)
-    if path is None:
-        raise ArtifactError(
-            f"saliency '{config.saliency}' needs DINO ViT-S/8 weights: pass --dino-weights PATH or set EAR_DINO_WEIGHTS"
-        )
-    return DinoAttention(build_dino(path)).to(device)
+    if needs_dino(config):
+        path = resolve_dino_weights(dino_weights)
+        if path is None:
+            raise ArtifactError(
+                f"saliency '{config.saliency}' needs DINO ViT-S/8 weights: pass --dino-weights PATH or set "
+                "EAR_DINO_WEIGHTS (or train with a weight-free variant: --saliency spectral|stats|self)"
+            )
+        return DinoAttention(build_dino(path)).to(device)
+    module = create_saliency(config.saliency, config.saliency_params)
+    if state:
+        module.load_state_dict(state)
+    return module.to(device)
 
 
 def excise_for(
@@ -57,7 +83,65 @@ def excise_for(
         return ops.excise(images, None, config.mosaic_scale, True)
     if attention is None:
         raise ValueError(f"saliency '{config.saliency}' needs attention maps")
-    return ops.excise(images, attention, config.mosaic_scale, config.saliency == "dino")
+    return ops.excise(images, attention, config.mosaic_scale, config.saliency != "binary")
+
+
+def context_mask(config: ModelConfig, images: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor | None:
+    """S at image size [B, 1, H, W] when ``keep_context`` applies (a masked EAR variant), else None."""
+    if not config.keep_context or attention is None or config.saliency == "none" or config.method != "ear":
+        return None
+    return saliency_mask(attention, tuple(images.shape[-2:])).to(images.device)
+
+
+def paste_context(recon: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``keep_context``: the U-Net's output inside the excised region S, the input everywhere else."""
+    if mask is None:
+        return recon
+    mask = mask.to(recon.dtype)
+    return recon * mask + images.to(recon.dtype) * (1.0 - mask)
+
+
+def excised_mask(attention: torch.Tensor | None, images: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """S of SPEC §1 at image size on the CPU: the Q3 mask, all ones for ``none``, all zeros for RIAD."""
+    b, _, h, w = images.shape
+    if config.method == "riad":
+        return torch.zeros((b, 1, h, w))
+    if attention is None:
+        return torch.ones((b, 1, h, w))
+    return saliency_mask(attention, (h, w)).cpu()
+
+
+def score_maps(
+    images: torch.Tensor, recon: torch.Tensor, sc: ScoringConfig, want_map: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Fused MSGMS score (and map), the max taken at least ``sc.border`` pixels from the edges.
+
+    With a border band the map is materialised and the band zeroed (so a saved
+    heatmap shows what was scored); the max keeps NaN like the reference's amax.
+    """
+    h, w = images.shape[-2:]
+    b = min(sc.border, (h - 1) // 2, (w - 1) // 2)
+    if b <= 0:
+        return ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, want_map)
+    _, dmap = ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, True)
+    inner = dmap[..., b : h - b, b : w - b]
+    scores = inner.flatten(1).amax(dim=1) if dmap.shape[0] else dmap.new_zeros((0,))
+    if not want_map:
+        return scores, None
+    return scores, F.pad(inner, (b, b, b, b))
+
+
+def two_pass_attention(
+    saliency: SelfSaliency, forward, images: torch.Tensor, sc: ScoringConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Self-saliency's first pass: light whole-image mosaic → U-Net → grid-pooled MSGMS error.
+
+    Returns (attention [B, g, g], first-pass input, first-pass reconstruction).
+    """
+    light, _ = ops.excise(images, None, saliency.light_scale, True)
+    recon = forward(light)
+    _, dmap = ops.msgms(images, recon.float(), sc.scales, sc.c, sc.median, 1, True)
+    return grid_pool(dmap, saliency.grid), light, recon
 
 
 @dataclass
@@ -66,11 +150,20 @@ class BatchResult:
 
     scores: np.ndarray
     normalized: np.ndarray
+    #: fail closed: a NaN/inf score counts as anomalous, never as a pass; callers treat
+    #: ``~finite`` entries as errors (stream DLQ, ``score`` failures, ``eval`` refusal)
     is_anomaly: np.ndarray
     mask_ratio: np.ndarray
     maps: torch.Tensor | None = None
     recon: torch.Tensor | None = None
     composite: torch.Tensor | None = None
+    #: the excised region S [B, 1, H, W] (with ``want_recon``): what the report overlays on the input
+    mask: torch.Tensor | None = None
+
+    @property
+    def finite(self) -> np.ndarray:
+        """Per image: the score is a number. A diverged model (NaN/inf reconstruction) makes it False."""
+        return np.isfinite(self.scores)
 
 
 class Pipeline:
@@ -82,7 +175,7 @@ class Pipeline:
         unet: UNet,
         threshold: float,
         device: torch.device,
-        attention_model: DinoAttention | None = None,
+        attention_model: nn.Module | None = None,
         model_version: str = "",
     ) -> None:
         self.config = config
@@ -99,9 +192,9 @@ class Pipeline:
     def from_artifact(
         cls, model_dir: str | Path, device: str = "auto", dino_weights: str | os.PathLike | None = None
     ) -> Pipeline:
-        unet, manifest = load_artifact(model_dir)
+        unet, manifest, saliency_state = load_artifact_parts(model_dir)
         dev = resolve_device(device)
-        attention = load_attention_model(manifest.config, dino_weights, dev)
+        attention = build_saliency(manifest.config, dino_weights, dev, saliency_state)
         if attention is not None and manifest.dino_weights_sha256:
             got = sha256_file(resolve_dino_weights(dino_weights))  # type: ignore[arg-type]
             if got != manifest.dino_weights_sha256:
@@ -115,6 +208,8 @@ class Pipeline:
     def attention(self, images: torch.Tensor) -> torch.Tensor | None:
         if self.attention_model is None:
             return None
+        if isinstance(self.attention_model, SelfSaliency):
+            return two_pass_attention(self.attention_model, self.reconstruct, images, self.config.scoring)[0]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
             return self.attention_model(images).float()
 
@@ -124,6 +219,14 @@ class Pipeline:
             composite = composite.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
             return self.unet(composite).float()
+
+    @torch.no_grad()
+    def recover(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """EAR's inference up to the score: (attention, composite I′, mask ratio, reconstruction Î)."""
+        attention = self.attention(images)
+        composite, ratio = excise_for(self.config, images, attention)
+        recon = paste_context(self.reconstruct(composite), images, context_mask(self.config, images, attention))
+        return attention, composite, ratio, recon
 
     @torch.no_grad()
     def score_tensor(self, images: torch.Tensor, want_maps: bool = False, want_recon: bool = False) -> BatchResult:
@@ -137,20 +240,24 @@ class Pipeline:
             from ..model import riad
 
             scores, maps, recon = riad.score(self.unet, images, sc, want_maps, forward=self.reconstruct)
-            composite, ratio = images, torch.ones(images.shape[0])
+            composite, ratio, attention = images, torch.ones(images.shape[0]), None
         else:
-            composite, ratio = excise_for(self.config, images, self.attention(images))
-            recon = self.reconstruct(composite)
-            scores, maps = ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, want_maps)
+            attention, composite, ratio, recon = self.recover(images)
+            scores, maps = score_maps(images, recon, sc, want_maps)
+        # fail closed: a reconstruction with any NaN/inf pixel scores NaN, even where the median or the
+        # border band would have hidden the pixel (one reduction over the recon, on its device)
+        broken = ~torch.isfinite(recon).flatten(1).all(dim=1)
+        scores = torch.where(broken.to(scores.device), torch.full_like(scores, float("nan")), scores)
         scores_np = scores.float().cpu().numpy().astype(np.float32)
         return BatchResult(
             scores=scores_np,
             normalized=(scores_np / max(self.threshold, 1e-12)).astype(np.float32),
-            is_anomaly=scores_np > self.threshold,
+            is_anomaly=(scores_np > self.threshold) | ~np.isfinite(scores_np),
             mask_ratio=ratio.float().cpu().numpy().astype(np.float32),
             maps=maps.cpu() if maps is not None else None,
             recon=recon.cpu() if want_recon else None,
             composite=composite.cpu() if want_recon else None,
+            mask=excised_mask(attention, images, self.config) if want_recon else None,
         )
 
     def score_arrays(self, arrays: list[np.ndarray], want_maps: bool = False) -> BatchResult:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..io.decode import ImageDecodeError, read_image_file
 from ..io.results import ResultWriter, now_utc
+from ..model.config import NON_FINITE_SCORE
 from .pipeline import BatchResult, Pipeline
 from .visualize import heatmap_overlay, to_png
 
@@ -99,6 +100,11 @@ def score_files(
             res = pipe.score_tensor(images, want_maps=save_maps is not None)
             meta = [{"meta": json.dumps({"path": i})} for i in ids]
             rows = result_rows(pipe, res, ids, product, worker, meta, images if save_maps else None)
+            for ident, score, ok in zip(ids, res.scores, res.finite, strict=True):
+                if not ok:  # fail closed: no verdict row for a NaN/inf score, listed as a failure
+                    report.rejected.append((ident, NON_FINITE_SCORE, f"{ident}: score {score} is not finite"))
+            rows = [row for row, ok in zip(rows, res.finite, strict=True) if ok]
+            ids = [i for i, ok in zip(ids, res.finite, strict=True) if ok]
             if save_maps is not None:
                 save_maps.mkdir(parents=True, exist_ok=True)
                 for ident, row in zip(ids, rows, strict=True):

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+#: line colours shared by every chart
+COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+
 
 def _jet(v: np.ndarray) -> np.ndarray:
     """Jet-like colour map of values in [0, 1] → uint8 RGB."""
@@ -39,6 +42,14 @@ def heatmap_overlay(
     return (base * (1 - alpha) + heat * alpha).astype(np.uint8)
 
 
+def mask_overlay(image: torch.Tensor, mask: torch.Tensor, alpha: float = 0.45) -> np.ndarray:
+    """The excised region [1, H, W] tinted red over the image: what the saliency chose to hide."""
+    base = image_rgb(image).astype(np.float32)
+    m = mask.detach().float().squeeze(0).cpu().numpy()[..., None]
+    red = np.array([230.0, 30.0, 30.0])
+    return (base * (1 - alpha * m) + red * alpha * m).astype(np.uint8)
+
+
 def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], size: int = 360) -> bytes:
     """ROC curves {label: (fpr, tpr, auc)} drawn on a square canvas."""
     pad = 40
@@ -46,15 +57,57 @@ def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], size: int =
     d = ImageDraw.Draw(img)
     d.rectangle([pad, pad, pad + size, pad + size], outline="black")
     d.line([pad, pad + size, pad + size, pad], fill=(180, 180, 180))
-    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
     for i, (label, (fpr, tpr, auc)) in enumerate(curves.items()):
-        colour = colours[i % len(colours)]
+        colour = COLOURS[i % len(COLOURS)]
         pts = [(pad + float(x) * size, pad + size - float(y) * size) for x, y in zip(fpr, tpr, strict=True)]
         if len(pts) > 1:
             d.line(pts, fill=colour, width=2)
         d.text((pad + 8, pad + 8 + 14 * i), f"{label}: AUROC {auc:.3f}", fill=colour)
     d.text((pad + size // 2 - 40, pad + size + 12), "false positive rate", fill="black")
     d.text((4, pad - 20), "true positive rate", fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def line_chart_png(
+    series: dict[str, list[tuple[float, float]]],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    width: int = 520,
+    height: int = 320,
+) -> bytes:
+    """Line chart of named (x, y) series with min/max axis labels (learning curves, soak plots)."""
+    pad_l, pad_r, pad_t, pad_b = 60, 16, 28, 36
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    pts = [(x, y) for s in series.values() for x, y in s if y is not None and np.isfinite(y)]
+    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+    d.rectangle([pad_l, pad_t, pad_l + w, pad_t + h], outline="black")
+    d.text((pad_l, 6), title, fill="black")
+    d.text((pad_l + w // 2 - 30, height - 16), xlabel, fill="black")
+    d.text((4, pad_t - 14), ylabel, fill="black")
+    if pts:
+        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9)
+        d.text((pad_l - 56, pad_t), f"{y1:.4g}", fill="black")
+        d.text((pad_l - 56, pad_t + h - 10), f"{y0:.4g}", fill="black")
+        d.text((pad_l, pad_t + h + 4), f"{x0:.4g}", fill="black")
+        d.text((pad_l + w - 30, pad_t + h + 4), f"{x1:.4g}", fill="black")
+        for i, (label, s) in enumerate(series.items()):
+            colour = COLOURS[i % len(COLOURS)]
+            xy = [
+                (pad_l + (x - x0) / (x1 - x0) * w, pad_t + h - (y - y0) / (y1 - y0) * h)
+                for x, y in s
+                if y is not None and np.isfinite(y)
+            ]
+            if len(xy) > 1:
+                d.line(xy, fill=colour, width=2)
+            for px, py in xy:
+                d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+            d.text((pad_l + 8, pad_t + 6 + 12 * i), label, fill=colour)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

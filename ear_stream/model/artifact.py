@@ -79,12 +79,29 @@ def _versions() -> dict[str, str]:
     return {"ear_stream": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
 
-def save_artifact(model_dir: str | Path, unet: UNet, manifest: Manifest) -> Path:
-    """Write weights then manifest (manifest last: its presence marks a complete artifact)."""
+#: prefix of the fitted saliency statistics stored beside the U-Net weights (hashed with them)
+SALIENCY_PREFIX = "saliency."
+
+
+def build_unet(cfg: ModelConfig) -> UNet:
+    """The U-Net a config describes (fresh weights)."""
+    return UNet(base_channels=cfg.base_channels, kernel_size=cfg.kernel_size)
+
+
+def save_artifact(
+    model_dir: str | Path, unet: UNet, manifest: Manifest, saliency_state: dict[str, torch.Tensor] | None = None
+) -> Path:
+    """Write weights then manifest (manifest last: its presence marks a complete artifact).
+
+    ``saliency_state`` (fitted statistics of a weight-free saliency variant) goes
+    into the same safetensors file under ``saliency.``, so ``model_version`` covers it.
+    """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = model_dir / WEIGHTS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
+    for key, value in (saliency_state or {}).items():
+        state[SALIENCY_PREFIX + key] = value.detach().cpu().contiguous()
     save_file(state, str(weights))
     manifest.weights_sha256 = sha256_file(weights)
     manifest.versions = _versions()
@@ -118,13 +135,23 @@ def load_manifest(model_dir: str | Path) -> Manifest:
 
 def load_artifact(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Manifest]:
     """Rebuild the U-Net from a model directory; checks the weights hash when ``verify``."""
+    unet, manifest, _ = load_artifact_parts(model_dir, verify)
+    return unet, manifest
+
+
+def load_artifact_parts(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Manifest, dict[str, torch.Tensor]]:
+    """U-Net, manifest and the fitted saliency state (``{}`` when the variant has none)."""
     manifest = load_manifest(model_dir)
     weights = Path(model_dir) / WEIGHTS_FILE
     if not weights.is_file():
         raise ArtifactError(f"{model_dir} has no {WEIGHTS_FILE}")
     if verify and manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
         raise ArtifactError(f"{weights} does not match the hash in its manifest (corrupt or replaced)")
-    cfg = manifest.config
-    unet = UNet(base_channels=cfg.base_channels, kernel_size=cfg.kernel_size)
-    unet.load_state_dict(load_file(str(weights)))
-    return unet.eval(), manifest
+    state = load_file(str(weights))
+    saliency_state = {k[len(SALIENCY_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(SALIENCY_PREFIX)}
+    unet = build_unet(manifest.config)
+    try:
+        unet.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{weights} does not fit the U-Net its manifest describes: {exc}") from exc
+    return unet.eval(), manifest, saliency_state

@@ -7,23 +7,86 @@ model artifact and load back without pickle.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SALIENCY_VARIANTS = ("dino", "none", "binary")
+#: weight-free variants (``ear_stream.model.weightfree``): no pretrained weights needed
+WEIGHT_FREE_SALIENCY = ("spectral", "stats", "self")
+#: what a trained model can record; ``auto`` is resolved at training time (see :func:`resolve_saliency`)
+SALIENCY_VARIANTS = ("dino", "none", "binary", *WEIGHT_FREE_SALIENCY)
+SALIENCY_CHOICES = ("auto", *SALIENCY_VARIANTS)
+#: the weight-free variant ``auto`` picks without DINO weights: the best of the study in BENCHMARKS.md
+AUTO_WEIGHT_FREE = "spectral"
 MOSAIC_SCALES = (2, 4, 8, 16, 32, 64)
+#: failure reason when a model scores NaN/inf (stream DLQ and ``score`` alike): scores fail closed
+NON_FINITE_SCORE = "non_finite_score"
 SCHEDULES = ("fixed", "warmup", "sgdr")
 METHODS = ("ear", "riad")
 
 
+def resolve_saliency(requested: str, has_dino_weights: bool) -> str:
+    """``auto`` → ``dino`` when weights are configured, else the best weight-free variant."""
+    if requested == "auto":
+        return "dino" if has_dino_weights else AUTO_WEIGHT_FREE
+    if requested not in SALIENCY_VARIANTS:
+        raise ValueError(f"saliency must be one of {SALIENCY_CHOICES}, got {requested!r}")
+    return requested
+
+
+def default_box(image_size: int) -> int:
+    """The paper's 21×21 box at 256 px, scaled with the working resolution (odd, ≥ 3)."""
+    k = int(round(21 * image_size / 256))
+    return max(3, k if k % 2 else k + 1)
+
+
+def default_scales(image_size: int) -> int:
+    """3 scales at 256 px (coarsest 64 px); one fewer per halving, so the coarsest stays ≥ 32 px."""
+    return int(min(3, max(1, round(math.log2(image_size / 32)))))
+
+
+def min_mosaic_scale(image_size: int, saliency: str) -> int:
+    """Smallest mosaic scale the estimator may choose: below it the U-Net can copy its input.
+
+    A whole-image mosaic (``none``) must leave at most 16 tiles a side (m ≥ S/16,
+    never below 8); a masked mosaic keeps the context around the excised cells,
+    so it may go finer, but never below 4 px or S/32.
+    """
+    if saliency == "none":
+        return max(8, image_size // 16)
+    return max(4, image_size // 32)
+
+
 @dataclass
 class ScoringConfig:
-    """MSGMS scoring parameters (SPEC §1 step 5)."""
+    """MSGMS scoring parameters (SPEC §1 step 5).
 
-    scales: int = 3
+    ``scales``/``box``/``border`` left as ``None`` follow the working resolution
+    (:func:`default_scales`, :func:`default_box`, half the box); :meth:`resolved`
+    fills them in, and the manifest stores the resolved values.
+
+    ``border``: the image max is taken only ``border`` pixels or more away from
+    the edges. The box filter pads by replicating the edge, so near the border
+    one edge pixel fills up to half of a window; with ``border = box // 2`` the
+    max only sees windows that lie inside the image (measured: without it the
+    max of good images lands on the border about twice as often as its area share).
+    """
+
+    scales: int | None = None
     c: float = 0.0026
     median: bool = True
-    box: int = 21
+    box: int | None = None
+    border: int | None = None
+
+    def resolved(self, image_size: int) -> ScoringConfig:
+        box = default_box(image_size) if self.box is None else int(self.box)
+        return ScoringConfig(
+            scales=default_scales(image_size) if self.scales is None else int(self.scales),
+            c=self.c,
+            median=self.median,
+            box=box,
+            border=max(0, box // 2) if self.border is None else int(self.border),
+        )
 
 
 @dataclass
@@ -37,10 +100,17 @@ class ModelConfig:
     base_channels: int = 32
     method: str = "ear"
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    #: constructor arguments of a weight-free saliency variant (grid, …), recorded in the manifest
+    saliency_params: dict[str, Any] = field(default_factory=dict)
+    #: keep the pixels that were not excised verbatim in the reconstruction, Î = S·U(I′) + (1−S)·I,
+    #: in training and inference: the U-Net only inpaints, and the map is zero where nothing was hidden
+    keep_context: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.scoring, dict):
             self.scoring = ScoringConfig(**self.scoring)
+        self.scoring = self.scoring.resolved(self.image_size)
+
         if self.saliency not in SALIENCY_VARIANTS:
             raise ValueError(f"saliency must be one of {SALIENCY_VARIANTS}, got {self.saliency!r}")
         if self.method not in METHODS:
@@ -60,7 +130,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("scoring"), dict):  # artifacts written before the band existed scored it all
+            values["scoring"] = {"border": 0, **values["scoring"]}
+        return cls(**values)
 
 
 @dataclass

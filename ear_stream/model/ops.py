@@ -9,6 +9,7 @@ exposes Python wrappers with the documented signatures. Set
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -42,6 +43,41 @@ def extension_has_cuda() -> bool:
     return _HAS_EXTENSION and bool(torch.ops.ear._cuda_available())
 
 
+def backend_description() -> str:
+    """What runs the fused ops, for the start-up log line: ``extension (cpu+cuda)``, ``extension (cpu)``
+    or ``reference (why)``."""
+    if not _HAS_EXTENSION:
+        return f"reference ({_EXTENSION_ERROR})"
+    return "extension (cpu+cuda)" if extension_has_cuda() else "extension (cpu; built without CUDA kernels)"
+
+
+#: largest box the CUDA msgms kernel filters in shared memory (``kMaxBox`` in csrc/ops/cuda/msgms_kernel.cu);
+#: larger boxes run the reference ops on that device, with the same numerics
+MAX_CUDA_BOX = 129
+#: CUDA devices whose architecture the extension has no kernel image for: they use the reference ops
+_REFERENCE_DEVICES: set[int] = set()
+log = logging.getLogger("ear_stream.model.ops")
+
+
+def _guarded(call, device: torch.device):  # type: ignore[no-untyped-def]
+    """Run an extension op; on a CUDA device without a kernel image, warn once and return None.
+
+    A fat binary covers every architecture from Turing on (setup.py), but a
+    newer GPU than the toolkit knew, or a build with a narrowed
+    ``TORCH_CUDA_ARCH_LIST``, must degrade to the reference ops rather than fail
+    every batch.
+    """
+    try:
+        return call()
+    except RuntimeError as exc:
+        if device.type != "cuda" or "no kernel image" not in str(exc):
+            raise
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        _REFERENCE_DEVICES.add(index)
+        log.warning("ear_stream._C has no kernel image for CUDA device %d; using the reference ops on it", index)
+        return None
+
+
 if _HAS_EXTENSION:
 
     @torch.library.register_fake("ear::excise")
@@ -59,10 +95,12 @@ if _HAS_EXTENSION:
 def _use_extension(t: torch.Tensor) -> bool:
     if not _HAS_EXTENSION:
         return False
-    if t.device.type == "cuda" and not extension_has_cuda():
-        warnings.warn("ear_stream._C was built without CUDA; using the reference ops", stacklevel=3)
-        return False
-    return t.device.type in ("cpu", "cuda")
+    if t.device.type == "cuda":
+        if not extension_has_cuda():
+            warnings.warn("ear_stream._C was built without CUDA; using the reference ops", stacklevel=3)
+            return False
+        return (t.device.index if t.device.index is not None else torch.cuda.current_device()) not in _REFERENCE_DEVICES
+    return t.device.type == "cpu"
 
 
 def excise(
@@ -71,7 +109,9 @@ def excise(
     """Q3 mask + nearest upsample + tile means + composition → (composite, mask_ratio[B])."""
     ref.check_excise_args(images, attention, m)
     if _use_extension(images):
-        return torch.ops.ear.excise(images, attention, int(m), bool(hint))
+        out = _guarded(lambda: torch.ops.ear.excise(images, attention, int(m), bool(hint)), images.device)
+        if out is not None:
+            return out
     return ref.excise_reference(images, attention, int(m), hint)
 
 
@@ -86,7 +126,11 @@ def msgms(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-image max of the MSGMS distance map → (score[B], map[B,1,H,W] or None)."""
     ref.check_msgms_args(images, recon, scales, box)
-    if _use_extension(images):
-        score, dmap = torch.ops.ear.msgms(images, recon, int(scales), float(c), bool(median), int(box), bool(want_map))
-        return score, (dmap if want_map else None)
+    if _use_extension(images) and not (images.device.type == "cuda" and box > MAX_CUDA_BOX):
+        out = _guarded(
+            lambda: torch.ops.ear.msgms(images, recon, int(scales), float(c), bool(median), int(box), bool(want_map)),
+            images.device,
+        )
+        if out is not None:
+            return out[0], (out[1] if want_map else None)
     return ref.msgms_reference(images, recon, scales, c, median, box, want_map)

@@ -71,16 +71,23 @@ def check_msgms_args(images: torch.Tensor, recon: torch.Tensor, scales: int, box
 
 # --------------------------------------------------------------------------- excision
 def q3_threshold(attention: torch.Tensor) -> torch.Tensor:
-    """Per-image threshold mean(A) + 0.674·std(A) with the population std: [B, h, w] → [B]."""
-    flat = attention.float().flatten(1)
+    """Per-image threshold mean(A) + 0.674·std(A) with the population std: [B, h, w] → [B].
+
+    Mean and variance are accumulated in float64 and combined in float32, as the
+    CPU and CUDA kernels do. That makes the constant-attention case exact on
+    every backend: std = 0, the float64 mean equals every value, the threshold
+    equals A everywhere, and ``S = A > threshold`` is all zeros (nothing is
+    excised). A float32 mean can land one ulp below the value and excise all.
+    """
+    flat = attention.flatten(1).double()
     if flat.shape[0] == 0:
-        return flat.new_zeros((0,))
-    return flat.mean(dim=1) + Q3_SIGMA * flat.std(dim=1, unbiased=False)
+        return attention.new_zeros((0,), dtype=torch.float32)
+    return flat.mean(dim=1).float() + Q3_SIGMA * flat.std(dim=1, unbiased=False).float()
 
 
 def saliency_mask(attention: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Binary mask S = A > Q3, nearest-upsampled to ``size``: [B, h, w] → [B, 1, H, W] float."""
-    small = (attention.float() > q3_threshold(attention)[:, None, None]).float()
+    small = (attention.float() > q3_threshold(attention)[:, None, None]).float()  # strict: constant A → S = 0
     return F.interpolate(small[:, None], size=size, mode="nearest")
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import redis
 
+from ..model.config import NON_FINITE_SCORE  # noqa: F401 - a DLQ reason: NaN/inf score
+
 PRODUCT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_ID_BYTES = 256
 MAX_META_BYTES = 16 * 1024
@@ -87,10 +89,48 @@ class ValidationError(ValueError):
         self.reason = reason
 
 
-def connect(url: str, **kwargs: Any) -> redis.Redis:
-    """A client from a ``redis://`` or ``rediss://`` URL (password and TLS options in the URL)."""
+class RedisSetupError(RuntimeError):
+    """Redis cannot be used as configured (unreachable, wrong or missing password): retrying will not fix it."""
+
+
+def describe_url(url: str) -> str:
+    """host:port/db of a Redis URL, never the password (for messages and logs)."""
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    return f"{u.scheme}://{u.hostname or 'localhost'}:{u.port or 6379}{u.path or '/0'}"
+
+
+def connect(url: str, verify: bool = False, **kwargs: Any) -> redis.Redis:
+    """A client from a ``redis://`` or ``rediss://`` URL (password and TLS options in the URL).
+
+    ``verify`` pings once and turns the two set-up mistakes, an unreachable
+    server and refused credentials, into :class:`RedisSetupError` with the fix.
+    """
     options = {"socket_timeout": 30, "socket_connect_timeout": 5, "health_check_interval": 15, **kwargs}
-    return redis.Redis.from_url(url, **options)
+    client = redis.Redis.from_url(url, **options)
+    if verify:
+        verify_connection(client, url)
+    return client
+
+
+def verify_connection(client: redis.Redis, url: str) -> None:
+    where = describe_url(url)
+    try:
+        client.ping()
+    except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError) as exc:
+        raise RedisSetupError(
+            f"Redis at {where} refused the credentials ({exc}): put the right password in the URL "
+            f"(redis://:PASSWORD@host:port/0) or in EAR_REDIS_URL"
+        ) from exc
+    except redis.ResponseError as exc:
+        if "auth" not in str(exc).lower():
+            raise
+        raise RedisSetupError(f"Redis at {where} needs a password ({exc}): redis://:PASSWORD@host:port/0") from exc
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisSetupError(
+            f"cannot reach Redis at {where} ({exc}): start redis-server there or correct --redis / EAR_REDIS_URL"
+        ) from exc
 
 
 def _text(value: bytes | str | None) -> str | None:

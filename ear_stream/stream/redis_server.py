@@ -22,14 +22,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class RedisServerMissing(RuntimeError):
+    """No ``redis-server`` executable to start the embedded server with."""
+
+
+def find_redis_server() -> str:
+    """Path of ``redis-server``; :class:`RedisServerMissing` with the fix when there is none."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RedisServerMissing(
+            "redis-server not found on PATH: install it (make redis, or apt-get install redis-server; "
+            "Redis >= 6.2) or pass --redis URL of a running server"
+        )
+    return binary
+
+
 class RedisServer:
     """Start/stop/restart one redis-server process; ``appendonly`` makes acknowledged XADDs survive restarts."""
 
     def __init__(self, port: int | None = None, appendonly: bool = False, data_dir: str | Path | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server not found: install it (apt-get install redis-server) or pass --redis URL")
-        self.binary = binary
+        self.binary = find_redis_server()
         self.port = port or free_port()
         self.appendonly = appendonly
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="ear-redis-")

@@ -146,6 +146,8 @@ class Worker:
         while True:
             try:
                 return fn()
+            except redis.AuthenticationError:
+                raise  # a password that was refused stays refused: never retried
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 if self._stop.is_set() and delay > 2.0:
                     raise
@@ -163,6 +165,7 @@ class Worker:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
+        q.verify_connection(self.client, self.cfg.redis_url)  # set-up mistakes fail now, in one line
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
         self._redis(lambda: q.ensure_group(self.client, self.scfg), "group creation")
@@ -261,12 +264,17 @@ class Worker:
                 rejections.append(result)
             else:
                 prepared.items.append((ve, result))
-        if rejections:
-            self._redis(lambda: q.dead_letter(self.client, self.scfg, rejections, self.cfg.name), "dead letter")
-            self._held.difference_update(r.entry.stream_id for r in rejections)
-            self.stats["dead_letters"] += len(rejections)
-            self.metrics.dead_letters.inc(len(rejections))
+        self._dead_letter(rejections)
         return prepared
+
+    def _dead_letter(self, rejections: list[q.Rejection]) -> None:
+        """DLQ (with the original fields and the reason) and XACK in one step, in the queue module."""
+        if not rejections:
+            return
+        self._redis(lambda: q.dead_letter(self.client, self.scfg, rejections, self.cfg.name), "dead letter")
+        self._held.difference_update(r.entry.stream_id for r in rejections)
+        self.stats["dead_letters"] += len(rejections)
+        self.metrics.dead_letters.inc(len(rejections))
 
     def _decode(self, ve: q.ValidEntry) -> Any:
         try:
@@ -309,8 +317,17 @@ class Worker:
                         "meta": ve.meta,
                     }
                 )
-            self._rows += result_rows(pipe, res, [ve.id for ve, _ in items], product, self.cfg.name, extras)
-            self._unacked += [ve.entry.stream_id for ve, _ in items]
+            rows = result_rows(pipe, res, [ve.id for ve, _ in items], product, self.cfg.name, extras)
+            finite = res.finite
+            self._dead_letter(
+                [
+                    q.Rejection(ve.entry, q.NON_FINITE_SCORE, f"score {res.scores[i]} from model {pipe.model_version}")
+                    for i, (ve, _) in enumerate(items)
+                    if not finite[i]
+                ]
+            )
+            self._rows += [row for row, ok in zip(rows, finite, strict=True) if ok]
+            self._unacked += [ve.entry.stream_id for (ve, _), ok in zip(items, finite, strict=True) if ok]
         if self._first_buffered is None:
             self._first_buffered = time.monotonic()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)

@@ -142,7 +142,7 @@ float msgms_image(const T* img, const T* rec, const int64_t* is, const int64_t* 
   float best = -std::numeric_limits<float>::infinity();
   if (box <= 1) {
     for (int64_t i = 0; i < HW; ++i) {
-      best = std::max(best, ws.mean_map[i]);
+      best = nan_max(best, ws.mean_map[i]);
       if (map_out) map_out[i] = ws.mean_map[i];
     }
     return best;
@@ -167,7 +167,7 @@ float msgms_image(const T* img, const T* rec, const int64_t* is, const int64_t* 
     }
     for (int x = 0; x < W; ++x) {
       const float v = col[x] * inv;
-      best = std::max(best, v);
+      best = nan_max(best, v);
       if (map_out) map_out[int64_t(y) * W + x] = v;
     }
   }

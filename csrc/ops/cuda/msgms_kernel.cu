@@ -194,7 +194,7 @@ __global__ void box_max_kernel(Levels lv, int S, int H, int W, int r, int64_t im
     float acc = 0.f;
     for (int dy = 0; dy <= 2 * r; ++dy) acc += hs[(ty + dy) * kBoxTileX + tx];
     const float v = acc * inv;
-    best = fmaxf(best, v);
+    best = nan_max(best, v);
     if (map_out != nullptr) map_out[n * int64_t(H) * W + int64_t(y) * W + x] = v;
   }
   __shared__ float warp_best[32];

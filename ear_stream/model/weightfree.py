@@ -1,0 +1,185 @@
+"""Weight-free saliency: attention grids for EAR's Q3 mask without pretrained weights.
+
+Air-gapped plants (and every machine of this project) have no DINO checkpoint.
+Each variant here produces the same thing DINO does — an attention grid
+``[B, g, g]`` whose upper quartile (Q3 rule, :func:`reference.q3_threshold`)
+marks the regions to excise — so the fused ``excise`` and everything after it
+stay unchanged. Variants register themselves by name (timm-style registry);
+``ModelConfig.saliency`` selects one and ``ModelConfig.saliency_params`` holds
+its parameters, so the manifest records exactly what ran.
+
+* ``spectral`` — spectral residual (Hou & Zhang, CVPR 2007) of the gray image:
+  what the image's log-amplitude spectrum has beyond its smooth trend. The
+  image is reflect-padded before the FFT so that the periodic wrap-around and
+  the image borders do not light up, and the pad is cropped away afterwards.
+* ``stats`` — deviation from the normal statistics: per grid cell, the mean and
+  std of cheap features (local gray mean, gradient energy) over the training
+  images; attention is the mean squared z-score. Suited to aligned products.
+* ``self`` — self-saliency (two-pass EAR): a first U-Net pass on a lightly
+  mosaicked whole image gives an MSGMS error map; its grid-pooled values are
+  the attention for the second pass. The pass itself lives in the pipeline
+  (it needs the U-Net); this class only holds its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .reference import prewitt_magnitude, to_gray
+
+#: default side of the attention grid of the weight-free variants (DINO's is 28 at 224 px)
+DEFAULT_GRID = 16
+
+_REGISTRY: dict[str, type[WeightFreeSaliency]] = {}
+
+
+def register_saliency(name: str) -> Callable[[type[WeightFreeSaliency]], type[WeightFreeSaliency]]:
+    """Class decorator: make a variant selectable as ``--saliency NAME``."""
+
+    def wrap(cls: type[WeightFreeSaliency]) -> type[WeightFreeSaliency]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def weight_free_variants() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def create_saliency(name: str, params: dict[str, Any] | None = None) -> WeightFreeSaliency:
+    """Instantiate a registered variant with its manifest parameters (unknown keys are an error)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown weight-free saliency {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**(params or {}))
+
+
+class WeightFreeSaliency(nn.Module):
+    """Base class: ``forward(images [B,3,H,W] in [0,1]) -> attention [B, g, g]``.
+
+    ``fitted`` variants learn statistics from the training images (:meth:`fit`)
+    and keep them as buffers, which the artifact stores next to the U-Net.
+    ``two_pass`` variants need the U-Net and are run by the pipeline.
+    """
+
+    name = ""
+    fitted = False
+    two_pass = False
+
+    def __init__(self, grid: int = DEFAULT_GRID) -> None:
+        super().__init__()
+        if grid < 2:
+            raise ValueError(f"saliency grid must be >= 2, got {grid}")
+        self.grid = int(grid)
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments, recorded in the manifest."""
+        return {"grid": self.grid}
+
+    def fit(self, images: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        """Learn statistics from normal training images (no-op for unfitted variants)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def grid_pool(values: torch.Tensor, grid: int) -> torch.Tensor:
+    """[B, 1, H, W] → [B, grid, grid] cell means (adaptive average pooling)."""
+    return F.adaptive_avg_pool2d(values.float(), grid)[:, 0]
+
+
+@register_saliency("spectral")
+class SpectralResidual(WeightFreeSaliency):
+    """Spectral residual saliency on a ``work``-pixel gray image, reflect-padded by ``pad`` of its side."""
+
+    def __init__(self, grid: int = DEFAULT_GRID, work: int = 64, pad: float = 0.25, blur_sigma: float = 2.0) -> None:
+        super().__init__(grid)
+        self.work, self.pad, self.blur_sigma = int(work), float(pad), float(blur_sigma)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "work": self.work, "pad": self.pad, "blur_sigma": self.blur_sigma}
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b = images.shape[0]
+        if b == 0:
+            return images.new_zeros((0, self.grid, self.grid), dtype=torch.float32)
+        gray = to_gray(images)
+        gray = F.interpolate(gray, size=(self.work, self.work), mode="bilinear", align_corners=False, antialias=True)
+        p = max(1, int(round(self.pad * self.work)))
+        x = F.pad(gray, (p, p, p, p), mode="reflect")
+        spec = torch.fft.fft2(x.double())
+        log_amp = torch.log(spec.abs() + 1e-9)
+        smooth = F.avg_pool2d(F.pad(log_amp, (1, 1, 1, 1), mode="circular"), 3, stride=1)
+        sal = torch.fft.ifft2(torch.exp((log_amp - smooth) + 1j * torch.angle(spec))).abs() ** 2
+        sal = gaussian_blur(sal.float(), self.blur_sigma)[..., p:-p, p:-p]
+        return grid_pool(sal, self.grid)
+
+
+@register_saliency("stats")
+class NormalDeviation(WeightFreeSaliency):
+    """Mean squared z-score of per-cell gray mean and gradient energy against the training images."""
+
+    fitted = True
+
+    def __init__(self, grid: int = DEFAULT_GRID) -> None:
+        super().__init__(grid)
+        self.register_buffer("mean", torch.zeros(2, grid, grid))
+        self.register_buffer("std", torch.ones(2, grid, grid))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        gray = to_gray(images)
+        energy = prewitt_magnitude(gray) ** 2
+        return torch.stack([grid_pool(gray, self.grid), grid_pool(energy, self.grid)], dim=1)  # [B, 2, g, g]
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        feats = torch.cat([self.features(images[i : i + 64]) for i in range(0, images.shape[0], 64)])
+        self.mean.copy_(feats.mean(dim=0))
+        # a floor on std keeps one nearly-constant cell from dominating every image
+        floor = feats.std(dim=0).flatten(1).median(dim=1).values.clamp(min=1e-6)[:, None, None] * 0.1
+        self.std.copy_(feats.std(dim=0).maximum(floor))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        z = (self.features(images) - self.mean) / self.std
+        return (z * z).mean(dim=1)
+
+
+@register_saliency("self")
+class SelfSaliency(WeightFreeSaliency):
+    """Two-pass EAR: the first pass (whole image mosaicked at ``light_scale``) finds what to excise."""
+
+    two_pass = True
+
+    def __init__(self, grid: int = DEFAULT_GRID, light_scale: int = 4) -> None:
+        super().__init__(grid)
+        if light_scale < 1:
+            raise ValueError(f"light_scale must be >= 1, got {light_scale}")
+        self.light_scale = int(light_scale)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "light_scale": self.light_scale}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("self-saliency needs the U-Net: use Pipeline.attention / two_pass_attention")
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [B, 1, H, W] with reflect padding (radius 2σ)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(math.ceil(2 * sigma)))
+    r = min(r, x.shape[-1] - 1, x.shape[-2] - 1)
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-(t * t) / (2 * sigma * sigma))
+    g = g / g.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1))

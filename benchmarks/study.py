@@ -60,12 +60,20 @@ def time_inference(pipe, images: torch.Tensor) -> tuple[float, float]:
 
 
 def scoring_candidates(size: int) -> list[dict]:
-    """Post-processing grid searched on the validation subset: box (resolution default, small, off), border band."""
-    from ear_stream.model.config import default_box
+    """Post-processing grid searched on the validation subset: box × border band.
 
-    boxes = [default_box(size), *sorted({5, 1} - {default_box(size)})]
-    # the model's own default comes first, so that it wins ties
-    return [{"box": b, "border": r} for b in boxes for r in (0, max(2, size // 32))]
+    The model's own resolution default (box 21·S/256, border box//2) comes first, so that it wins ties
+    and is the "default scoring" column of the table.
+    """
+    from ear_stream.model.config import ScoringConfig
+
+    default = ScoringConfig().resolved(size)
+    grid = [{"box": default.box, "border": default.border}]
+    for box in (default.box, 5, 1):
+        for border in (0, size // 32, size // 16):
+            if {"box": box, "border": border} not in grid:
+                grid.append({"box": box, "border": border})
+    return grid
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -155,9 +163,7 @@ def run_child(args: argparse.Namespace) -> None:
         candidates.append({"scoring": cand, "val_image_auroc": val.image_auroc, "scores": scores, "maps": maps})
     best = max(candidates, key=lambda c: c["val_image_auroc"])
     test = metrics(sub["test"], best["scores"], best["maps"])
-    default = next(
-        (c for c in candidates if c["scoring"].get("border", 0) == 0 and c["scoring"].get("box") == base_sc.box), best
-    )
+    default = candidates[0]  # the model's resolution default
     test_default = metrics(sub["test"], default["scores"], default["maps"])
 
     chosen = dataclasses.replace(base_sc, **best["scoring"])

@@ -74,6 +74,7 @@ def assert_complete(client, scfg, out, ids):
     assert sorted(table["id"].to_pylist()) == sorted(ids)
     lag, pending = q.backlog(client, scfg)
     assert (lag, pending) == (0, 0)
+    assert client.xlen(scfg.stream) == 0  # every entry was deleted, and only once its row was durable
 
 
 def test_500_images_all_scored_once(redis_server, models_dir, stream_cfg, payloads, tmp_path):
@@ -136,6 +137,12 @@ def test_sigkill_mid_batch_loses_nothing(point, redis_server, models_dir, stream
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     _, pending = q.backlog(client, stream_cfg)
     assert pending > 0  # the killed worker left unacknowledged entries behind
+    # ... and every one of them is still in the stream: nothing is deleted before its ack (killed between
+    # the Parquet rename and the ack+delete at before_ack), so nothing can be lost
+    held = client.xpending_range(stream_cfg.stream, stream_cfg.group, "-", "+", 1000)
+    assert all(client.xrange(stream_cfg.stream, r["message_id"], r["message_id"]) for r in held)
+    durable = set(read_results(out)["id"].to_pylist()) if out.exists() else set()
+    assert client.xlen(stream_cfg.stream) >= len(ids) - len(durable)  # only durable entries may have left
     # restarting under the same name re-reads its own pending entries; a new name reclaims them (XAUTOCLAIM)
     name = "victim" if point == "before_ack" else "rescuer"
     Worker(worker_cfg(redis_server, models_dir, out, stream_cfg, name=name)).run()
@@ -314,7 +321,9 @@ def test_cli_push_status_worker_and_metrics(redis_server, models_dir, synthetic_
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'ear_images_scored_total{worker="w-metrics"} 6.0' in body
         status = json.loads(runner.invoke(main, ["status", "--json", *opts]).output)
-        assert status["length"] == 6 and status["group"]["pending"] == 0
+        assert status["length"] == 0 and status["group"]["pending"] == 0  # scored entries left the stream
+        assert status["redis"]["used_memory"] > 0 and status["redis"]["maxmemory_policy"] == "noeviction"
+        assert "ear_redis_used_memory_bytes" in body and "ear_stream_length{stream=" in body
         assert "w-metrics" in status["workers"]
         assert "live workers: 1" in runner.invoke(main, ["status", *opts]).output
     finally:

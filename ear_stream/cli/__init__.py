@@ -22,7 +22,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import batch, bench, demo, model, stream
+    from . import batch, bench, demo, dlq, model, stream
 
     for command in (
         model.train,
@@ -33,6 +33,7 @@ def _register() -> None:
         stream.worker,
         stream.status,
         stream.cluster,
+        dlq.dlq,
         model.mosaic_search,
         bench.bench,
         model.weights,

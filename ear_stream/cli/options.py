@@ -70,6 +70,30 @@ def _stream_options(fn):
     return fn
 
 
+def _retention_options(fn):
+    """What the workers keep in Redis: --retain, the caps of the verdict and dead-letter streams, eviction."""
+    fn = click.option(
+        "--allow-eviction",
+        is_flag=True,
+        help="Start even if Redis' maxmemory-policy can evict keys (it can evict the input stream itself).",
+    )(fn)
+    fn = click.option(
+        "--dlq-maxlen", default=100_000, show_default=True, help="Approximate cap of the dead-letter stream."
+    )(fn)
+    fn = click.option(
+        "--results-maxlen", default=100_000, show_default=True, help="Approximate cap of the verdict stream."
+    )(fn)
+    fn = click.option(
+        "--retain",
+        type=click.Choice(["none", "acked"]),
+        default="none",
+        show_default=True,
+        help="none: a scored entry is deleted from the input stream with its ack; acked: deleted only once "
+        "every consumer group (e.g. an archiver you attached) has acknowledged it.",
+    )(fn)
+    return fn
+
+
 REDIS_OPTION = click.option(
     "--redis",
     "redis_url",

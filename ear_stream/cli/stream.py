@@ -13,6 +13,7 @@ from .options import (
     MODELS_DIR_OPTION,
     REDIS_OPTION,
     RESULTS_OPTION,
+    _retention_options,
     _stream_options,
     announce_backend,
 )
@@ -23,13 +24,24 @@ from .options import (
 @REDIS_OPTION
 @click.option("--product", required=True, help="Product name; a worker needs MODELS_DIR/<product>/.")
 @click.option("--id-prefix", default="", help="Prefix of the entry ids (the file path follows it).")
-@click.option("--maxlen", type=int, default=None, help="Trim the stream to about this many entries (XADD MAXLEN ~).")
+@click.option(
+    "--max-backlog",
+    default=10_000,
+    show_default=True,
+    help="Wait while the input stream holds this many unscored entries (backpressure; nothing is trimmed).",
+)
+@click.option(
+    "--wait-timeout", default=30.0, show_default=True, help="Give up (exit status 3) after waiting this long (s)."
+)
 @_stream_options
-def push(inputs, redis_url, product, id_prefix, maxlen, stream, group, dlq, results_stream) -> None:
+def push(inputs, redis_url, product, id_prefix, max_backlog, wait_timeout, stream, group, dlq, results_stream) -> None:
     """XADD image files (INPUTS: files, folders or globs) to the input stream.
 
     Each entry carries id (prefix + path), product, the encoded image bytes and a
-    meta JSON with the file name. Invalid files are refused before they reach Redis.
+    meta JSON with the file name. Invalid files are refused before they reach Redis
+    (exit status 2). When the workers fall behind by --max-backlog entries, push
+    waits for them; after --wait-timeout it stops with exit status 3, and the files
+    not yet pushed are listed as such: nothing is ever dropped.
     """
     from tqdm import tqdm
 
@@ -37,16 +49,22 @@ def push(inputs, redis_url, product, id_prefix, maxlen, stream, group, dlq, resu
     from ..stream import queue as q
 
     cfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
-    client = q.connect(redis_url, verify=True)
+    producer = q.Producer(q.connect(redis_url, verify=True), cfg, max_backlog=max_backlog, wait_timeout_s=wait_timeout)
     files = list_images(list(inputs))
-    refused = 0
+    refused = pushed = 0
     for path in tqdm(files, desc=f"pushing {product}", file=sys.stderr):
         try:
-            q.push(client, product, path.read_bytes(), f"{id_prefix}{path}", {"file": path.name}, cfg, maxlen)
+            producer.push(product, path.read_bytes(), f"{id_prefix}{path}", {"file": path.name})
+            pushed += 1
         except q.ValidationError as exc:
             refused += 1
             click.echo(f"refused [{exc.reason}] {path}: {exc}", err=True)
-    click.echo(f"pushed {len(files) - refused} images to {stream}")
+        except q.BackpressureError as exc:
+            click.echo(f"pushed {pushed} images to {stream}; {len(files) - pushed - refused} not pushed", err=True)
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(3)
+    waited = f" (waited {producer.waited_s:.1f}s for the workers)" if producer.waited_s >= 0.05 else ""
+    click.echo(f"pushed {pushed} images to {stream}{waited}")
     if refused:
         sys.exit(2)
 
@@ -72,6 +90,7 @@ def push(inputs, redis_url, product, id_prefix, maxlen, stream, group, dlq, resu
 @click.option("--exit-when-idle", type=float, default=None, help="Leave once the stream is drained for this long (s).")
 @DINO_OPTION
 @_stream_options
+@_retention_options
 def worker(
     redis_url,
     models_dir,
@@ -91,6 +110,10 @@ def worker(
     group,
     dlq,
     results_stream,
+    retain,
+    results_maxlen,
+    dlq_maxlen,
+    allow_eviction,
 ) -> None:
     """Score the input stream into Parquet until SIGTERM/SIGINT (one process, no Ray).
 
@@ -111,6 +134,9 @@ def worker(
         results=results_stream,
         max_deliveries=max_deliveries,
         claim_idle_ms=claim_idle_ms,
+        retain=retain,
+        results_maxlen=results_maxlen,
+        dlq_maxlen=dlq_maxlen,
     )
     cfg = WorkerConfig(
         redis_url=redis_url,
@@ -126,6 +152,7 @@ def worker(
         exit_when_idle_s=exit_when_idle,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        allow_eviction=allow_eviction,
     )
     w = Worker(cfg)
     w.install_signal_handlers()
@@ -138,14 +165,21 @@ def worker(
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @_stream_options
 def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
-    """Stream length, group lag and pending, pending per consumer, DLQ size, live workers."""
+    """Stream lengths, group lag and pending, pending per consumer, DLQ size, Redis memory, live workers."""
     from ..stream import queue as q
 
-    st = q.stream_status(q.connect(redis_url, verify=True), q.StreamConfig(stream=stream, group=group, dlq=dlq))
+    scfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream or "ear:out")
+    st = q.stream_status(q.connect(redis_url, verify=True), scfg)
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    g = st["group"]
+    g, mem = st["group"], st["redis"]
+    limit = f"{mem['maxmemory'] / 2**20:.0f} MiB" if mem["maxmemory"] else "no limit"
+    click.echo(
+        f"redis: used_memory {mem['used_memory'] / 2**20:.1f} MiB of {limit}, "
+        f"maxmemory-policy {mem['maxmemory_policy']}"
+    )
+    click.echo("streams: " + ", ".join(f"{name} {n}" for name, n in st["lengths"].items()))
     click.echo(f"stream {st['stream']}: length {st['length']}, dead letters {st['dlq']}")
     click.echo(
         f"group {g['name']}: lag {g.get('lag')}, pending {g.get('pending', 0)}, consumers {g.get('consumers', 0)}"
@@ -174,6 +208,7 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
 @click.option("--max-seconds", type=float, default=None, help="Stop after this long.")
 @DINO_OPTION
 @_stream_options
+@_retention_options
 def cluster(
     redis_url,
     models_dir,
@@ -192,6 +227,10 @@ def cluster(
     group,
     dlq,
     results_stream,
+    retain,
+    results_maxlen,
+    dlq_maxlen,
+    allow_eviction,
 ) -> None:
     """Run the inspection actors on Ray, scaled between --min-workers and --max-workers by the stream's backlog.
 
@@ -213,7 +252,15 @@ def cluster(
 
     q.connect(redis_url, verify=True)  # a wrong URL or password fails here, before Ray starts
     init_ray(address)
-    scfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
+    scfg = q.StreamConfig(
+        stream=stream,
+        group=group,
+        dlq=dlq,
+        results=results_stream,
+        retain=retain,
+        results_maxlen=results_maxlen,
+        dlq_maxlen=dlq_maxlen,
+    )
     template = WorkerConfig(
         redis_url=redis_url,
         models_dir=models_dir.resolve(),
@@ -221,6 +268,7 @@ def cluster(
         stream=scfg,
         batch_size=batch_size,
         dino_weights=dino_weights,
+        allow_eviction=allow_eviction,
     )
     policy = ScalingPolicy(
         min_workers=min_workers, max_workers=max_workers, high_watermark=high_watermark, scale_down_cooldown_s=cooldown

@@ -19,6 +19,12 @@ class WorkerMetrics:
         self.lag = Gauge("ear_stream_lag", "Entries not yet delivered to the group", **labels).labels(worker)
         self.pending = Gauge("ear_stream_pending", "Entries delivered but not acknowledged", **labels).labels(worker)
         self.reconnects = Counter("ear_redis_reconnects", "Reconnections to Redis", **labels).labels(worker)
+        self.used_memory = Gauge("ear_redis_used_memory_bytes", "Redis used_memory (INFO memory)", **labels).labels(
+            worker
+        )
+        self.stream_length = Gauge(
+            "ear_stream_length", "XLEN of a stream", labelnames=["worker", "stream"], registry=self.registry
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

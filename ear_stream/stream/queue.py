@@ -10,10 +10,11 @@ see :mod:`ear_stream.stream.worker`. Values are bytes or JSON; nothing is pickle
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -34,6 +35,11 @@ INVALID_FIELD = "invalid_field"
 MAX_DELIVERIES = "max_deliveries"
 
 
+RETAIN_CHOICES = ("none", "acked")
+STREAM_KEYS = ("input", "verdict", "dead-letter")
+log = logging.getLogger("ear_stream.stream.queue")
+
+
 @dataclass
 class StreamConfig:
     """Names and limits shared by producers, workers and ``status``."""
@@ -46,6 +52,17 @@ class StreamConfig:
     claim_idle_ms: int = 60_000
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     heartbeat_ttl_s: int = 30
+    #: what happens to an input entry once its result is durable: ``none`` = deleted (XACKDEL, or XACK+XDEL
+    #: in one MULTI/EXEC); ``acked`` = deleted only once every consumer group has acknowledged it (deployments
+    #: that attach a second group, e.g. an archiver)
+    retain: str = "none"
+    #: approximate caps (XADD MAXLEN ~) of the verdict stream and the dead-letter stream
+    results_maxlen: int = 100_000
+    dlq_maxlen: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.retain not in RETAIN_CHOICES:
+            raise ValueError(f"retain must be one of {RETAIN_CHOICES}, got {self.retain!r}")
 
     @property
     def heartbeat_prefix(self) -> str:
@@ -181,17 +198,75 @@ def push(
     ident: str,
     meta: dict[str, Any] | str | None = None,
     cfg: StreamConfig | None = None,
-    maxlen: int | None = None,
 ) -> str:
-    """Validate and XADD one image; returns the stream id. ``maxlen`` trims approximately."""
+    """Validate and XADD one image; returns the stream id. Never trims: see :class:`Producer` for backpressure."""
     cfg = cfg or StreamConfig()
     meta_text = json.dumps(meta) if isinstance(meta, dict) else meta
     validate_fields(product, ident, image, meta_text, cfg.max_image_bytes)
     fields: dict[str, Any] = {"id": ident, "product": product, "image": image}
     if meta_text is not None:
         fields["meta"] = meta_text
-    sid = client.xadd(cfg.stream, fields, maxlen=maxlen, approximate=True)
-    return _text(sid)
+    return _text(client.xadd(cfg.stream, fields))
+
+
+class BackpressureError(RuntimeError):
+    """The input stream's backlog stayed above the producer's limit for its whole wait: workers are behind."""
+
+
+@dataclass
+class Producer:
+    """What a plant backend uses to push images: validation, and backpressure instead of silent loss.
+
+    Before each XADD the producer makes sure the backlog — ``XLEN`` of the input
+    stream, which with deletion on is exactly the entries not yet scored (lag +
+    pending) — is below ``max_backlog``. When it is not, it waits with
+    exponential backoff up to ``wait_timeout_s``, then raises
+    :class:`BackpressureError`; nothing is ever trimmed. XLEN is O(1); it is asked
+    at most every ``check_every_s`` while there is room to spare.
+
+        producer = Producer(q.connect("redis://…"), StreamConfig(), max_backlog=10_000)
+        producer.push("bracket", png_bytes, "line3-000123", {"station": 3})
+    """
+
+    client: redis.Redis
+    cfg: StreamConfig = field(default_factory=StreamConfig)
+    max_backlog: int = 10_000
+    wait_timeout_s: float = 30.0
+    check_every_s: float = 0.1
+    waited_s: float = 0.0  # total time spent waiting for room (a metric for the caller)
+    _room: int = 0
+    _checked_at: float = -1e9
+
+    def push(self, product: str, image: bytes, ident: str, meta: dict[str, Any] | str | None = None) -> str:
+        self.wait_for_room()
+        sid = push(self.client, product, image, ident, meta, self.cfg)
+        self._room -= 1
+        return sid
+
+    def backlog(self) -> int:
+        return int(self.client.xlen(self.cfg.stream))
+
+    def wait_for_room(self) -> None:
+        now = time.monotonic()
+        if self._room > 0 and now - self._checked_at < self.check_every_s:
+            return
+        started, delay = now, 0.02
+        while True:
+            backlog = self.backlog()
+            self._checked_at = time.monotonic()
+            self._room = self.max_backlog - backlog
+            if self._room > 0:
+                self.waited_s += self._checked_at - started
+                return
+            if self._checked_at - started >= self.wait_timeout_s:
+                self.waited_s += self._checked_at - started
+                raise BackpressureError(
+                    f"{self.cfg.stream} holds {backlog} unscored entries (limit {self.max_backlog}) and did not "
+                    f"drain for {self.wait_timeout_s:g}s: the workers are behind or stopped (ear-stream status); "
+                    "add workers, or raise --max-backlog if Redis has the memory"
+                )
+            time.sleep(min(delay, max(0.0, started + self.wait_timeout_s - self._checked_at)))
+            delay = min(delay * 2, 1.0)
 
 
 # --------------------------------------------------------------------------- consumer side
@@ -251,7 +326,10 @@ def with_delivery_counts(client: redis.Redis, cfg: StreamConfig, entries: list[E
 
 
 def dead_letter(client: redis.Redis, cfg: StreamConfig, rejections: list[Rejection], worker: str) -> None:
-    """XADD each rejection to the DLQ with its reason, then XACK the originals, in one transaction."""
+    """XADD each rejection to the (capped) DLQ with its reason, then acknowledge and delete the originals.
+
+    One MULTI/EXEC: either the dead letters exist and the originals are gone, or nothing happened.
+    """
     if not rejections:
         return
     pipe = client.pipeline(transaction=True)
@@ -267,17 +345,80 @@ def dead_letter(client: redis.Redis, cfg: StreamConfig, rejections: list[Rejecti
         for key, value in r.entry.fields.items():  # keep the payload for replay, bounded in size
             if len(value) <= cfg.max_image_bytes:
                 fields[f"orig_{key}"] = value
-        pipe.xadd(cfg.dlq, fields)
-    pipe.xack(cfg.stream, cfg.group, *[r.entry.stream_id for r in rejections])
+        pipe.xadd(cfg.dlq, fields, maxlen=cfg.dlq_maxlen, approximate=True)
+    _queue_ack_delete(client, pipe, cfg, [r.entry.stream_id for r in rejections])
     pipe.execute()
 
 
-def ack(client: redis.Redis, cfg: StreamConfig, stream_ids: list[str]) -> int:
-    return int(client.xack(cfg.stream, cfg.group, *stream_ids)) if stream_ids else 0
+def ack(client: redis.Redis, cfg: StreamConfig, stream_ids: list[str]) -> None:
+    """Acknowledge entries whose results are durable, and delete them from the input stream in the same step.
+
+    ``XACKDEL`` where the server has it (Redis ≥ 8.2, Valkey ≥ 9.2; detected once per client), else
+    XACK + XDEL in one MULTI/EXEC (``retain="acked"``: an atomic script deletes only the entries every
+    group has acknowledged). Ids already acknowledged and deleted (a re-scored duplicate after a
+    crash) are no-ops: nothing is deleted twice.
+    """
+    if not stream_ids:
+        return
+    pipe = client.pipeline(transaction=True)
+    _queue_ack_delete(client, pipe, cfg, stream_ids)
+    pipe.execute()
+
+
+def server_has_xackdel(client: redis.Redis) -> bool:
+    """Whether the server runs XACKDEL (Redis 8.2+, Valkey 9.2+); asked once per client.
+
+    Asked by running it against a key that does not exist: an older server answers "unknown
+    command", a newer one anything else (redis-py cannot parse COMMAND INFO for unknown commands).
+    """
+    cached = getattr(client, "_ear_has_xackdel", None)
+    if cached is None:
+        try:
+            client.execute_command("XACKDEL", "ear:xackdel-probe:none", "g", "IDS", 1, "0-1")
+            cached = True
+        except redis.ResponseError as exc:
+            text = str(exc).lower()
+            cached = "unknown command" not in text and "noperm" not in text
+        client._ear_has_xackdel = cached  # type: ignore[attr-defined]
+    return cached
+
+
+#: retain="acked" without XACKDEL: XACK, then XDEL only the ids that every group has read and acknowledged
+_ACK_DELETE_ACKED = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+local function split(id) local a, b = string.match(id, '(%d+)-(%d+)') return tonumber(a), tonumber(b) end
+local function le(x, y) local a1, b1 = split(x) local a2, b2 = split(y) return a1 < a2 or (a1 == a2 and b1 <= b2) end
+local deleted = 0
+for i = 2, #ARGV do
+  local id, free = ARGV[i], true
+  for _, g in ipairs(groups) do
+    local info = {}
+    for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+    if not le(id, info['last-delivered-id']) or #redis.call('XPENDING', KEYS[1], info['name'], id, id, 1) > 0 then
+      free = false
+      break
+    end
+  end
+  if free then deleted = deleted + redis.call('XDEL', KEYS[1], id) end
+end
+return acked
+"""
+
+
+def _queue_ack_delete(client: redis.Redis, pipe, cfg: StreamConfig, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
+    if server_has_xackdel(client):
+        policy = "ACKED" if cfg.retain == "acked" else "KEEPREF"
+        pipe.execute_command("XACKDEL", cfg.stream, cfg.group, policy, "IDS", len(ids), *ids)
+    elif cfg.retain == "acked":
+        pipe.eval(_ACK_DELETE_ACKED, 1, cfg.stream, cfg.group, *ids)
+    else:
+        pipe.xack(cfg.stream, cfg.group, *ids)
+        pipe.xdel(cfg.stream, *ids)
 
 
 def publish_results(client: redis.Redis, cfg: StreamConfig, rows: list[dict[str, Any]]) -> None:
-    """Optional result stream: id, product, score, verdict per row."""
+    """Optional result stream (capped, approximate MAXLEN): id, product, score, verdict per row."""
     if not cfg.results or not rows:
         return
     pipe = client.pipeline(transaction=False)
@@ -291,6 +432,8 @@ def publish_results(client: redis.Redis, cfg: StreamConfig, rows: list[dict[str,
                 "verdict": "anomaly" if row["is_anomaly"] else "ok",
                 "stream_id": row["stream_id"] or "",
             },
+            maxlen=cfg.results_maxlen,
+            approximate=True,
         )
     pipe.execute()
 
@@ -310,6 +453,8 @@ def stream_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
         "stream": cfg.stream,
         "length": int(client.xlen(cfg.stream)),
         "dlq": int(client.xlen(cfg.dlq)),
+        "lengths": stream_lengths(client, cfg),
+        "redis": redis_memory(client),
     }
     group_info: dict[str, Any] = {}
     try:
@@ -329,6 +474,45 @@ def stream_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
         workers[name] = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
     out["workers"] = workers
     return out
+
+
+def redis_memory(client: redis.Redis) -> dict[str, Any]:
+    """used_memory, maxmemory and maxmemory_policy from INFO memory (works where CONFIG is disabled)."""
+    info = client.info("memory")
+    return {
+        "used_memory": int(info.get("used_memory", 0)),
+        "maxmemory": int(info.get("maxmemory", 0)),
+        "maxmemory_policy": str(info.get("maxmemory_policy", "unknown")),
+    }
+
+
+def check_eviction_policy(client: redis.Redis, allow_eviction: bool) -> dict[str, Any]:
+    """Refuse a Redis that may evict keys: an eviction policy can drop the input stream itself, silently.
+
+    Only ``noeviction`` makes a full Redis refuse writes (the producers then see an error and keep
+    their images) instead of losing accepted ones. ``allow_eviction`` starts anyway, with a warning.
+    """
+    mem = redis_memory(client)
+    policy = mem["maxmemory_policy"]
+    if policy != "noeviction":
+        message = (
+            f"Redis maxmemory-policy is {policy!r}: when memory runs out it may evict {', '.join(STREAM_KEYS)} "
+            "streams, i.e. lose accepted images. Set `CONFIG SET maxmemory-policy noeviction` (and persist it in "
+            "redis.conf), or pass --allow-eviction to run anyway"
+        )
+        if not allow_eviction:
+            raise RedisSetupError(message)
+        log.warning("%s (--allow-eviction given)", message)
+    return mem
+
+
+def stream_lengths(client: redis.Redis, cfg: StreamConfig) -> dict[str, int]:
+    """XLEN of the input, verdict and dead-letter streams (what holds memory)."""
+    names = [cfg.stream, cfg.dlq] + ([cfg.results] if cfg.results else [])
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.xlen(name)
+    return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True)}
 
 
 def backlog(client: redis.Redis, cfg: StreamConfig) -> tuple[int, int]:

@@ -65,6 +65,8 @@ class WorkerConfig:
     exit_when_idle_s: float | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    #: start even if Redis' maxmemory-policy may evict keys (it can evict the input stream)
+    allow_eviction: bool = False
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
         q.verify_connection(self.client, self.cfg.redis_url)  # set-up mistakes fail now, in one line
+        q.check_eviction_policy(self.client, self.cfg.allow_eviction)
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
         self._redis(lambda: q.ensure_group(self.client, self.scfg), "group creation")
@@ -230,7 +233,7 @@ class Worker:
         if now - self._last_claim >= self.cfg.claim_every_s:
             self._last_claim = now
             claimed, deleted = self._redis(lambda: q.claim_idle(self.client, self.scfg, self.cfg.name, n), "claim")
-            if deleted:  # trimmed by the producer's MAXLEN while pending: nothing left to score
+            if deleted:  # deleted from the stream while pending (an external XDEL or MAXLEN): nothing to score
                 log.warning("%d pending entries were trimmed from the stream before scoring", len(deleted))
                 self._redis(lambda: q.ack(self.client, self.scfg, deleted), "ack of trimmed entries")
             if claimed:
@@ -376,5 +379,8 @@ class Worker:
             lag, pending = q.backlog(self.client, self.scfg)
             self.metrics.lag.set(lag)
             self.metrics.pending.set(pending)
+            self.metrics.used_memory.set(q.redis_memory(self.client)["used_memory"])
+            for name, length in q.stream_lengths(self.client, self.scfg).items():
+                self.metrics.stream_length.labels(self.cfg.name, name).set(length)
         except redis.RedisError as exc:  # the heartbeat never stops the worker
             log.debug("heartbeat failed: %s", exc)

@@ -1,0 +1,127 @@
+"""Dead-letter stream tools: list, replay and purge entries, with filters.
+
+Every dead letter keeps the reason, the message, the original stream id, the
+delivery count, the worker and the time, and — when it was not too large — the
+original fields as ``orig_<field>``. Replay puts those fields back on the input
+stream exactly as the producer sent them (e.g. after the missing model was
+deployed) and removes the dead letter in the same MULTI/EXEC; an entry whose
+payload was not kept cannot be replayed and stays where it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .queue import Producer, StreamConfig, _text
+
+#: the fields a replayed entry needs (meta is optional)
+REQUIRED = ("id", "product", "image")
+
+
+@dataclass
+class DeadLetter:
+    dlq_id: str
+    reason: str
+    message: str
+    id: str | None
+    product: str | None
+    failed_at: float | None
+    fields: dict[str, bytes]
+
+    @property
+    def replayable(self) -> bool:
+        return all(f"orig_{k}" in self.fields for k in REQUIRED)
+
+    def age_s(self, now: float | None = None) -> float | None:
+        return None if self.failed_at is None else (now or time.time()) - self.failed_at
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dlq_id": self.dlq_id,
+            "reason": self.reason,
+            "product": self.product,
+            "id": self.id,
+            "age_s": None if self.age_s() is None else round(self.age_s(), 1),
+            "message": self.message,
+            "replayable": self.replayable,
+        }
+
+
+def _parse(dlq_id: str, raw: dict) -> DeadLetter:
+    fields = {_text(k): v for k, v in raw.items()}
+
+    def text(key: str) -> str | None:
+        try:
+            return _text(fields.get(key))
+        except UnicodeDecodeError:
+            return None
+
+    failed = text("failed_at")
+    return DeadLetter(
+        dlq_id=dlq_id,
+        reason=text("reason") or "",
+        message=text("message") or "",
+        id=text("orig_id"),
+        product=text("orig_product"),
+        failed_at=float(failed) if failed else None,
+        fields=fields,
+    )
+
+
+def iter_dead_letters(
+    client: redis.Redis,
+    cfg: StreamConfig,
+    reason: str | None = None,
+    product: str | None = None,
+    ids: set[str] | None = None,
+    page: int = 500,
+) -> Iterator[DeadLetter]:
+    """Dead letters oldest first, filtered by reason, product and ids (producer ids or DLQ stream ids)."""
+    start = "-"
+    while True:
+        rows = client.xrange(cfg.dlq, min=start, max="+", count=page)
+        for sid, raw in rows:
+            letter = _parse(_text(sid), raw)
+            if reason and letter.reason != reason:
+                continue
+            if product and letter.product != product:
+                continue
+            if ids and letter.id not in ids and letter.dlq_id not in ids:
+                continue
+            yield letter
+        if len(rows) < page:
+            return
+        start = "(" + _text(rows[-1][0])
+
+
+def replay(
+    client: redis.Redis, cfg: StreamConfig, letters: list[DeadLetter], max_backlog: int = 10_000
+) -> tuple[int, list[DeadLetter]]:
+    """Move replayable letters back to the input stream (with backpressure); returns (replayed, refused)."""
+    producer = Producer(client, cfg, max_backlog=max_backlog)
+    replayed, refused = 0, []
+    for letter in letters:
+        if not letter.replayable:
+            refused.append(letter)
+            continue
+        producer.wait_for_room()
+        fields = {k[len("orig_") :]: v for k, v in letter.fields.items() if k.startswith("orig_")}
+        pipe = client.pipeline(transaction=True)
+        pipe.xadd(cfg.stream, fields)
+        pipe.xdel(cfg.dlq, letter.dlq_id)
+        pipe.execute()
+        replayed += 1
+    return replayed, refused
+
+
+def purge(client: redis.Redis, cfg: StreamConfig, letters: list[DeadLetter]) -> int:
+    """Delete the given dead letters; returns how many were removed."""
+    removed = 0
+    for i in range(0, len(letters), 500):
+        removed += int(client.xdel(cfg.dlq, *[x.dlq_id for x in letters[i : i + 500]]))
+    return removed

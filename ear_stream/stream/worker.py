@@ -177,7 +177,8 @@ class Worker:
         in_flight: Future | None = None
         try:
             while True:
-                entries = [] if self._stop.is_set() else self._fetch()
+                # with a batch in flight, only take what is already there: blocking would delay its verdicts
+                entries = [] if self._stop.is_set() else self._fetch(may_block=in_flight is None)
                 # decode the next batch on the pool while the device scores the previous one
                 next_batch = self._prefetch.submit(self._prepare, entries) if entries else None
                 if in_flight is not None:
@@ -210,12 +211,12 @@ class Worker:
         lag, pending = self._redis(lambda: q.backlog(self.client, self.scfg), "backlog")
         return lag == 0 and pending == 0
 
-    def _fetch(self) -> list[q.Entry]:
-        entries = [e for e in self._fetch_raw() if e.stream_id not in self._held]
+    def _fetch(self, may_block: bool = True) -> list[q.Entry]:
+        entries = [e for e in self._fetch_raw(may_block) if e.stream_id not in self._held]
         self._held.update(e.stream_id for e in entries)
         return entries
 
-    def _fetch_raw(self) -> list[q.Entry]:
+    def _fetch_raw(self, may_block: bool = True) -> list[q.Entry]:
         """Own pending entries first (restart after a crash), then idle ones of others, then new ones.
 
         XAUTOCLAIM may also return entries this worker holds itself (buffered longer
@@ -238,8 +239,18 @@ class Worker:
                 self._redis(lambda: q.ack(self.client, self.scfg, deleted), "ack of trimmed entries")
             if claimed:
                 return claimed
-        block = 0 if self._rows and self._flush_due() else self.cfg.block_ms
-        return self._redis(lambda: q.read_new(self.client, self.scfg, self.cfg.name, n, block or None), "read")
+        return self._redis(
+            lambda: q.read_new(self.client, self.scfg, self.cfg.name, n, self._block_ms(may_block) or None), "read"
+        )
+
+    def _block_ms(self, may_block: bool) -> int:
+        """How long XREADGROUP may wait: never past the flush deadline, which bounds verdict latency."""
+        if not may_block or self._flush_due():
+            return 0
+        if not self._rows:
+            return self.cfg.block_ms
+        waited = time.monotonic() - (self._first_buffered or time.monotonic())
+        return max(1, min(self.cfg.block_ms, int((self.cfg.flush_seconds - waited) * 1000)))
 
     # ------------------------------------------------------------------ stages
     def _prepare(self, entries: list[q.Entry]) -> Prepared:

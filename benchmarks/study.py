@@ -105,7 +105,8 @@ def run_child(args: argparse.Namespace) -> None:
         scores = np.concatenate([pipe.score_tensor(x[i : i + 32]).scores for i in range(0, x.shape[0], 32)])
         return {"test_image_auroc": float(roc_auc_score(test_labels, scores))}
 
-    base, *flags = name.split("+")  # e.g. spectral+keep: keep_context on
+    spec, _, fixed_m = name.partition("@m")  # e.g. spectral+keep@m8: keep_context on, mosaic scale 8
+    base, *flags = spec.split("+")
     method, saliency = ("riad", "none") if base == "riad" else ("ear", base)
     cfg = ModelConfig(
         image_size=args.image_size,
@@ -125,7 +126,7 @@ def run_child(args: argparse.Namespace) -> None:
         out,
         cfg,
         tcfg,
-        mosaic_scale=None if args.mosaic_scale == "auto" or method == "riad" else int(args.mosaic_scale),
+        mosaic_scale=int(fixed_m) if fixed_m else (None if args.mosaic_scale == "auto" else int(args.mosaic_scale)),
         device="cpu",
         progress=False,
         max_minutes=args.minutes,
@@ -177,6 +178,7 @@ def run_child(args: argparse.Namespace) -> None:
         "m": pipe.config.mosaic_scale,
         "saliency_params": pipe.config.saliency_params,
         "steps": manifest["training"]["steps"],
+        "r10": (manifest["training"].get("mosaic_estimate") or {}).get("r10"),
         "train_s": train_s,
         "scoring_chosen_on_val": best["scoring"],
         "val_image_auroc": best["val_image_auroc"],
@@ -256,7 +258,9 @@ def main() -> None:
     p.add_argument("--category", required=True)
     p.add_argument("--out", type=Path, default=Path("runs/study"))
     p.add_argument(
-        "--variants", default="none,spectral,stats,self,riad", help="comma-separated; '+keep' adds keep_context"
+        "--variants",
+        default="none,spectral,stats,self,riad",
+        help="comma-separated; '+keep' adds keep_context, '@mN' fixes the mosaic scale (a sweep)",
     )
     p.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget per variant")
     p.add_argument("--threads", type=int, default=1, help="torch threads per variant")

@@ -84,3 +84,16 @@ def models_dir(tiny_model, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     (root / "synthetic").symlink_to(tiny_model, target_is_directory=True)
     return root
+
+
+@pytest.fixture
+def stream_cfg():
+    """Fresh stream, DLQ and verdict names per test (one shared redis-server)."""
+    import uuid
+
+    from ear_stream.stream import queue as q
+
+    tag = uuid.uuid4().hex[:8]
+    return q.StreamConfig(
+        stream=f"t:{tag}:in", group="g", dlq=f"t:{tag}:dlq", results=f"t:{tag}:out", claim_idle_ms=300
+    )

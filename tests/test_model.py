@@ -59,6 +59,10 @@ def test_mosaic_scale_estimator():
     assert 4 <= r10(noisy).item() <= 100
     fitted = fit_estimator([10.0, 50.0, 90.0], [64, 16, 2])
     assert fitted.slope < 0
+    one = fit_estimator([58.0], [8], prior=MosaicEstimator())  # one dataset: keep the slope, move the line
+    assert one.slope == MosaicEstimator().slope and one.estimate(58.0) == 8
+    with pytest.raises(ValueError, match="at least two"):
+        fit_estimator([58.0], [8])
 
 
 def test_tiny_model_on_real_images_reloads_to_identical_scores(real_data, tmp_path):

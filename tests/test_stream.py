@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 import zlib
 
 import numpy as np
@@ -28,14 +27,6 @@ from ear_stream.stream.redis_server import RedisServer, free_port
 from ear_stream.stream.worker import Worker, WorkerConfig
 
 pytestmark = needs_redis
-
-
-@pytest.fixture
-def stream_cfg() -> q.StreamConfig:
-    tag = uuid.uuid4().hex[:8]
-    return q.StreamConfig(
-        stream=f"t:{tag}:in", group="g", dlq=f"t:{tag}:dlq", results=f"t:{tag}:out", claim_idle_ms=300
-    )
 
 
 @pytest.fixture(scope="module")

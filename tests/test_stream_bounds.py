@@ -23,11 +23,8 @@ pytestmark = needs_redis
 
 
 @pytest.fixture
-def scfg() -> q.StreamConfig:
-    tag = uuid.uuid4().hex[:8]
-    return q.StreamConfig(
-        stream=f"b:{tag}:in", group="g", dlq=f"b:{tag}:dlq", results=f"b:{tag}:out", claim_idle_ms=300
-    )
+def scfg(stream_cfg) -> q.StreamConfig:
+    return stream_cfg
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from ..io.datasets import write_synthetic_category
 from ..io.decode import list_images
 from ..io.results import read_results, summarize
 from ..model.artifact import load_manifest
-from ..model.config import ModelConfig, TrainConfig, resolve_saliency
+from ..model.config import ModelConfig, TrainConfig, default_keep_context, resolve_saliency
 from ..stream import queue as q
 from ..stream.redis_server import RedisServer, find_redis_server
 from ..stream.worker import WorkerConfig
@@ -36,10 +36,12 @@ def ensure_model(workdir: Path, epochs: int, image_size: int) -> Path:
     saliency = resolve_saliency("auto", has_dino_weights=False)
     if (model_dir / "manifest.json").is_file():
         cfg = load_manifest(model_dir).config
-        if (cfg.image_size, cfg.saliency) == (image_size, saliency):
+        if (cfg.image_size, cfg.saliency, cfg.keep_context) == (image_size, saliency, default_keep_context(saliency)):
             click.echo(f"reusing model {model_dir}")
             return model_dir
-    cfg = ModelConfig(image_size=image_size, saliency=saliency, base_channels=16)
+    cfg = ModelConfig(
+        image_size=image_size, saliency=saliency, base_channels=16, keep_context=default_keep_context(saliency)
+    )
     return train_model(
         data,
         PRODUCT,

@@ -18,6 +18,7 @@ from ..model.config import (
     ModelConfig,
     ScoringConfig,
     TrainConfig,
+    default_keep_context,
     resolve_saliency,
 )
 from .options import (
@@ -58,6 +59,12 @@ from .options import (
     "U-Net pass finds what to excise); none = mosaic the whole image; binary = DINO mask without mosaic hint.",
 )
 @click.option("--grid", type=int, default=None, help="Attention grid side of the weight-free variants (default 16).")
+@click.option(
+    "--keep-context/--no-keep-context",
+    default=None,
+    help="Keep the pixels that were not excised verbatim in the reconstruction (the U-Net only inpaints). "
+    "Default: on for the weight-free variants (study in BENCHMARKS.md), off for dino and none.",
+)
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock training budget; stops at the first limit.")
 @click.option("--box", type=int, default=None, help="MSGMS box filter (odd; <= 1 disables). Default: 21·size/256.")
 @click.option("--scales", type=int, default=None, help="MSGMS scales. Default: 3 at 256 px, one fewer per halving.")
@@ -93,6 +100,7 @@ def train(
     base_channels,
     saliency,
     grid,
+    keep_context,
     max_minutes,
     box,
     scales,
@@ -126,6 +134,7 @@ def train(
             method=method,
             scoring=ScoringConfig(scales=scales, box=box, border=border),
             saliency_params={"grid": grid} if grid and resolved not in ("dino", "binary", "none") else {},
+            keep_context=default_keep_context(resolved) if keep_context is None else keep_context,
         )
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed)
         path = train_model(
@@ -146,7 +155,8 @@ def train(
 
     man = load_manifest(path)
     click.echo(
-        f"model written to {path} (saliency {man.config.saliency}, m={man.config.mosaic_scale}, "
+        f"model written to {path} (saliency {man.config.saliency}, keep_context {man.config.keep_context}, "
+        f"m={man.config.mosaic_scale}, "
         f"threshold={man.threshold:.4f}, {man.training['steps']} steps, stopped by {man.training['stop_reason']}, "
         f"version {man.model_version})"
     )

@@ -94,6 +94,22 @@ def _retention_options(fn):
     return fn
 
 
+def stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dlq_maxlen, **extra):  # type: ignore[no-untyped-def]
+    """The StreamConfig that --stream/--group/--dlq/--results-stream and the retention options describe."""
+    from ..stream import queue as q
+
+    return q.StreamConfig(
+        stream=stream,
+        group=group,
+        dlq=dlq,
+        results=results_stream,
+        retain=retain,
+        results_maxlen=results_maxlen,
+        dlq_maxlen=dlq_maxlen,
+        **extra,
+    )
+
+
 REDIS_OPTION = click.option(
     "--redis",
     "redis_url",

@@ -16,6 +16,7 @@ from .options import (
     _retention_options,
     _stream_options,
     announce_backend,
+    stream_config,
 )
 
 
@@ -123,20 +124,19 @@ def worker(
     announce_backend()
     import logging
 
-    from ..stream import queue as q
     from ..stream.worker import Worker, WorkerConfig, default_worker_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    scfg = q.StreamConfig(
-        stream=stream,
-        group=group,
-        dlq=dlq,
-        results=results_stream,
+    scfg = stream_config(
+        stream,
+        group,
+        dlq,
+        results_stream,
+        retain,
+        results_maxlen,
+        dlq_maxlen,
         max_deliveries=max_deliveries,
         claim_idle_ms=claim_idle_ms,
-        retain=retain,
-        results_maxlen=results_maxlen,
-        dlq_maxlen=dlq_maxlen,
     )
     cfg = WorkerConfig(
         redis_url=redis_url,
@@ -252,15 +252,7 @@ def cluster(
 
     q.connect(redis_url, verify=True)  # a wrong URL or password fails here, before Ray starts
     init_ray(address)
-    scfg = q.StreamConfig(
-        stream=stream,
-        group=group,
-        dlq=dlq,
-        results=results_stream,
-        retain=retain,
-        results_maxlen=results_maxlen,
-        dlq_maxlen=dlq_maxlen,
-    )
+    scfg = stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dlq_maxlen)
     template = WorkerConfig(
         redis_url=redis_url,
         models_dir=models_dir.resolve(),

@@ -18,6 +18,8 @@ SALIENCY_VARIANTS = ("dino", "none", "binary", *WEIGHT_FREE_SALIENCY)
 SALIENCY_CHOICES = ("auto", *SALIENCY_VARIANTS)
 #: the weight-free variant ``auto`` picks without DINO weights: the best of the study in BENCHMARKS.md
 AUTO_WEIGHT_FREE = "spectral"
+#: whether weight-free variants keep the unexcised pixels verbatim unless told (study in BENCHMARKS.md)
+AUTO_KEEP_CONTEXT = True
 MOSAIC_SCALES = (2, 4, 8, 16, 32, 64)
 #: failure reason when a model scores NaN/inf (stream DLQ and ``score`` alike): scores fail closed
 NON_FINITE_SCORE = "non_finite_score"
@@ -32,6 +34,11 @@ def resolve_saliency(requested: str, has_dino_weights: bool) -> str:
     if requested not in SALIENCY_VARIANTS:
         raise ValueError(f"saliency must be one of {SALIENCY_CHOICES}, got {requested!r}")
     return requested
+
+
+def default_keep_context(saliency: str) -> bool:
+    """``keep_context`` when not given: the study's choice for weight-free variants, off for DINO and none."""
+    return AUTO_KEEP_CONTEXT and saliency in WEIGHT_FREE_SALIENCY
 
 
 def default_box(image_size: int) -> int:

@@ -80,11 +80,19 @@ def r10(images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     return torch.stack(out) if out else r.new_zeros((0,))
 
 
-def fit_estimator(r10_values: list[float], best_scales: list[int]) -> MosaicEstimator:
-    """Least-squares line through (r10, m*) pairs from grid searches."""
+def fit_estimator(
+    r10_values: list[float], best_scales: list[int], prior: MosaicEstimator | None = None
+) -> MosaicEstimator:
+    """Least-squares line through (r10, m*) pairs from grid searches.
+
+    One pair (one dataset) fixes a point, not a line: with a ``prior`` its slope is kept and
+    only the intercept moves so that the line passes through the pair.
+    """
     n = len(r10_values)
+    if n == 1 and prior is not None:
+        return MosaicEstimator(intercept=best_scales[0] - prior.slope * r10_values[0], slope=prior.slope)
     if n < 2:
-        raise ValueError("need at least two (r10, m*) pairs to fit the estimator")
+        raise ValueError("need at least two (r10, m*) pairs to fit the estimator (or one and a prior)")
     mx, my = sum(r10_values) / n, sum(best_scales) / n
     sxx = sum((x - mx) ** 2 for x in r10_values)
     sxy = sum((x - mx) * (y - my) for x, y in zip(r10_values, best_scales, strict=True))

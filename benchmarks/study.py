@@ -68,11 +68,13 @@ def scoring_candidates(size: int) -> list[dict]:
     from ear_stream.model.config import ScoringConfig
 
     default = ScoringConfig().resolved(size)
-    grid = [{"box": default.box, "border": default.border}]
-    for box in (default.box, 5, 1):
-        for border in (0, size // 32, size // 16):
-            if {"box": box, "border": border} not in grid:
-                grid.append({"box": box, "border": border})
+    grid = [{"box": default.box, "border": default.border, "normal_map": False}]
+    for normal in (False, True):
+        for box in (default.box, 5, 1):
+            for border in sorted({0, size // 32, size // 16, default.border}):
+                cand = {"box": box, "border": border, "normal_map": normal}
+                if cand not in grid:
+                    grid.append(cand)
     return grid
 
 
@@ -82,9 +84,9 @@ def run_child(args: argparse.Namespace) -> None:
     from sklearn.metrics import roc_auc_score
 
     from ear_stream.inspect.evaluation import compute_metrics, evaluate, write_report
-    from ear_stream.inspect.pipeline import Pipeline, score_maps
-    from ear_stream.inspect.training import train_model
-    from ear_stream.io.datasets import load_tensor, test_samples
+    from ear_stream.inspect.pipeline import Pipeline, fit_normal_map, score_maps
+    from ear_stream.inspect.training import NORMAL_MAP_IMAGES, split_holdout, train_model
+    from ear_stream.io.datasets import load_tensor, test_samples, train_images
     from ear_stream.model.config import ModelConfig, TrainConfig
 
     name = args.child
@@ -120,21 +122,36 @@ def run_child(args: argparse.Namespace) -> None:
         cfg.saliency_params = {"grid": args.grid}
     tcfg = TrainConfig(epochs=10_000, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     t0 = time.perf_counter()
-    model = train_model(
-        args.data_root,
-        args.category,
-        out,
-        cfg,
-        tcfg,
-        mosaic_scale=int(fixed_m) if fixed_m else (None if args.mosaic_scale == "auto" else int(args.mosaic_scale)),
-        device="cpu",
-        progress=False,
-        max_minutes=args.minutes,
-        curve_every_minutes=args.curve_every,
-        on_curve=on_curve,
+    model = (
+        out
+        if args.rescore
+        else train_model(
+            args.data_root,
+            args.category,
+            out,
+            cfg,
+            tcfg,
+            mosaic_scale=int(fixed_m) if fixed_m else (None if args.mosaic_scale == "auto" else int(args.mosaic_scale)),
+            device="cpu",
+            progress=False,
+            max_minutes=args.minutes,
+            curve_every_minutes=args.curve_every,
+            on_curve=on_curve,
+        )
     )
-    train_s = time.perf_counter() - t0
     pipe = Pipeline.from_artifact(model, device="cpu")
+    manifest = json.loads((Path(model) / "manifest.json").read_text())
+    train_s = manifest["training"]["seconds"] if args.rescore else time.perf_counter() - t0
+    # the normal map comes from training images only (the same split train_model used)
+    files = train_images(args.data_root, args.category)
+    train_idx, _ = split_holdout(len(files), tcfg.holdout_fraction, tcfg.seed)
+    normal = (
+        None
+        if method == "riad"
+        else fit_normal_map(
+            pipe, load_tensor([files[i] for i in train_idx[:NORMAL_MAP_IMAGES]], args.image_size, progress=False)
+        )
+    )
 
     # one reconstruction pass over the whole test set, then every scoring candidate on it
     recon, attention_ok = [], True
@@ -153,7 +170,7 @@ def run_child(args: argparse.Namespace) -> None:
             rec = torch.cat(recon)
             scores, maps = [], []
             for i in range(0, len(samples), 32):
-                s, m = score_maps(images[i : i + 32], rec[i : i + 32], sc, True)
+                s, m = score_maps(images[i : i + 32], rec[i : i + 32], sc, True, normal if sc.normal_map else None)
                 scores.append(s.numpy())
                 maps.append(m.half())
             scores, maps = np.concatenate(scores), torch.cat(maps)
@@ -169,10 +186,10 @@ def run_child(args: argparse.Namespace) -> None:
 
     chosen = dataclasses.replace(base_sc, **best["scoring"])
     pipe.config.scoring = chosen
+    pipe.normal_map = normal
     res, mat = evaluate(pipe, args.data_root, args.category, progress=False, samples=samples, images=images)
     write_report(out.with_suffix(".html"), pipe, res, mat, f"{name}: {args.category} (scoring chosen on validation)")
     ms1, ips = time_inference(pipe, images[sub["test"]])
-    manifest = json.loads((Path(model) / "manifest.json").read_text())
     row = {
         "variant": name,
         "m": pipe.config.mosaic_scale,
@@ -276,6 +293,7 @@ def main() -> None:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--summary-only", action="store_true", help="rewrite study.md from the per-variant JSON files")
+    p.add_argument("--rescore", action="store_true", help="re-evaluate the models already in OUT (no training)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     variants = [v for v in args.variants.split(",") if v]

@@ -138,7 +138,7 @@ def test_train_and_score_every_weight_free_variant(tmp_path, synthetic_root, sal
     assert man.training["stop_reason"] == "max_steps"
     assert [json.loads(line)["step"] for line in (path / "curve.jsonl").read_text().splitlines()][-1] == 3
     _, _, state = load_artifact_parts(path)
-    assert (set(state) == {"mean", "std"}) == (saliency == "stats")
+    assert (set(state) == {"saliency.mean", "saliency.std"}) == (saliency == "stats")
     pipe = Pipeline.from_artifact(path, device="cpu")
     res = pipe.score_tensor(texture(3, 64), want_recon=True)
     assert res.scores.shape == (3,) and res.mask.shape == (3, 1, 64, 64)
@@ -200,3 +200,29 @@ def test_keep_context_changes_only_the_excised_pixels(tmp_path, synthetic_root, 
     changed = (recon != x).any(dim=1, keepdim=True).float()
     excised = saliency_mask(attention, (64, 64))
     assert (changed <= excised).all() and 0 < float(ratio.mean()) < 1
+
+
+def test_normal_map_is_fitted_on_training_images_stored_and_subtracted(tmp_path, synthetic_root):
+    cfg = ModelConfig(image_size=64, saliency="spectral", base_channels=8, scoring=ScoringConfig(normal_map=True))
+    path = train_model(
+        synthetic_root, "synthetic", tmp_path / "m", cfg, TrainConfig(epochs=1), max_steps=2, progress=False
+    )
+    _, manifest, extras = load_artifact_parts(path)
+    assert manifest.config.scoring.normal_map and extras["scoring.normal_map"].shape == (1, 1, 64, 64)
+    pipe = Pipeline.from_artifact(path, device="cpu")
+    x = texture(4, 64)
+    with_normal = pipe.score_tensor(x, want_maps=True)
+    pipe.config.scoring.normal_map = False
+    without = pipe.score_tensor(x, want_maps=True)
+    b = pipe.config.scoring.border
+    diff = (without.maps - with_normal.maps)[..., b:-b, b:-b]
+    torch.testing.assert_close(diff, pipe.normal_map[..., b:-b, b:-b].expand_as(diff), rtol=0, atol=1e-6)
+    # a manifest that asks for a normal map that is not stored is refused, not silently ignored
+    weights = path / "weights.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    del state["scoring.normal_map"]
+    save_file(state, str(weights))
+    with pytest.raises(Exception, match="normal map|does not match"):
+        Pipeline.from_artifact(path, device="cpu")

@@ -89,7 +89,7 @@ def evaluate(
             "reconstruction is not finite (diverged training?); no AUROC is reported over them"
         )
     dmaps = torch.cat(maps)
-    labels = np.array([s.defect != "good" for s in samples])
+    labels = np.array([s.defect != "good" for s in samples], dtype=bool)
     result = compute_metrics(samples, score, dmaps, size, pipe.threshold, 1000.0 * elapsed / max(1, len(samples)))
     return result, {"images": images, "maps": dmaps, "labels": labels}
 
@@ -98,7 +98,7 @@ def compute_metrics(
     samples: list[Sample], score: np.ndarray, dmaps: torch.Tensor, size: int, threshold: float, ms_per_image: float
 ) -> EvalResult:
     """Image/pixel AUROC and the per-defect table of already-scored samples (any subset of a test set)."""
-    labels = np.array([s.defect != "good" for s in samples])
+    labels = np.array([s.defect != "good" for s in samples], dtype=bool)
     per_defect = {}
     for defect in sorted({s.defect for s in samples} - {"good"}):
         sel = np.array([s.defect in (defect, "good") for s in samples])

@@ -6,6 +6,7 @@ fused ``excise`` → U-Net recovery → fused ``msgms`` score → verdicts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,23 +113,49 @@ def excised_mask(attention: torch.Tensor | None, images: torch.Tensor, config: M
 
 
 def score_maps(
-    images: torch.Tensor, recon: torch.Tensor, sc: ScoringConfig, want_map: bool
+    images: torch.Tensor,
+    recon: torch.Tensor,
+    sc: ScoringConfig,
+    want_map: bool,
+    normal_map: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fused MSGMS score (and map), the max taken at least ``sc.border`` pixels from the edges.
 
-    With a border band the map is materialised and the band zeroed (so a saved
-    heatmap shows what was scored); the max keeps NaN like the reference's amax.
+    With a border band or a ``normal_map`` ([1, 1, H, W], subtracted first) the map is
+    materialised and the band zeroed (so a saved heatmap shows what was scored); the
+    max keeps NaN like the reference's amax. Without either, the fused op never writes it.
     """
     h, w = images.shape[-2:]
     b = min(sc.border, (h - 1) // 2, (w - 1) // 2)
-    if b <= 0:
+    if b <= 0 and normal_map is None:
         return ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, want_map)
     _, dmap = ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, True)
+    if normal_map is not None:
+        dmap = dmap - normal_map.to(dmap.device, dmap.dtype)
+    if b <= 0:
+        return dmap.flatten(1).amax(dim=1) if dmap.shape[0] else dmap.new_zeros((0,)), (dmap if want_map else None)
     inner = dmap[..., b : h - b, b : w - b]
     scores = inner.flatten(1).amax(dim=1) if dmap.shape[0] else dmap.new_zeros((0,))
     if not want_map:
         return scores, None
     return scores, F.pad(inner, (b, b, b, b))
+
+
+#: where the normal map lives in weights.safetensors
+NORMAL_MAP_KEY = "scoring.normal_map"
+
+
+@torch.no_grad()
+def fit_normal_map(pipe: Pipeline, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    """Mean MSGMS map [1, 1, H, W] of good *training* images (before any band): what is normally hard to recover."""
+    sc = dataclasses.replace(pipe.config.scoring, border=0, normal_map=False)
+    total, n = None, 0
+    for i in range(0, images.shape[0], batch):
+        x = images[i : i + batch].to(pipe.device)
+        _, dmap = score_maps(x, pipe.recover(x)[3], sc, True)
+        total = dmap.sum(0, keepdim=True) if total is None else total + dmap.sum(0, keepdim=True)
+        n += x.shape[0]
+    return (total / max(1, n)).cpu()
 
 
 def two_pass_attention(
@@ -177,6 +204,7 @@ class Pipeline:
         device: torch.device,
         attention_model: nn.Module | None = None,
         model_version: str = "",
+        normal_map: torch.Tensor | None = None,
     ) -> None:
         self.config = config
         self.threshold = float(threshold)
@@ -184,6 +212,8 @@ class Pipeline:
         self.model_version = model_version
         self.unet = unet.to(device).eval()
         self.attention_model = attention_model
+        #: per-pixel mean map of good training images, subtracted when ``config.scoring.normal_map``
+        self.normal_map = None if normal_map is None else normal_map.to(device)
         self._autocast = device.type == "cuda"
         if self._autocast:
             self.unet = self.unet.to(memory_format=torch.channels_last)
@@ -192,9 +222,13 @@ class Pipeline:
     def from_artifact(
         cls, model_dir: str | Path, device: str = "auto", dino_weights: str | os.PathLike | None = None
     ) -> Pipeline:
-        unet, manifest, saliency_state = load_artifact_parts(model_dir)
+        unet, manifest, extras = load_artifact_parts(model_dir)
         dev = resolve_device(device)
+        saliency_state = {k[len("saliency.") :]: v for k, v in extras.items() if k.startswith("saliency.")}
         attention = build_saliency(manifest.config, dino_weights, dev, saliency_state)
+        normal = extras.get(NORMAL_MAP_KEY)
+        if manifest.config.scoring.normal_map and normal is None:
+            raise ArtifactError(f"{model_dir}: its scoring subtracts a normal map, but none is stored")
         if attention is not None and manifest.dino_weights_sha256:
             got = sha256_file(resolve_dino_weights(dino_weights))  # type: ignore[arg-type]
             if got != manifest.dino_weights_sha256:
@@ -202,7 +236,7 @@ class Pipeline:
                     f"the DINO weights given differ from those {model_dir} was trained with "
                     f"(sha256 {got[:12]} != {manifest.dino_weights_sha256[:12]})"
                 )
-        return cls(manifest.config, unet, manifest.threshold, dev, attention, manifest.model_version)
+        return cls(manifest.config, unet, manifest.threshold, dev, attention, manifest.model_version, normal)
 
     @torch.no_grad()
     def attention(self, images: torch.Tensor) -> torch.Tensor | None:
@@ -243,7 +277,8 @@ class Pipeline:
             composite, ratio, attention = images, torch.ones(images.shape[0]), None
         else:
             attention, composite, ratio, recon = self.recover(images)
-            scores, maps = score_maps(images, recon, sc, want_maps)
+            normal = self.normal_map if sc.normal_map else None
+            scores, maps = score_maps(images, recon, sc, want_maps, normal)
         # fail closed: a reconstruction with any NaN/inf pixel scores NaN, even where the median or the
         # border band would have hidden the pixel (one reduction over the recon, on its device)
         broken = ~torch.isfinite(recon).flatten(1).all(dim=1)

@@ -29,15 +29,20 @@ from ..model.reference import combined_loss, saliency_mask
 from ..model.saliency import resolve_dino_weights
 from ..model.weightfree import SelfSaliency, WeightFreeSaliency
 from .pipeline import (
+    NORMAL_MAP_KEY,
     Pipeline,
     build_saliency,
     context_mask,
     excise_for,
+    fit_normal_map,
     needs_dino,
     paste_context,
     resolve_device,
     two_pass_attention,
 )
+
+#: training images whose mean MSGMS map is the normal map (enough for a stable per-pixel mean)
+NORMAL_MAP_IMAGES = 256
 
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -263,6 +268,10 @@ def train_model(
     unet.eval()
 
     pipe = Pipeline(model_cfg, unet, threshold=1.0, device=dev, attention_model=saliency)
+    extras: dict[str, torch.Tensor] = {}
+    if model_cfg.scoring.normal_map:  # from training images only: the held-out ones calibrate the threshold
+        pipe.normal_map = fit_normal_map(pipe, images[train_idx[:NORMAL_MAP_IMAGES]])
+        extras[NORMAL_MAP_KEY] = pipe.normal_map
     hold_scores = np.concatenate([pipe.score_tensor(held_out[i : i + 16]).scores for i in range(0, len(hold_idx), 16)])
     threshold, stats = calibrate_threshold(hold_scores, train_cfg.threshold_sigmas)
 
@@ -288,5 +297,6 @@ def train_model(
         },
         dino_weights_sha256=sha256_file(dino_path) if dino_path else None,
     )
-    state = saliency.state_dict() if isinstance(saliency, WeightFreeSaliency) else None
-    return save_artifact(out_dir, unet.cpu(), manifest, state or None)
+    if isinstance(saliency, WeightFreeSaliency):
+        extras.update({f"saliency.{k}": v for k, v in saliency.state_dict().items()})
+    return save_artifact(out_dir, unet.cpu(), manifest, extras)

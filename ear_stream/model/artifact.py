@@ -79,8 +79,9 @@ def _versions() -> dict[str, str]:
     return {"ear_stream": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
 
-#: prefix of the fitted saliency statistics stored beside the U-Net weights (hashed with them)
-SALIENCY_PREFIX = "saliency."
+#: prefixes of the tensors stored beside the U-Net weights (hashed with them): fitted saliency
+#: statistics (``saliency.*``) and the scoring's per-pixel normal map (``scoring.normal_map``)
+EXTRA_PREFIXES = ("saliency.", "scoring.")
 
 
 def build_unet(cfg: ModelConfig) -> UNet:
@@ -89,19 +90,21 @@ def build_unet(cfg: ModelConfig) -> UNet:
 
 
 def save_artifact(
-    model_dir: str | Path, unet: UNet, manifest: Manifest, saliency_state: dict[str, torch.Tensor] | None = None
+    model_dir: str | Path, unet: UNet, manifest: Manifest, extras: dict[str, torch.Tensor] | None = None
 ) -> Path:
     """Write weights then manifest (manifest last: its presence marks a complete artifact).
 
-    ``saliency_state`` (fitted statistics of a weight-free saliency variant) goes
-    into the same safetensors file under ``saliency.``, so ``model_version`` covers it.
+    ``extras`` (keys starting with one of :data:`EXTRA_PREFIXES`: fitted saliency statistics, the
+    normal map) go into the same safetensors file, so ``model_version`` covers them.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = model_dir / WEIGHTS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-    for key, value in (saliency_state or {}).items():
-        state[SALIENCY_PREFIX + key] = value.detach().cpu().contiguous()
+    for key, value in (extras or {}).items():
+        if not key.startswith(EXTRA_PREFIXES):
+            raise ValueError(f"extra tensor {key!r} must start with one of {EXTRA_PREFIXES}")
+        state[key] = value.detach().cpu().contiguous()
     save_file(state, str(weights))
     manifest.weights_sha256 = sha256_file(weights)
     manifest.versions = _versions()
@@ -140,7 +143,7 @@ def load_artifact(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Man
 
 
 def load_artifact_parts(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Manifest, dict[str, torch.Tensor]]:
-    """U-Net, manifest and the fitted saliency state (``{}`` when the variant has none)."""
+    """U-Net, manifest and the extra tensors by full key (``saliency.*``, ``scoring.*``; ``{}`` when none)."""
     manifest = load_manifest(model_dir)
     weights = Path(model_dir) / WEIGHTS_FILE
     if not weights.is_file():
@@ -148,10 +151,10 @@ def load_artifact_parts(model_dir: str | Path, verify: bool = True) -> tuple[UNe
     if verify and manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
         raise ArtifactError(f"{weights} does not match the hash in its manifest (corrupt or replaced)")
     state = load_file(str(weights))
-    saliency_state = {k[len(SALIENCY_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(SALIENCY_PREFIX)}
+    extras = {k: state.pop(k) for k in list(state) if k.startswith(EXTRA_PREFIXES)}
     unet = build_unet(manifest.config)
     try:
         unet.load_state_dict(state)
     except RuntimeError as exc:
         raise ArtifactError(f"{weights} does not fit the U-Net its manifest describes: {exc}") from exc
-    return unet.eval(), manifest, saliency_state
+    return unet.eval(), manifest, extras

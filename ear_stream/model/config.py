@@ -19,7 +19,7 @@ SALIENCY_CHOICES = ("auto", *SALIENCY_VARIANTS)
 #: the weight-free variant ``auto`` picks without DINO weights: the best of the study in BENCHMARKS.md
 AUTO_WEIGHT_FREE = "spectral"
 #: whether weight-free variants keep the unexcised pixels verbatim unless told (study in BENCHMARKS.md)
-AUTO_KEEP_CONTEXT = True
+AUTO_KEEP_CONTEXT = False
 MOSAIC_SCALES = (2, 4, 8, 16, 32, 64)
 #: failure reason when a model scores NaN/inf (stream DLQ and ``score`` alike): scores fail closed
 NON_FINITE_SCORE = "non_finite_score"
@@ -84,6 +84,9 @@ class ScoringConfig:
     median: bool = True
     box: int | None = None
     border: int | None = None
+    #: subtract the per-pixel mean map of the good training images (stored with the weights) before
+    #: the max: what is *normally* hard to recover there (the tile edges of a crop) stops scoring
+    normal_map: bool = False
 
     def resolved(self, image_size: int) -> ScoringConfig:
         box = default_box(image_size) if self.box is None else int(self.box)
@@ -93,6 +96,7 @@ class ScoringConfig:
             median=self.median,
             box=box,
             border=max(0, box // 2) if self.border is None else int(self.border),
+            normal_map=bool(self.normal_map),
         )
 
 

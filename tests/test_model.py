@@ -50,7 +50,7 @@ def test_mosaic_scale_estimator():
         quantise_scale(45) == 32 and quantise_scale(46) == 64 and quantise_scale(-3) == 2 and quantise_scale(1e9) == 64
     )
     est = MosaicEstimator()
-    assert est.estimate(12.1) == 64 and est.estimate(100) == 2
+    assert est.estimate(12.1) == 64 and est.estimate(64.4) == 64 and est.estimate(100) == 32 and est.estimate(160) == 2
     flat = torch.full((1, 3, 32, 32), 0.5)
     noisy = torch.rand(1, 3, 32, 32)
     assert r10(flat).item() == 0.0  # no curvature anywhere: the smoothest surface

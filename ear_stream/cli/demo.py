@@ -53,7 +53,7 @@ def ensure_model(workdir: Path, epochs: int, image_size: int) -> Path:
     )
 
 
-def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64, copies: int = 4, max_workers: int = 2) -> dict:
+def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64, copies: int = 32, max_workers: int = 2) -> dict:
     import ray
 
     from workers.local import init_ray
@@ -153,7 +153,12 @@ def run_demo(workdir: Path, epochs: int = 3, image_size: int = 64, copies: int =
 )
 @click.option("--epochs", default=3, show_default=True, help="Training epochs for the demo model.")
 @click.option("--image-size", default=64, show_default=True)
-@click.option("--copies", default=4, show_default=True, help="Times each test image is pushed (with distinct ids).")
+@click.option(
+    "--copies",
+    default=32,
+    show_default=True,
+    help="Times each test image is pushed (with distinct ids): enough work that scoring, not actor start-up, dominates.",
+)
 @click.option("--workers", "n_workers", default=2, show_default=True, help="Most Ray actors.")
 def demo(workdir, epochs, image_size, copies, n_workers) -> None:
     """Run the main job on embedded defaults.

@@ -63,7 +63,7 @@ from .options import (
     "--keep-context/--no-keep-context",
     default=None,
     help="Keep the pixels that were not excised verbatim in the reconstruction (the U-Net only inpaints). "
-    "Default: off (it lost 0.04 image AUROC to plain spectral on Magnetic Tile, BENCHMARKS.md).",
+    "Default: off (it lost 0.02 image AUROC to plain spectral on Magnetic Tile, BENCHMARKS.md).",
 )
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock training budget; stops at the first limit.")
 @click.option("--box", type=int, default=None, help="MSGMS box filter (odd; <= 1 disables). Default: 21·size/256.")

@@ -89,9 +89,9 @@ def excise_for(
 
 def context_mask(config: ModelConfig, images: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor | None:
     """S at image size [B, 1, H, W] when ``keep_context`` applies (a masked EAR variant), else None."""
-    if not config.keep_context or attention is None or config.saliency == "none" or config.method != "ear":
+    if not config.keep_context or attention is None or config.method != "ear":
         return None
-    return saliency_mask(attention, tuple(images.shape[-2:])).to(images.device)
+    return excised_mask(attention, images, config).to(images.device)
 
 
 def paste_context(recon: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -103,13 +103,13 @@ def paste_context(recon: torch.Tensor, images: torch.Tensor, mask: torch.Tensor 
 
 
 def excised_mask(attention: torch.Tensor | None, images: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    """S of SPEC §1 at image size on the CPU: the Q3 mask, all ones for ``none``, all zeros for RIAD."""
+    """S of SPEC §1 at image size, on the attention's device: the Q3 mask, all ones for ``none``, zeros for RIAD."""
     b, _, h, w = images.shape
     if config.method == "riad":
         return torch.zeros((b, 1, h, w))
     if attention is None:
         return torch.ones((b, 1, h, w))
-    return saliency_mask(attention, (h, w)).cpu()
+    return saliency_mask(attention, (h, w))
 
 
 def score_maps(
@@ -292,7 +292,7 @@ class Pipeline:
             maps=maps.cpu() if maps is not None else None,
             recon=recon.cpu() if want_recon else None,
             composite=composite.cpu() if want_recon else None,
-            mask=excised_mask(attention, images, self.config) if want_recon else None,
+            mask=excised_mask(attention, images, self.config).cpu() if want_recon else None,
         )
 
     def score_arrays(self, arrays: list[np.ndarray], want_maps: bool = False) -> BatchResult:

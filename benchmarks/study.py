@@ -84,7 +84,7 @@ def run_child(args: argparse.Namespace) -> None:
     from sklearn.metrics import roc_auc_score
 
     from ear_stream.inspect.evaluation import compute_metrics, evaluate, write_report
-    from ear_stream.inspect.pipeline import Pipeline, fit_normal_map, score_maps
+    from ear_stream.inspect.pipeline import Pipeline, fit_normal_map, score_maps, select
     from ear_stream.inspect.training import NORMAL_MAP_IMAGES, split_holdout, train_model
     from ear_stream.io.datasets import load_tensor, test_samples, train_images
     from ear_stream.model.config import ModelConfig, TrainConfig
@@ -97,7 +97,7 @@ def run_child(args: argparse.Namespace) -> None:
     sub = {k: np.where(split == k)[0] for k in ("val", "test")}
 
     def metrics(idx, scores, maps, threshold=1.0):
-        return compute_metrics([samples[i] for i in idx], scores[idx], maps[idx], args.image_size, threshold, 0.0)
+        return compute_metrics([samples[i] for i in idx], scores[idx], select(maps, idx), threshold, 0.0)
 
     test_labels = np.array([samples[i].defect != "good" for i in sub["test"]])
 

@@ -13,6 +13,7 @@ from .options import (
     DINO_OPTION,
     MODEL_OPTION,
     announce_backend,
+    tile_options,
 )
 
 
@@ -36,7 +37,8 @@ from .options import (
 @click.option("--batch-size", default=16, show_default=True, help="Images per scoring batch.")
 @DINO_OPTION
 @DEVICE_OPTION
-def score(inputs, model_dir, out_dir, product, save_maps, batch_size, dino_weights, device) -> None:
+@tile_options
+def score(inputs, model_dir, out_dir, product, save_maps, batch_size, dino_weights, device, tile, tile_overlap) -> None:
     """Score image files (INPUTS: files, folders or globs) into Parquet.
 
     Undecodable files are listed on stderr with the reason and the command exits
@@ -50,7 +52,7 @@ def score(inputs, model_dir, out_dir, product, save_maps, batch_size, dino_weigh
 
     try:
         files = list_images(list(inputs))
-        pipe = Pipeline.from_artifact(model_dir, device=device, dino_weights=dino_weights)
+        pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     if not files:

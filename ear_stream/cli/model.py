@@ -28,6 +28,7 @@ from .options import (
     _mosaic_scale,
     _warn,
     announce_backend,
+    tile_options,
 )
 
 
@@ -89,6 +90,52 @@ from .options import (
 @click.option("--seed", default=0, show_default=True, help="Seed for the split, shuffling and initialisation.")
 @click.option("--max-steps", default=None, type=int, help="Stop after this many steps (quick trials).")
 @click.option(
+    "--train-crop",
+    type=int,
+    default=None,
+    help="Native-resolution training: random S×S crops (S multiple of 32) of images kept at --scale instead of "
+    "whole images resized to --image-size; inference then runs over tiles of the whole image (--tile).",
+)
+@click.option(
+    "--scale",
+    type=click.FloatRange(min=0.0, min_open=True, max=8.0),
+    default=None,
+    help="With --train-crop: resample every image by this factor, aspect kept (1.0 = native pixels, the default).",
+)
+@tile_options
+@click.option("--hflip", is_flag=True, help="Augment: random horizontal flips.")
+@click.option("--vflip", is_flag=True, help="Augment: random vertical flips.")
+@click.option("--rot90", is_flag=True, help="Augment: random quarter turns (textures without a fixed orientation).")
+@click.option(
+    "--jitter",
+    type=click.FloatRange(0.0, 0.5, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Augment: brightness and contrast changed by up to this fraction (keep it small: lighting faults are real).",
+)
+@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Held-out loss every N steps.")
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after N evaluations without a better held-out loss; the best weights are kept. Needs --eval-every.",
+)
+@click.option(
+    "--checkpoint-every", type=click.IntRange(min=1), default=None, help="Write OUT/checkpoint.pt every N steps."
+)
+@click.option(
+    "--checkpoint-minutes",
+    type=click.FloatRange(min=0.0, min_open=True),
+    default=None,
+    help="... and/or every M minutes.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a killed run from OUT/checkpoint.pt (same options): reaches the weights of an uninterrupted run.",
+)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the U-Net for training (GPU speed-up).")
+@click.option(
     "--method",
     type=click.Choice(METHODS),
     default="ear",
@@ -120,12 +167,35 @@ def train(
     device,
     seed,
     max_steps,
+    train_crop,
+    scale,
+    tile,
+    tile_overlap,
+    hflip,
+    vflip,
+    rot90,
+    jitter,
+    eval_every,
+    patience,
+    checkpoint_every,
+    checkpoint_minutes,
+    resume,
+    compile_,
     method,
 ) -> None:
     """Train a model for one product on DATA_ROOT/CATEGORY/train/good.
 
     A tenth of the good images is held out to calibrate the decision
-    threshold. The model directory holds weights.safetensors and manifest.json.
+    threshold. The model directory holds weights.safetensors and manifest.json,
+    curve.jsonl/curve.png when the held-out loss is recorded, and checkpoint.pt
+    with --checkpoint-every/--checkpoint-minutes.
+
+    \b
+    Long run that survives a crash, stopped early when it stops improving:
+      ear-stream train DATA --category tile --out models/tile --max-minutes 60 \\
+          --eval-every 200 --patience 5 --checkpoint-minutes 5
+      ear-stream train DATA --category tile --out models/tile ... --resume
+    Native resolution (small defects): --train-crop 128 --scale 1.0 [--tile 256]
     """
     from ..inspect.training import train_model
 
@@ -135,9 +205,16 @@ def train(
         why = "(--saliency auto: no DINO weights configured)" if saliency == "auto" and not has_weights else ""
         _warn(f"saliency: {resolved} {why}".rstrip())
     m = _mosaic_scale(mosaic_scale)
+    if scale is not None and train_crop is None:
+        raise click.UsageError("--scale applies to native-resolution training: give --train-crop too")
+    if (tile is not None or tile_overlap is not None) and train_crop is None:
+        raise click.UsageError("--tile applies to native-resolution models: give --train-crop too")
     try:
         cfg = ModelConfig(
-            image_size=image_size,
+            image_size=train_crop or image_size,
+            scale=(1.0 if scale is None else scale) if train_crop else None,
+            tile=tile,
+            tile_overlap=tile_overlap,
             saliency=resolved,
             kernel_size=int(kernel_size),
             base_channels=base_channels,
@@ -146,7 +223,22 @@ def train(
             saliency_params={"grid": grid} if grid and resolved not in ("dino", "binary", "none") else {},
             keep_context=default_keep_context(resolved) if keep_context is None else keep_context,
         )
-        tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed)
+        tcfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            schedule=schedule,
+            seed=seed,
+            hflip=hflip,
+            vflip=vflip,
+            rot90=rot90,
+            jitter=jitter,
+            eval_every=eval_every,
+            patience=patience,
+            checkpoint_every=checkpoint_every,
+            checkpoint_minutes=checkpoint_minutes,
+            compile=compile_,
+        )
         path = train_model(
             data_root,
             category,
@@ -158,6 +250,7 @@ def train(
             device=device,
             max_steps=max_steps,
             max_minutes=max_minutes,
+            resume=resume,
         )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -195,8 +288,21 @@ def train(
 @click.option("--box", type=int, default=None, help="Override the model's MSGMS box-filter size (k <= 1 disables).")
 @click.option("--median/--no-median", default=None, help="Override the model's 3x3 median before the gradients.")
 @click.option("--border", type=int, default=None, help="Override the pixels at each edge left out of the score.")
+@tile_options
 def evaluate_cmd(
-    data_root, category, model_dir, report, json_out, batch_size, dino_weights, device, box, median, border
+    data_root,
+    category,
+    model_dir,
+    report,
+    json_out,
+    batch_size,
+    dino_weights,
+    device,
+    box,
+    median,
+    border,
+    tile,
+    tile_overlap,
 ) -> None:
     """Image and pixel AUROC of a model on DATA_ROOT/CATEGORY/test."""
     announce_backend()
@@ -204,7 +310,7 @@ def evaluate_cmd(
     from ..inspect.pipeline import Pipeline
 
     try:
-        pipe = Pipeline.from_artifact(model_dir, device=device, dino_weights=dino_weights)
+        pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap)
         if box is not None:
             pipe.config.scoring.box = box
         if median is not None:

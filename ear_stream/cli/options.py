@@ -43,6 +43,30 @@ MODEL_OPTION = click.option(
 )
 
 
+def tile_options(fn):  # type: ignore[no-untyped-def]
+    """``--tile``/``--tile-overlap``: per-run tiling of native-resolution models (trained with --train-crop)."""
+    fn = click.option(
+        "--tile-overlap",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Pixels shared by neighbouring tiles (default: tile // 4).",
+    )(fn)
+
+    def multiple_of_32(ctx, param, value):  # type: ignore[no-untyped-def]
+        if value is not None and value % 32:
+            raise click.BadParameter(f"must be a multiple of 32 (the U-Net halves it 5 times), got {value}")
+        return value
+
+    return click.option(
+        "--tile",
+        type=click.IntRange(min=32),
+        default=None,
+        callback=multiple_of_32,
+        help="Tile side (multiple of 32) for native-resolution models; default: the model's (its crop size). "
+        "Memory grows with the tile batch, not the image.",
+    )(fn)
+
+
 def _warn(msg: str) -> None:
     click.secho(msg, fg="yellow", err=True)
 

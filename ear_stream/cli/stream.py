@@ -17,6 +17,7 @@ from .options import (
     _stream_options,
     announce_backend,
     stream_config,
+    tile_options,
 )
 
 
@@ -90,6 +91,7 @@ def push(inputs, redis_url, product, id_prefix, max_backlog, wait_timeout, strea
 @click.option("--max-deliveries", default=5, show_default=True, help="Dead-letter entries delivered more often.")
 @click.option("--exit-when-idle", type=float, default=None, help="Leave once the stream is drained for this long (s).")
 @DINO_OPTION
+@tile_options
 @_stream_options
 @_retention_options
 def worker(
@@ -107,6 +109,8 @@ def worker(
     max_deliveries,
     exit_when_idle,
     dino_weights,
+    tile,
+    tile_overlap,
     stream,
     group,
     dlq,
@@ -147,6 +151,8 @@ def worker(
         batch_size=batch_size,
         device=device,
         dino_weights=dino_weights,
+        tile=tile,
+        tile_overlap=tile_overlap,
         flush_rows=flush_rows,
         flush_seconds=flush_seconds,
         exit_when_idle_s=exit_when_idle,
@@ -207,6 +213,7 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
 @click.option("--exit-when-drained", is_flag=True, help="Stop (draining the actors) once the stream is empty.")
 @click.option("--max-seconds", type=float, default=None, help="Stop after this long.")
 @DINO_OPTION
+@tile_options
 @_stream_options
 @_retention_options
 def cluster(
@@ -223,6 +230,8 @@ def cluster(
     exit_when_drained,
     max_seconds,
     dino_weights,
+    tile,
+    tile_overlap,
     stream,
     group,
     dlq,
@@ -260,6 +269,8 @@ def cluster(
         stream=scfg,
         batch_size=batch_size,
         dino_weights=dino_weights,
+        tile=tile,
+        tile_overlap=tile_overlap,
         allow_eviction=allow_eviction,
     )
     policy = ScalingPolicy(

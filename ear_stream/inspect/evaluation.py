@@ -14,8 +14,8 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-from ..io.datasets import Sample, load_mask, load_tensor, test_samples
-from .pipeline import Pipeline
+from ..io.datasets import Sample, load_mask, test_samples
+from .pipeline import Images, Pipeline, load_images, select
 from .visualize import heatmap_overlay, image_rgb, mask_overlay, roc_png, to_png
 
 #: pixel AUROC uses at most this many pixels (uniform subsample, fixed seed) to bound memory
@@ -61,7 +61,7 @@ def evaluate(
     batch_size: int = 16,
     progress: bool = True,
     samples: list[Sample] | None = None,
-    images: torch.Tensor | None = None,
+    images: Images | None = None,
 ) -> tuple[EvalResult, dict[str, Any]]:
     """Score every test image; returns the metrics and the material the report needs.
 
@@ -71,15 +71,14 @@ def evaluate(
     import time
 
     samples = test_samples(data_root, category) if samples is None else samples
-    size = pipe.config.image_size
     if images is None:
-        images = load_tensor([s.path for s in samples], size, desc="loading test images", progress=progress)
+        images = load_images(pipe.config, [s.path for s in samples], desc="loading test images", progress=progress)
     scores, maps = [], []
     started = time.perf_counter()
     for i in tqdm(range(0, len(samples), batch_size), desc="scoring", disable=not progress):
-        res = pipe.score_tensor(images[i : i + batch_size], want_maps=True)
+        res = pipe.score_images(images[i : i + batch_size], want_maps=True)
         scores.append(res.scores)
-        maps.append(res.maps.half())
+        maps.extend(m.half() for m in res.maps)
     elapsed = time.perf_counter() - started
     score = np.concatenate(scores)
     bad = [samples[i].path.name for i in np.where(~np.isfinite(score))[0]]
@@ -88,15 +87,15 @@ def evaluate(
             f"{len(bad)} of {len(samples)} test images scored NaN/inf (e.g. {', '.join(bad[:3])}): the model's "
             "reconstruction is not finite (diverged training?); no AUROC is reported over them"
         )
-    dmaps = torch.cat(maps)
     labels = np.array([s.defect != "good" for s in samples], dtype=bool)
-    result = compute_metrics(samples, score, dmaps, size, pipe.threshold, 1000.0 * elapsed / max(1, len(samples)))
-    return result, {"images": images, "maps": dmaps, "labels": labels}
+    result = compute_metrics(samples, score, maps, pipe.threshold, 1000.0 * elapsed / max(1, len(samples)))
+    return result, {"images": images, "maps": maps, "labels": labels}
 
 
 def compute_metrics(
-    samples: list[Sample], score: np.ndarray, dmaps: torch.Tensor, size: int, threshold: float, ms_per_image: float
+    samples: list[Sample], score: np.ndarray, dmaps: Images, threshold: float, ms_per_image: float
 ) -> EvalResult:
+    """``dmaps``: one map per sample ([N, 1, H, W] or a list of [1, H, W] of any sizes)."""
     """Image/pixel AUROC and the per-defect table of already-scored samples (any subset of a test set)."""
     labels = np.array([s.defect != "good" for s in samples], dtype=bool)
     per_defect = {}
@@ -109,7 +108,7 @@ def compute_metrics(
         }
     return EvalResult(
         image_auroc=_auroc(labels, score),
-        pixel_auroc=_pixel_auroc(samples, dmaps, size),
+        pixel_auroc=_pixel_auroc(samples, dmaps),
         n_good=int((~labels).sum()),
         n_defect=int(labels.sum()),
         per_defect=per_defect,
@@ -120,11 +119,13 @@ def compute_metrics(
     )
 
 
-def _pixel_auroc(samples: list[Sample], dmaps: torch.Tensor, size: int) -> float | None:
+def _pixel_auroc(samples: list[Sample], dmaps: Images) -> float | None:
+    """Pixel AUROC at each map's own resolution (the ground truth is resized to it, nearest)."""
     if not any(s.mask_path for s in samples):
         return None
-    gt = torch.stack([load_mask(s.mask_path, size) for s in samples]).flatten().numpy()
-    pred = dmaps.float().flatten().numpy()
+    gt = torch.cat([load_mask(s.mask_path, tuple(m.shape[-2:])).flatten() for s, m in zip(samples, dmaps, strict=True)])
+    pred = torch.cat([m.float().flatten() for m in dmaps]).numpy()
+    gt = gt.numpy()
     if gt.size > MAX_PIXELS_FOR_AUROC:
         idx = np.random.default_rng(0).choice(gt.size, MAX_PIXELS_FOR_AUROC, replace=False)
         gt, pred = gt[idx], pred[idx]
@@ -150,7 +151,7 @@ def write_report(
     recon = {}
     for i in range(0, len(chosen), 16):
         idx = chosen[i : i + 16]
-        res = pipe.score_tensor(material["images"][idx], want_recon=True)
+        res = pipe.score_images(select(material["images"], idx), want_recon=True)
         for j, k in enumerate(idx):
             recon[k] = (res.composite[j], res.recon[j], res.mask[j])
 

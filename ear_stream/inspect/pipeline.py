@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io.decode import to_model_input
+from ..io.decode import to_model_input, to_native_input
 from ..model import ops
 from ..model.artifact import ArtifactError, load_artifact_parts, sha256_file
 from ..model.config import ModelConfig, ScoringConfig
@@ -24,10 +24,30 @@ from ..model.reference import saliency_mask
 from ..model.saliency import DinoAttention, build_dino, resolve_dino_weights
 from ..model.unet import UNet
 from ..model.weightfree import SelfSaliency, create_saliency, grid_pool
+from .tiling import cut, pad_to_tile, paste, plan_tiles
+
+#: an image batch: one [B, 3, S, S] tensor (whole-image models) or a list of [3, H, W] (native resolution)
+Images = torch.Tensor | list[torch.Tensor]
 
 
 class DeviceUnavailable(RuntimeError):
     """The device asked for is not there (no silent fallback: a plant sized for a GPU must know)."""
+
+
+def select(images: Images, idx) -> Images:  # type: ignore[no-untyped-def]
+    """``images[idx]`` for a tensor batch or a list of native-resolution images alike."""
+    if isinstance(images, list):
+        return [images[int(i)] for i in idx]
+    return images[list(idx)] if not isinstance(idx, slice) else images[idx]
+
+
+def load_images(config: ModelConfig, paths: list, desc: str = "loading", progress: bool = True) -> Images:
+    """Image files loaded the way a model inspects them: resized to image_size², or resampled by ``scale``."""
+    from ..io.datasets import load_native, load_tensor
+
+    if config.native:
+        return load_native(paths, float(config.scale), desc=desc, progress=progress)
+    return load_tensor(paths, config.image_size, desc=desc, progress=progress)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -181,11 +201,12 @@ class BatchResult:
     #: ``~finite`` entries as errors (stream DLQ, ``score`` failures, ``eval`` refusal)
     is_anomaly: np.ndarray
     mask_ratio: np.ndarray
-    maps: torch.Tensor | None = None
-    recon: torch.Tensor | None = None
-    composite: torch.Tensor | None = None
+    #: [B, 1, H, W], or (native resolution, sizes differ) a list of [1, H, W]; ``maps[i]`` works for both
+    maps: Images | None = None
+    recon: Images | None = None
+    composite: Images | None = None
     #: the excised region S [B, 1, H, W] (with ``want_recon``): what the report overlays on the input
-    mask: torch.Tensor | None = None
+    mask: Images | None = None
 
     @property
     def finite(self) -> np.ndarray:
@@ -205,8 +226,11 @@ class Pipeline:
         attention_model: nn.Module | None = None,
         model_version: str = "",
         normal_map: torch.Tensor | None = None,
+        tile_batch: int = 16,
     ) -> None:
         self.config = config
+        #: tiles per U-Net batch in native-resolution inference: what bounds memory, whatever the image size
+        self.tile_batch = int(tile_batch)
         self.threshold = float(threshold)
         self.device = device
         self.model_version = model_version
@@ -220,9 +244,19 @@ class Pipeline:
 
     @classmethod
     def from_artifact(
-        cls, model_dir: str | Path, device: str = "auto", dino_weights: str | os.PathLike | None = None
+        cls,
+        model_dir: str | Path,
+        device: str = "auto",
+        dino_weights: str | os.PathLike | None = None,
+        tile: int | None = None,
+        tile_overlap: int | None = None,
     ) -> Pipeline:
+        """Load a model directory; ``tile``/``tile_overlap`` override a native model's stored tiling."""
         unet, manifest, extras = load_artifact_parts(model_dir)
+        try:
+            manifest.config = manifest.config.with_tiling(tile, tile_overlap)
+        except ValueError as exc:
+            raise ArtifactError(f"{model_dir}: {exc}") from exc
         dev = resolve_device(device)
         saliency_state = {k[len("saliency.") :]: v for k, v in extras.items() if k.startswith("saliency.")}
         attention = build_saliency(manifest.config, dino_weights, dev, saliency_state)
@@ -262,9 +296,93 @@ class Pipeline:
         recon = paste_context(self.reconstruct(composite), images, context_mask(self.config, images, attention))
         return attention, composite, ratio, recon
 
+    def prepare(self, arrays: list[np.ndarray]) -> Images:
+        """Decoded [H, W, 3] arrays → what :meth:`score_images` takes: resized, or resampled by ``scale``."""
+        if self.config.native:
+            return to_native_input(arrays, float(self.config.scale))
+        return to_model_input(arrays, self.config.image_size)
+
+    def score_images(self, images: Images, want_maps: bool = False, want_recon: bool = False) -> BatchResult:
+        """Score the output of :meth:`prepare` (or a dataset loaded the same way)."""
+        if isinstance(images, list):
+            return self.score_tiled(images, want_maps, want_recon)
+        return self.score_tensor(images, want_maps, want_recon)
+
+    @torch.no_grad()
+    def score_tiled(self, images: list[torch.Tensor], want_maps: bool = False, want_recon: bool = False) -> BatchResult:
+        """Native-resolution scoring of [3, H, W] images of any sizes over overlapping tiles.
+
+        Tiles of every image in the list share U-Net batches of ``tile_batch``;
+        reconstructions are stitched per image (:mod:`.tiling`) and scored once on
+        the whole image, so memory grows with the tile batch and one image, not
+        with the list.
+        """
+        cfg = self.config
+        if not cfg.native:
+            raise ValueError("score_tiled needs a native-resolution model (trained with --train-crop)")
+        tile, overlap = int(cfg.tile), int(cfg.tile_overlap)  # type: ignore[arg-type]
+        imgs = [img.to(self.device, non_blocking=True).float() for img in images]
+        for img in imgs:
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"expected [3, H, W] images, got {tuple(img.shape)}")
+        padded = [pad_to_tile(img, tile) for img in imgs]
+        plan = [t for i, img in enumerate(imgs) for t in plan_tiles(i, img.shape[1], img.shape[2], tile, overlap)]
+        # poisoned canvases: a pixel no tile wrote stays NaN and fails the image closed
+        recon = [torch.full_like(img, float("nan")) for img in imgs]
+        mask = [img.new_full((1, *img.shape[1:]), float("nan")) for img in imgs]
+        composite = [torch.full_like(img, float("nan")) for img in imgs] if want_recon else None
+        for k in range(0, len(plan), self.tile_batch):
+            chunk = plan[k : k + self.tile_batch]
+            x = torch.stack([cut(padded[t.image], t, tile) for t in chunk])
+            attention, comp, _, rec = self.recover(x)
+            smask = excised_mask(attention, x, cfg).to(self.device)
+            for j, t in enumerate(chunk):
+                paste(recon[t.image], rec[j], t)
+                paste(mask[t.image], smask[j], t)
+                if composite is not None:
+                    paste(composite[t.image], comp[j], t)
+        sc = self.config.scoring
+        scores, maps = [], []
+        for img, rec in zip(imgs, recon, strict=True):
+            score, dmap = score_maps(img[None], rec[None], sc, want_maps)
+            broken = ~torch.isfinite(rec).all()
+            scores.append(torch.where(broken, torch.full_like(score, float("nan")), score))
+            if dmap is not None:
+                maps.append(dmap[0].cpu())
+        ratio = torch.stack([m.mean() for m in mask]) if mask else torch.zeros(0)
+        score_t = torch.cat(scores) if scores else torch.zeros(0)
+        return self._result(
+            score_t,
+            ratio,
+            maps if want_maps else None,
+            [r.cpu() for r in recon] if want_recon else None,
+            [c.cpu() for c in composite] if composite is not None else None,
+            [m.cpu() for m in mask] if want_recon else None,
+        )
+
+    def _result(self, scores, ratio, maps, recon, composite, mask) -> BatchResult:  # type: ignore[no-untyped-def]
+        scores_np = scores.float().cpu().numpy().astype(np.float32)
+        return BatchResult(
+            scores=scores_np,
+            normalized=(scores_np / max(self.threshold, 1e-12)).astype(np.float32),
+            is_anomaly=(scores_np > self.threshold) | ~np.isfinite(scores_np),
+            mask_ratio=ratio.float().cpu().numpy().astype(np.float32),
+            maps=maps,
+            recon=recon,
+            composite=composite,
+            mask=mask,
+        )
+
     @torch.no_grad()
     def score_tensor(self, images: torch.Tensor, want_maps: bool = False, want_recon: bool = False) -> BatchResult:
-        """Score a [B, 3, S, S] batch in [0, 1] (already resized to ``image_size``)."""
+        """Score a [B, 3, S, S] batch in [0, 1] (already resized to ``image_size``).
+
+        A native-resolution model scores the batch's images in tiles (any H, W).
+        """
+        if self.config.native:
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"expected a [B, 3, H, W] batch, got {tuple(images.shape)}")
+            return self.score_tiled(list(images), want_maps, want_recon)
         size = self.config.image_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
             raise ValueError(f"expected a [B, 3, {size}, {size}] batch, got {tuple(images.shape)}")
@@ -283,18 +401,15 @@ class Pipeline:
         # border band would have hidden the pixel (one reduction over the recon, on its device)
         broken = ~torch.isfinite(recon).flatten(1).all(dim=1)
         scores = torch.where(broken.to(scores.device), torch.full_like(scores, float("nan")), scores)
-        scores_np = scores.float().cpu().numpy().astype(np.float32)
-        return BatchResult(
-            scores=scores_np,
-            normalized=(scores_np / max(self.threshold, 1e-12)).astype(np.float32),
-            is_anomaly=(scores_np > self.threshold) | ~np.isfinite(scores_np),
-            mask_ratio=ratio.float().cpu().numpy().astype(np.float32),
-            maps=maps.cpu() if maps is not None else None,
-            recon=recon.cpu() if want_recon else None,
-            composite=composite.cpu() if want_recon else None,
-            mask=excised_mask(attention, images, self.config).cpu() if want_recon else None,
+        return self._result(
+            scores,
+            ratio,
+            maps.cpu() if maps is not None else None,
+            recon.cpu() if want_recon else None,
+            composite.cpu() if want_recon else None,
+            excised_mask(attention, images, self.config).cpu() if want_recon else None,
         )
 
     def score_arrays(self, arrays: list[np.ndarray], want_maps: bool = False) -> BatchResult:
         """Score decoded [H, W, 3] arrays of any size."""
-        return self.score_tensor(to_model_input(arrays, self.config.image_size), want_maps=want_maps)
+        return self.score_images(self.prepare(arrays), want_maps=want_maps)

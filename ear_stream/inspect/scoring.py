@@ -81,8 +81,6 @@ def score_files(
     progress: bool = True,
 ) -> ScoreReport:
     """Score files in batches; undecodable files are reported, never fatal."""
-    from ..io.decode import to_model_input
-
     writer = ResultWriter(out_dir, worker)
     report = ScoreReport()
     bar = tqdm(total=len(files), desc=f"scoring {product}", disable=not progress, file=sys.stderr)
@@ -96,8 +94,8 @@ def score_files(
             except ImageDecodeError as exc:
                 report.rejected.append((str(path), exc.reason, str(exc)))
         if arrays:
-            images = to_model_input(arrays, pipe.config.image_size)
-            res = pipe.score_tensor(images, want_maps=save_maps is not None)
+            images = pipe.prepare(arrays)
+            res = pipe.score_images(images, want_maps=save_maps is not None)
             meta = [{"meta": json.dumps({"path": i})} for i in ids]
             rows = result_rows(pipe, res, ids, product, worker, meta, images if save_maps else None)
             for ident, score, ok in zip(ids, res.scores, res.finite, strict=True):

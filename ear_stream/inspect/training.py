@@ -9,7 +9,6 @@ default), never below their maximum — stored with the statistics in the manife
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..io.datasets import load_tensor, train_images
+from ..io.datasets import train_images
 from ..model import riad
 from ..model.artifact import Manifest, build_unet, save_artifact, sha256_file
 from ..model.config import ModelConfig, TrainConfig, min_mosaic_scale
@@ -28,18 +27,33 @@ from ..model.mosaic_scale import MosaicEstimator, r10
 from ..model.reference import combined_loss, saliency_mask
 from ..model.saliency import resolve_dino_weights
 from ..model.weightfree import SelfSaliency, WeightFreeSaliency
+from .augment import (
+    augment,
+    augmentations,
+    batches_of,
+    center_crops,
+    epoch_order,
+    random_crops,
+    step_generator,
+    steps_per_epoch,
+)
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .pipeline import (
     NORMAL_MAP_KEY,
+    Images,
     Pipeline,
     build_saliency,
     context_mask,
     excise_for,
     fit_normal_map,
+    load_images,
     needs_dino,
     paste_context,
     resolve_device,
+    select,
     two_pass_attention,
 )
+from .visualize import line_chart_png
 
 #: training images whose mean MSGMS map is the normal map (enough for a stable per-pixel mean)
 NORMAL_MAP_IMAGES = 256
@@ -97,6 +111,36 @@ def estimate_mosaic_scale(
 
 
 @dataclass
+class TrainingSet:
+    """The training images as the model sees them.
+
+    Whole-image models: one resized [N, 3, S, S] tensor, attention cached per image
+    when nothing changes an image between epochs. Native-resolution models
+    (``config.scale``): a list of [3, H, W] images, a fresh random S×S crop of each
+    per step, attention computed on the crop.
+    """
+
+    images: Images
+    crop: int
+    attention: torch.Tensor | None = None
+
+    @property
+    def native(self) -> bool:
+        return isinstance(self.images, list)
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.native:
+            return random_crops([self.images[int(i)] for i in idx], self.crop, gen), None
+        return self.images[idx], None if self.attention is None else self.attention[idx]
+
+    def fixed(self, idx) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        """Deterministic views of some images (centre crops when native)."""
+        if self.native:
+            return center_crops([self.images[int(i)] for i in idx], self.crop)
+        return self.images[torch.as_tensor(idx)]
+
+
+@dataclass
 class StepInputs:
     """What one optimisation step feeds the U-Net, compares against, and (``keep_context``) pastes back."""
 
@@ -126,6 +170,10 @@ def corrupt(
 
 
 def step_loss(cfg, unet, saliency, x, att, gen, weights) -> torch.Tensor:
+    """One step's loss; attention not given (not cached) is computed on ``x`` here."""
+    if att is None and saliency is not None and not isinstance(saliency, SelfSaliency):
+        with torch.no_grad():
+            att = saliency(x).float()
     if cfg.method == "riad":
         return combined_loss(x, riad.training_reconstruction(unet, x, gen), weights, cfg.scoring.scales)
     inputs = corrupt(cfg, unet, saliency, x, att)
@@ -134,18 +182,37 @@ def step_loss(cfg, unet, saliency, x, att, gen, weights) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heldout_loss(cfg, unet, saliency, images, attention, weights, batch: int = 16) -> float:
+def heldout_loss(cfg, unet, saliency, images, weights, batch: int = 16) -> float:
     """Mean training loss on held-out normal images, in eval mode, with a fixed generator (learning curve)."""
     was_training = unet.training
     unet.eval()
     gen = torch.Generator().manual_seed(0)
     losses = []
     for i in range(0, images.shape[0], batch):
-        att = None if attention is None else attention[i : i + batch]
         x = images[i : i + batch]
-        losses.append(float(step_loss(cfg, unet, saliency, x, att, gen, weights)) * x.shape[0])
+        losses.append(float(step_loss(cfg, unet, saliency, x, None, gen, weights)) * x.shape[0])
     unet.train(was_training)
     return sum(losses) / max(1, images.shape[0])
+
+
+def compile_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` with inductor, or ``EAR_STREAM_COMPILE_BACKEND`` (tests use aot_eager: same graph
+    capture and autograd, without minutes of C++ code generation on a small CPU)."""
+    return torch.compile(unet, backend=os.environ.get("EAR_STREAM_COMPILE_BACKEND", "inductor"))
+
+
+def write_curve_png(curve: list[dict], path: Path) -> None:
+    """curve.png: train and held-out loss against the step."""
+    series = {
+        "train loss": [(r["step"], r["train_loss"]) for r in curve if r.get("train_loss") is not None],
+        "held-out loss": [(r["step"], r["heldout_loss"]) for r in curve if r.get("heldout_loss") is not None],
+    }
+    path.write_bytes(line_chart_png(series, title="learning curve", xlabel="step", ylabel="loss"))
+
+
+def _comparable(cfg: ModelConfig | TrainConfig) -> dict:
+    """A config as JSON types (tuples → lists), to compare a checkpoint's with a run's."""
+    return json.loads(json.dumps(asdict(cfg)))
 
 
 def train_model(
@@ -162,67 +229,106 @@ def train_model(
     max_minutes: float | None = None,
     curve_every_minutes: float | None = None,
     on_curve: Callable[[dict, Pipeline], dict | None] | None = None,
+    resume: bool = False,
 ) -> Path:
     """Train, calibrate and save one model directory; returns its path.
 
     ``mosaic_scale=None`` estimates m from the training images (``--mosaic-scale auto``),
     never below :func:`min_mosaic_scale`. Training stops at the first of
-    ``train_cfg.epochs``, ``max_steps`` and ``max_minutes`` (a wall-clock budget, so
-    that variants of different cost per step can be compared at equal time).
-    Every ``curve_every_minutes`` the held-out loss is recorded in ``curve.jsonl``;
-    ``on_curve(record, pipeline)`` may add fields to the record (a study's test
+    ``train_cfg.epochs``, ``max_steps``, ``max_minutes`` (a wall-clock budget, so
+    that variants of different cost per step can be compared at equal time) and
+    ``train_cfg.patience`` evaluations without a better held-out loss (the best
+    weights are then kept). Every ``train_cfg.eval_every`` steps and every
+    ``curve_every_minutes`` the held-out loss goes to ``curve.jsonl`` and
+    ``curve.png``; ``on_curve(record, pipeline)`` may add fields (a study's test
     AUROC, for the record only).
+
+    Every random draw of a step comes from a generator seeded by (seed, step), so
+    ``resume=True`` continues from ``checkpoint.pt`` to the same weights an
+    uninterrupted run reaches (bit-identical on CPU with the same thread count).
     """
     torch.manual_seed(train_cfg.seed)
     dev = resolve_device(device)
+    on_cuda = dev.type == "cuda"
     started = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     files = train_images(data_root, category)
     train_idx, hold_idx = split_holdout(len(files), train_cfg.holdout_fraction, train_cfg.seed)
-    images = load_tensor(files, model_cfg.image_size, desc="loading train images", progress=progress)
+    data = TrainingSet(
+        load_images(model_cfg, files, desc="loading train images", progress=progress), model_cfg.image_size
+    )
+    if on_cuda:  # images stay on the device: no host→device copy per step
+        data.images = [i.to(dev) for i in data.images] if data.native else data.images.to(dev)
+    fixed_train = data.fixed(train_idx)
 
     saliency = build_saliency(model_cfg, dino_weights, dev)
     if isinstance(saliency, WeightFreeSaliency):
         model_cfg.saliency_params = saliency.params()
         if saliency.fitted:
-            saliency.fit(images[train_idx].to(dev))
-    attention = None
-    if saliency is not None and not isinstance(saliency, SelfSaliency):
-        attention = compute_attention(saliency, images, dev)
+            saliency.fit(fixed_train.to(dev))
+    plain_saliency = saliency is not None and not isinstance(saliency, SelfSaliency)
+    if plain_saliency and not data.native and not augmentations(train_cfg):  # nothing changes an image: cache
+        data.attention = compute_attention(saliency, data.images, dev)
 
     estimated: dict = {}
     floor = min_mosaic_scale(model_cfg.image_size, model_cfg.saliency)
     if mosaic_scale is None:
+        fixed_att = None
+        if plain_saliency:
+            cached = data.attention
+            fixed_att = cached[train_idx] if cached is not None else compute_attention(saliency, fixed_train, dev)
         est = MosaicEstimator()
-        m, r10_value = estimate_mosaic_scale(
-            images[train_idx], None if attention is None else attention[train_idx], est, floor
-        )
+        m, r10_value = estimate_mosaic_scale(fixed_train.cpu(), None if fixed_att is None else fixed_att, est, floor)
         estimated = {"r10": r10_value, "estimator": asdict(est), "floor": floor}
         mosaic_scale = m
     model_cfg.mosaic_scale = int(mosaic_scale)
 
     unet = build_unet(model_cfg).to(dev)
+    if on_cuda:
+        unet = unet.to(memory_format=torch.channels_last)
+    forward = compile_unet(unet) if train_cfg.compile else unet
     opt = torch.optim.Adam(unet.parameters(), lr=train_cfg.lr)
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / train_cfg.batch_size))
-    sched = make_scheduler(opt, train_cfg, steps_per_epoch)
-    gen = torch.Generator().manual_seed(train_cfg.seed)
-    total = (
-        train_cfg.epochs * steps_per_epoch if max_steps is None else min(max_steps, train_cfg.epochs * steps_per_epoch)
-    )
-    deadline = None if max_minutes is None else started + 60.0 * max_minutes
-    held_out = images[hold_idx].to(dev)
-    held_att = None if attention is None else attention[hold_idx].to(dev)
-    curve: list[dict] = []
-    next_curve = started + 60.0 * curve_every_minutes if curve_every_minutes else None
-    curve_path = Path(out_dir) / "curve.jsonl"
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    curve_path.unlink(missing_ok=True)
+    per_epoch = steps_per_epoch(len(train_idx), train_cfg.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"{len(train_idx)} training image(s) after the hold-out: need at least 2")
+    sched = make_scheduler(opt, train_cfg, per_epoch)
+    total = train_cfg.epochs * per_epoch if max_steps is None else min(max_steps, train_cfg.epochs * per_epoch)
+    held_out = data.fixed(hold_idx).to(dev)
+    curve_path, ckpt_path = out_dir / "curve.jsonl", out_dir / CHECKPOINT_NAME
 
-    def record_curve() -> None:
+    step, losses, elapsed_before = 0, [], 0.0
+    best: dict | None = None  # {"loss", "step", "state"}: the weights early stopping keeps
+    since_best = 0
+    if resume:
+        ck = load_checkpoint(ckpt_path)
+        if ck["model_config"] != _comparable(model_cfg) or ck["train_config"] != _comparable(train_cfg):
+            raise CheckpointError(
+                f"{ckpt_path} was written for another configuration: resume with the same options as the killed run"
+            )
+        unet.load_state_dict(ck["unet"])
+        opt.load_state_dict(ck["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, losses, elapsed_before = int(ck["step"]), list(ck["losses"]), float(ck["elapsed"])
+        best, since_best = ck["best"], int(ck["since_best"])
+        kept = [r for r in _read_curve(curve_path) if r["step"] <= step]  # what the killed run wrote after is redone
+        curve_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    else:
+        curve_path.unlink(missing_ok=True)
+        ckpt_path.unlink(missing_ok=True)
+    curve = _read_curve(curve_path)
+
+    def elapsed() -> float:
+        return elapsed_before + time.time() - started
+
+    def record_curve() -> dict:
         rec = {
             "step": step,
-            "minutes": round((time.time() - started) / 60.0, 3),
+            "minutes": round(elapsed() / 60.0, 3),
             "train_loss": float(np.mean(losses[-20:])) if losses else None,
-            "heldout_loss": heldout_loss(model_cfg, unet, saliency, held_out, held_att, train_cfg.loss_weights),
+            "heldout_loss": heldout_loss(model_cfg, unet, saliency, held_out, train_cfg.loss_weights),
             "lr": opt.param_groups[0]["lr"],
         }
         if on_curve is not None:
@@ -232,47 +338,104 @@ def train_model(
         curve.append(rec)
         with open(curve_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        write_curve_png(curve, out_dir / "curve.png")
+        return rec
 
-    step, losses, stop_reason = 0, [], "epochs"
-    bar = tqdm(total=total, desc=f"training {category}", disable=not progress)
+    def keep_if_best(rec: dict) -> bool:
+        """Track the best held-out loss; True when this evaluation did not improve on it."""
+        nonlocal best, since_best
+        if best is None or rec["heldout_loss"] < best["loss"]:
+            state = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
+            best, since_best = {"loss": rec["heldout_loss"], "step": step, "state": state}, 0
+            return False
+        since_best += 1
+        return True
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "step": step,
+                "unet": unet.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": None if sched is None else sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "losses": losses[-20:],
+                "elapsed": elapsed(),
+                "best": best,
+                "since_best": since_best,
+                "model_config": _comparable(model_cfg),
+                "train_config": _comparable(train_cfg),
+            },
+        )
+
+    deadline = None if max_minutes is None else 60.0 * max_minutes
+    next_curve = elapsed() + 60.0 * curve_every_minutes if curve_every_minutes else None
+    next_ckpt = elapsed() + 60.0 * train_cfg.checkpoint_minutes if train_cfg.checkpoint_minutes else None
+    order_epoch, order = -1, []
+    stop_reason = None
+    bar = tqdm(total=total, initial=step, desc=f"training {category}", disable=not progress)
     unet.train()
-    while step < total and stop_reason == "epochs":
-        for batch in torch.randperm(len(train_idx), generator=gen).split(train_cfg.batch_size):
-            if step >= total:
-                stop_reason = "max_steps" if max_steps is not None and step >= max_steps else "epochs"
-                break
-            if deadline is not None and time.time() >= deadline:
-                stop_reason = "max_minutes"
-                break
-            if batch.numel() < 2:  # BatchNorm needs two samples
-                continue
-            idx = torch.from_numpy(train_idx)[batch]
-            x = images[idx].to(dev)
-            att = None if attention is None else attention[idx].to(dev)
-            loss = step_loss(model_cfg, unet, saliency, x, att, gen, train_cfg.loss_weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if next_curve is not None and time.time() >= next_curve:
-                record_curve()
-                next_curve = time.time() + 60.0 * curve_every_minutes
+    while stop_reason is None:
+        if step >= total:
+            stop_reason = "max_steps" if max_steps is not None and step >= max_steps else "epochs"
+            break
+        if deadline is not None and elapsed() >= deadline:
+            stop_reason = "max_minutes"
+            break
+        epoch, position = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order_epoch, order = (
+                epoch,
+                batches_of(epoch_order(len(train_idx), train_cfg.seed, epoch), train_cfg.batch_size),
+            )
+        gen = step_generator(train_cfg.seed, step)
+        idx = torch.from_numpy(train_idx)[order[position]]
+        x, att = data.batch(idx, gen)
+        x = augment(x, train_cfg, gen).to(dev, non_blocking=True)
+        att = None if att is None else att.to(dev)
+        if on_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
+            loss = step_loss(model_cfg, forward, saliency, x, att, gen, train_cfg.loss_weights).float()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        losses = [*losses[-19:], loss.item()]
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if train_cfg.eval_every and step % train_cfg.eval_every == 0:
+            if keep_if_best(record_curve()) and train_cfg.patience and since_best >= train_cfg.patience:
+                stop_reason = "patience"
+        elif next_curve is not None and elapsed() >= next_curve:
+            record_curve()
+            next_curve = elapsed() + 60.0 * curve_every_minutes
+        ckpt_due = train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0
+        if ckpt_due or (next_ckpt is not None and elapsed() >= next_ckpt):
+            checkpoint()
+            if next_ckpt is not None:
+                next_ckpt = elapsed() + 60.0 * train_cfg.checkpoint_minutes
     bar.close()
-    if curve_every_minutes:
-        record_curve()
+    if (curve_every_minutes or train_cfg.eval_every) and (not curve or curve[-1]["step"] != step):
+        rec = record_curve()
+        if train_cfg.eval_every:  # the last weights compete with the best ones too
+            keep_if_best(rec)
+    if best is not None:  # early stopping keeps the best held-out weights, not the last ones
+        unet.load_state_dict(best["state"])
     unet.eval()
 
     pipe = Pipeline(model_cfg, unet, threshold=1.0, device=dev, attention_model=saliency)
     extras: dict[str, torch.Tensor] = {}
     if model_cfg.scoring.normal_map:  # from training images only: the held-out ones calibrate the threshold
-        pipe.normal_map = fit_normal_map(pipe, images[train_idx[:NORMAL_MAP_IMAGES]])
+        pipe.normal_map = fit_normal_map(pipe, data.images[train_idx[:NORMAL_MAP_IMAGES]])
         extras[NORMAL_MAP_KEY] = pipe.normal_map
-    hold_scores = np.concatenate([pipe.score_tensor(held_out[i : i + 16]).scores for i in range(0, len(hold_idx), 16)])
+    held_images = select(data.images, hold_idx)
+    hold_scores = np.concatenate(
+        [pipe.score_images(held_images[i : i + 16]).scores for i in range(0, len(hold_idx), 16)]
+    )
     threshold, stats = calibrate_threshold(hold_scores, train_cfg.threshold_sigmas)
 
     dino_path = resolve_dino_weights(dino_weights) if needs_dino(model_cfg) else None
@@ -288,11 +451,17 @@ def train_model(
             "steps": step,
             "stop_reason": stop_reason,
             "max_minutes": max_minutes,
+            "max_steps": max_steps,
+            "augmentations": augmentations(train_cfg),
+            "best_step": None if best is None else best["step"],
+            "best_heldout_loss": None if best is None else best["loss"],
+            "resumed": bool(resume),
             "final_loss": losses[-1] if losses else None,
             "final_heldout_loss": curve[-1]["heldout_loss"] if curve else None,
-            "seconds": round(time.time() - started, 1),
+            "seconds": round(elapsed(), 1),
             "device": str(dev),
             "threads": torch.get_num_threads(),
+            "precision": "bf16 autocast, channels_last" if on_cuda else "fp32",
             "mosaic_estimate": estimated,
         },
         dino_weights_sha256=sha256_file(dino_path) if dino_path else None,
@@ -300,3 +469,9 @@ def train_model(
     if isinstance(saliency, WeightFreeSaliency):
         extras.update({f"saliency.{k}": v for k, v in saliency.state_dict().items()})
     return save_artifact(out_dir, unet.cpu(), manifest, extras)
+
+
+def _read_curve(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .decode import IMAGE_SUFFIXES, read_image_file, to_model_input
+from .decode import IMAGE_SUFFIXES, read_image_file, to_model_input, to_native_input
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,17 @@ def load_tensor(paths: list[Path], size: int, desc: str = "loading", progress: b
     return torch.cat(out) if out else torch.zeros((0, 3, size, size))
 
 
-def load_mask(path: Path | None, size: int) -> torch.Tensor:
-    """Ground-truth mask resized (nearest) to size×size, as a bool tensor; all False when absent."""
+def load_native(paths: list[Path], scale: float, desc: str = "loading", progress: bool = True) -> list[torch.Tensor]:
+    """Decode images as [3, H, W] tensors resampled by ``scale``, aspect ratio kept (native-resolution models)."""
+    return [to_native_input([read_image_file(p)], scale)[0] for p in tqdm(paths, desc=desc, disable=not progress)]
+
+
+def load_mask(path: Path | None, size: int | tuple[int, int]) -> torch.Tensor:
+    """Ground-truth mask resized (nearest) to ``size`` (S or (H, W)), as a bool tensor; all False when absent."""
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if path is None:
-        return torch.zeros((size, size), dtype=torch.bool)
-    img = Image.open(path).convert("L").resize((size, size), Image.NEAREST)
+        return torch.zeros((h, w), dtype=torch.bool)
+    img = Image.open(path).convert("L").resize((w, h), Image.NEAREST)
     return torch.from_numpy(np.asarray(img) > 127)
 
 

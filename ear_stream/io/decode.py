@@ -91,6 +91,18 @@ def to_model_input(images: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def to_native_input(images: list[np.ndarray], scale: float) -> list[torch.Tensor]:
+    """Each [H, W, 3] array as a [3, h, w] tensor resampled by ``scale`` (aspect kept; 1.0 = untouched)."""
+    out = []
+    for arr in images:
+        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
+        if scale != 1.0:
+            h, w = (max(1, int(round(n * scale))) for n in t.shape[-2:])
+            t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        out.append(t[0].clamp_(0.0, 1.0))
+    return out
+
+
 def list_images(inputs: list[str]) -> list[Path]:
     """Expand files, folders (recursively) and globs to a sorted, de-duplicated list of images."""
     import glob

@@ -116,6 +116,19 @@ class ModelConfig:
     #: keep the pixels that were not excised verbatim in the reconstruction, Î = S·U(I′) + (1−S)·I,
     #: in training and inference: the U-Net only inpaints, and the map is zero where nothing was hidden
     keep_context: bool = False
+    #: ``None``: every image is resized to image_size² (a whole-image model). A number: images are
+    #: resampled by this factor with their aspect ratio kept (1.0 = native pixels), the model trains on
+    #: random image_size² crops and inspects whole images over overlapping tiles (``tile``)
+    scale: float | None = None
+    #: tile side for native-resolution inference (a multiple of 32; default image_size, the crop size)
+    tile: int | None = None
+    #: pixels shared by neighbouring tiles (default tile // 4): keeps the U-Net's edge away from the seams
+    tile_overlap: int | None = None
+
+    @property
+    def native(self) -> bool:
+        """Whether images keep their aspect ratio and are inspected in tiles (``--train-crop``)."""
+        return self.scale is not None
 
     def __post_init__(self) -> None:
         if isinstance(self.scoring, dict):
@@ -134,6 +147,37 @@ class ModelConfig:
             raise ValueError(f"kernel_size must be 3 or 5, got {self.kernel_size}")
         if self.mosaic_scale < 1:
             raise ValueError(f"mosaic_scale must be >= 1, got {self.mosaic_scale}")
+        self._check_tiling()
+
+    def _check_tiling(self) -> None:
+        if self.scale is None:
+            if self.tile is not None:
+                raise ValueError("tiles need a native-resolution model (trained with --train-crop)")
+            return
+        if not 0.0 < float(self.scale) <= 8.0:
+            raise ValueError(f"scale must be in (0, 8], got {self.scale}")
+        if self.method != "ear":
+            raise ValueError("native-resolution training (--train-crop) supports method 'ear' only")
+        if self.scoring.normal_map:
+            raise ValueError("a normal map is one image-sized map: it needs whole-image resizing, not --train-crop")
+        self.tile = self.image_size if self.tile is None else int(self.tile)
+        if self.tile < 32 or self.tile % 32:
+            raise ValueError(f"tile must be a multiple of 32 (the U-Net halves it 5 times), got {self.tile}")
+        self.tile_overlap = self.tile // 4 if self.tile_overlap is None else int(self.tile_overlap)
+        if not 0 <= self.tile_overlap < self.tile:
+            raise ValueError(f"tile overlap must be in [0, tile), got {self.tile_overlap} for tile {self.tile}")
+
+    def with_tiling(self, tile: int | None, overlap: int | None) -> ModelConfig:
+        """A copy with a per-run tile size/overlap (``None`` keeps the stored one)."""
+        if tile is None and overlap is None:
+            return self
+        if not self.native:
+            raise ValueError("--tile applies to native-resolution models (trained with --train-crop) only")
+        return dataclasses.replace(
+            self,
+            tile=self.tile if tile is None else tile,
+            tile_overlap=(self.tile_overlap if tile is None else None) if overlap is None else overlap,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,6 +204,20 @@ class TrainConfig:
     holdout_fraction: float = 0.1
     threshold_sigmas: float = 3.0
     seed: int = 0
+    #: augmentations (opt-in): per-image horizontal/vertical flips, quarter turns, brightness/contrast jitter
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = False
+    jitter: float = 0.0
+    #: held-out loss every N steps (learning curve, early stopping, best weights); None = never
+    eval_every: int | None = None
+    #: stop when the held-out loss has not improved for this many evaluations (needs eval_every)
+    patience: int | None = None
+    #: write checkpoint.pt every N steps and/or minutes (for ``--resume``); None = never
+    checkpoint_every: int | None = None
+    checkpoint_minutes: float | None = None
+    #: ``torch.compile`` the U-Net's training forward
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -168,3 +226,11 @@ class TrainConfig:
             raise ValueError(f"loss weights must sum to 1, got {self.loss_weights}")
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not 0.0 <= self.jitter < 0.5:
+            raise ValueError(f"jitter must be in [0, 0.5), got {self.jitter}")
+        if self.patience is not None and not self.eval_every:
+            raise ValueError("--patience needs --eval-every (the held-out loss it watches)")
+        for name in ("eval_every", "patience", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")

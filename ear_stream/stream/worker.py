@@ -54,6 +54,9 @@ class WorkerConfig:
     batch_size: int = 32
     device: str = "auto"
     dino_weights: Path | None = None
+    #: per-run tiling of native-resolution models (None: each model's own)
+    tile: int | None = None
+    tile_overlap: int | None = None
     flush_rows: int = 256
     flush_seconds: float = 2.0
     block_ms: int = 500
@@ -83,10 +86,18 @@ class UnknownProduct(LookupError):
 class ModelRegistry:
     """One pipeline per product from ``MODELS_DIR/<product>/``, loaded on first use."""
 
-    def __init__(self, models_dir: Path, device: str, dino_weights: Path | None) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        device: str,
+        dino_weights: Path | None,
+        tile: int | None = None,
+        tile_overlap: int | None = None,
+    ) -> None:
         self.models_dir = Path(models_dir)
         self.device = device
         self.dino_weights = dino_weights
+        self.tiling = (tile, tile_overlap)
         self._pipes: dict[str, Pipeline] = {}
         self._lock = threading.Lock()
 
@@ -96,7 +107,7 @@ class ModelRegistry:
                 path = self.models_dir / product  # product names are validated: no path traversal
                 if not (path / "manifest.json").is_file():
                     raise UnknownProduct(f"no model for product {product!r} in {self.models_dir}")
-                self._pipes[product] = Pipeline.from_artifact(path, self.device, self.dino_weights)
+                self._pipes[product] = Pipeline.from_artifact(path, self.device, self.dino_weights, *self.tiling)
             return self._pipes[product]
 
     def known(self) -> list[str]:
@@ -110,7 +121,9 @@ class Worker:
         self.cfg = cfg
         self.scfg = cfg.stream
         self.client = q.connect(cfg.redis_url)
-        self.models = registry or ModelRegistry(cfg.models_dir, cfg.device, cfg.dino_weights)
+        self.models = registry or ModelRegistry(
+            cfg.models_dir, cfg.device, cfg.dino_weights, cfg.tile, cfg.tile_overlap
+        )
         self.writer = ResultWriter(cfg.out_dir, cfg.name)
         self.metrics = WorkerMetrics(cfg.name)
         self.stats = {"scored": 0, "dead_letters": 0, "batches": 0, "flushes": 0, "reconnects": 0}

@@ -24,7 +24,11 @@ WITHOUT_NVCC = ("7.5", "8.0", "8.6", "8.9", "9.0")
 
 def toolkit_archs(nvcc: str | None = None) -> set[str] | None:
     """``{"7.5", "10.0", …}`` from ``nvcc --list-gpu-arch``; None when nvcc is missing."""
-    nvcc = nvcc or shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    nvcc = (
+        nvcc
+        or shutil.which("nvcc")
+        or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    )
     if nvcc is None:
         return None
     try:

@@ -61,6 +61,10 @@ class InspectionActor:
     def ping(self) -> str:
         return self.cfg.name
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (where the autoscaler put it)."""
+        return ray.get_runtime_context().get_node_id()
+
 
 def actor_class(use_gpu: bool, cpus_per_actor: float = 1.0):
     """The Ray remote class: ``num_gpus=1`` per actor on GPU clusters, CPU actors otherwise."""

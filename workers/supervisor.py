@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -35,6 +36,48 @@ def default_request_resources(bundles: list[dict[str, float]]) -> None:
     request_resources(bundles=bundles)
 
 
+#: where ``ray up`` leaves the cluster's autoscaler config on the head node
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
+
+
+def node_types_with_gpus(config: dict[str, Any]) -> list[str]:
+    """Node types of an autoscaler config that offer GPUs and may be started (max_workers > 0)."""
+    return [
+        name
+        for name, spec in (config.get("available_node_types") or {}).items()
+        if float((spec.get("resources") or {}).get("GPU", 0)) > 0 and int(spec.get("max_workers", 0)) > 0
+    ]
+
+
+def gpu_offer(autoscaling_config: str | Path | None = None) -> tuple[bool, str]:
+    """Whether inspection actors should ask for GPUs, and from what that was decided.
+
+    A GPU cluster scaled to zero workers has no GPU *now*; what counts is what the
+    autoscaler may add. First source found: the autoscaler config (the given path,
+    else ``~/ray_bootstrap_config.yaml`` that ``ray up`` leaves on the head), the
+    cluster config the autoscaler reports to the GCS (KubeRay, autoscaler v2), and
+    last the resources of the nodes up now.
+    """
+    import yaml
+
+    path = Path(autoscaling_config).expanduser() if autoscaling_config else BOOTSTRAP_CONFIG.expanduser()
+    if path.is_file():
+        gpu_types = node_types_with_gpus(yaml.safe_load(path.read_text()) or {})
+        return bool(gpu_types), f"node types in {path}: {', '.join(gpu_types) or 'none with GPUs'}"
+    if autoscaling_config:
+        raise FileNotFoundError(f"autoscaling config {path} does not exist")
+    try:
+        reported = ray._private.state.state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - not every Ray version/cluster reports one
+        reported = None
+    if reported:
+        return float(
+            reported.get("GPU", 0)
+        ) > 0, f"cluster config reported to the GCS (max GPUs {reported.get('GPU', 0)})"
+    gpus = ray.cluster_resources().get("GPU", 0)
+    return gpus > 0, f"resources of the nodes up now ({gpus:g} GPUs)"
+
+
 @dataclass
 class Slot:
     name: str
@@ -47,16 +90,21 @@ class Supervisor:
     template: WorkerConfig
     policy: ScalingPolicy
     use_gpu: bool | None = None
+    #: autoscaler config to read the node types from (see :func:`gpu_offer`)
+    autoscaling_config: Path | None = None
     name_prefix: str = "ear-actor"
     poll_s: float = 2.0
     drain_timeout_s: float = 120.0
     request_resources: Callable[[list[dict[str, float]]], None] = default_request_resources
     clock: Callable[[], float] = time.monotonic
     slots: dict[int, Slot] = field(default_factory=dict)
+    #: one record per drained actor: did its loop return, and what it left unacknowledged (must be 0)
+    drains: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.use_gpu is None:
-            self.use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+            self.use_gpu, why = gpu_offer(self.autoscaling_config)
+            log.info("actors ask for %s (%s)", "GPUs" if self.use_gpu else "CPUs", why)
         self._actor_cls = actor_class(self.use_gpu)
         self._client = q.connect(self.template.redis_url)
         q.ensure_group(self._client, self.template.stream)
@@ -85,11 +133,15 @@ class Supervisor:
 
     def _drain(self, index: int) -> None:
         slot = self.slots.pop(index)
+        returned = False
         try:
             slot.handle.stop.remote()
             ray.get(slot.run_ref, timeout=self.drain_timeout_s)
+            returned = True
         except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to drain
             log.warning("draining %s: %s", slot.name, exc)
+        left = q.consumer_pending(self._client, self.template.stream, slot.name)
+        self.drains.append({"name": slot.name, "returned": returned, "pending_at_kill": left})
         ray.kill(slot.handle, no_restart=True)
         log.info("stopped %s", slot.name)
 

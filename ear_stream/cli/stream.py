@@ -212,6 +212,13 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between supervisor decisions.")
 @click.option("--exit-when-drained", is_flag=True, help="Stop (draining the actors) once the stream is empty.")
 @click.option("--max-seconds", type=float, default=None, help="Stop after this long.")
+@click.option(
+    "--autoscaling-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Autoscaler YAML whose node types decide GPU or CPU actors (default: ~/ray_bootstrap_config.yaml from "
+    "'ray up', else the cluster config in the GCS, else the nodes up now).",
+)
 @DINO_OPTION
 @tile_options
 @_stream_options
@@ -229,6 +236,7 @@ def cluster(
     poll,
     exit_when_drained,
     max_seconds,
+    autoscaling_config,
     dino_weights,
     tile,
     tile_overlap,
@@ -276,7 +284,7 @@ def cluster(
     policy = ScalingPolicy(
         min_workers=min_workers, max_workers=max_workers, high_watermark=high_watermark, scale_down_cooldown_s=cooldown
     )
-    sup = Supervisor(template, policy, poll_s=poll)
+    sup = Supervisor(template, policy, poll_s=poll, autoscaling_config=autoscaling_config)
     stopping = {"flag": False}
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.update(flag=True))

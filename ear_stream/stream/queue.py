@@ -447,6 +447,17 @@ def heartbeat(client: redis.Redis, cfg: StreamConfig, worker: str, stats: dict[s
     pipe.execute()
 
 
+def consumer_pending(client: redis.Redis, cfg: StreamConfig, consumer: str) -> int:
+    """Entries delivered to ``consumer`` and not yet acknowledged (0 when it is unknown)."""
+    try:
+        for c in client.xinfo_consumers(cfg.stream, cfg.group):
+            if _text(c["name"]) == consumer:
+                return int(c["pending"])
+    except redis.ResponseError:  # no stream or group yet
+        return 0
+    return 0
+
+
 def stream_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
     """Stream length, group lag and pending, pending per consumer, DLQ size, live workers."""
     out: dict[str, Any] = {

@@ -31,6 +31,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from soak import demo_models_dir
+
     from ear_stream.inspect.visualize import line_chart_png
     from workers.fake_cluster import namespace_unavailable, run_in_namespace
 

@@ -98,6 +98,11 @@ def test_train_eval_score_results(synthetic_root, tmp_path):
     assert data["n_good"] == 6 and data["n_defect"] == 10
     assert "Worst false positives" in report.read_text() and report.with_suffix(".roc.png").stat().st_size > 0
     assert "excised mask S" in report.read_text()
+    text = report.read_text()
+    assert "Scores of good and defective images" in text and "defect regions" in text and "AUPRO@0.3" in text
+    data = json.loads(metrics.read_text())
+    for key in ("image_f1_max", "false_reject_rate", "escape_rate", "pixel_f1_max", "aupro_30"):
+        assert key in data and 0.0 <= data[key] <= 1.0, key
 
     out = tmp_path / "results"
     test_dir = synthetic_root / "synthetic" / "test"

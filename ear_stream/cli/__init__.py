@@ -22,11 +22,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import batch, bench, demo, dlq, model, stream
+    from . import batch, bench, demo, dlq, model, stream, threshold
 
     for command in (
         model.train,
         model.evaluate_cmd,
+        threshold.threshold,
         batch.score,
         batch.results,
         stream.push,

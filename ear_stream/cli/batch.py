@@ -12,6 +12,7 @@ from .options import (
     DEVICE_OPTION,
     DINO_OPTION,
     MODEL_OPTION,
+    THRESHOLD_OPTION,
     announce_backend,
     tile_options,
 )
@@ -38,7 +39,20 @@ from .options import (
 @DINO_OPTION
 @DEVICE_OPTION
 @tile_options
-def score(inputs, model_dir, out_dir, product, save_maps, batch_size, dino_weights, device, tile, tile_overlap) -> None:
+@THRESHOLD_OPTION
+def score(
+    inputs,
+    model_dir,
+    out_dir,
+    product,
+    save_maps,
+    batch_size,
+    dino_weights,
+    device,
+    tile,
+    tile_overlap,
+    threshold_override,
+) -> None:
     """Score image files (INPUTS: files, folders or globs) into Parquet.
 
     Undecodable files are listed on stderr with the reason and the command exits
@@ -52,7 +66,7 @@ def score(inputs, model_dir, out_dir, product, save_maps, batch_size, dino_weigh
 
     try:
         files = list_images(list(inputs))
-        pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap)
+        pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap, threshold_override)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     if not files:
@@ -68,14 +82,27 @@ def score(inputs, model_dir, out_dir, product, save_maps, batch_size, dino_weigh
 @click.command()
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def results(results_dir, as_json) -> None:
-    """Summarise a results tree: rows per product (duplicates by id dropped), anomaly rate, score quantiles."""
-    from ..io.results import read_results, summarize
+@click.option(
+    "--by",
+    type=click.Choice(["minute", "hour", "day"]),
+    default=None,
+    help="Also break every product down over time (processed_at): count, anomaly rate, score p50/p95/max.",
+)
+def results(results_dir, as_json, by) -> None:
+    """Summarise a results tree: rows per product (duplicates by id dropped), anomaly rate, score quantiles.
+
+    \b
+      ear-stream results results/ --by hour     # is the anomaly rate or the median score creeping up?
+    """
+    from ..io.results import read_results, summarize, summarize_over_time
 
     raw = read_results(results_dir, dedupe=False).num_rows
-    summary = summarize(read_results(results_dir))
+    table = read_results(results_dir)
+    summary = summarize(table)
     summary["raw_rows"] = raw
     summary["duplicates_dropped"] = raw - summary["rows"]
+    if by:
+        summary["over_time"] = {"by": by, "rows": summarize_over_time(table, by)}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -85,3 +112,10 @@ def results(results_dir, as_json) -> None:
             f"  {product:<16} n={s['count']:<6} anomalies={s['anomalies']:<5} rate={s['anomaly_rate']:.1%} "
             f"score p50={s['score_p50']:.4f} p95={s['score_p95']:.4f} max={s['score_max']:.4f}"
         )
+    if by:
+        click.echo(f"by {by}:")
+        for r in summary["over_time"]["rows"]:
+            click.echo(
+                f"  {r['product']:<16} {r['start'][:16]}  n={r['count']:<6} rate={r['anomaly_rate']:.1%} "
+                f"p50={r['score_p50']:.4f} p95={r['score_p95']:.4f} max={r['score_max']:.4f}"
+            )

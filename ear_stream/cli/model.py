@@ -326,6 +326,15 @@ def evaluate_cmd(
         f"{category}: image AUROC {result.image_auroc:.4f}, pixel AUROC {pix} "
         f"({result.n_good} good, {result.n_defect} defective, {result.ms_per_image:.1f} ms/image)"
     )
+
+    def fmt(v) -> str:  # type: ignore[no-untyped-def]
+        return "n/a" if v is None or v != v else f"{v:.4f}"
+
+    click.echo(
+        f"  image F1-max {fmt(result.image_f1_max)}; at threshold {result.threshold:.4g}: false rejects "
+        f"{fmt(result.false_reject_rate)}, escapes {fmt(result.escape_rate)}; pixel F1-max "
+        f"{fmt(result.pixel_f1_max)}, AUPRO@0.3 {fmt(result.aupro_30)}"
+    )
     for defect, row in result.per_defect.items():
         click.echo(f"  {defect:<12} n={row['n']:<4} AUROC {row['image_auroc']:.4f}  flagged {row['detected']:.1%}")
     if json_out:

@@ -42,6 +42,15 @@ MODEL_OPTION = click.option(
     help="Model directory written by 'train'.",
 )
 
+THRESHOLD_OPTION = click.option(
+    "--threshold",
+    "threshold_override",
+    type=float,
+    default=None,
+    help="Image threshold for this run only (every product); the model's own stays in its manifest "
+    "(change that with 'ear-stream threshold').",
+)
+
 
 def tile_options(fn):  # type: ignore[no-untyped-def]
     """``--tile``/``--tile-overlap``: per-run tiling of native-resolution models (trained with --train-crop)."""

@@ -14,6 +14,7 @@ from .options import (
     MODELS_DIR_OPTION,
     REDIS_OPTION,
     RESULTS_OPTION,
+    THRESHOLD_OPTION,
     _retention_options,
     _stream_options,
     announce_backend,
@@ -93,6 +94,14 @@ def push(inputs, redis_url, product, id_prefix, max_backlog, wait_timeout, strea
 @click.option("--exit-when-idle", type=float, default=None, help="Leave once the stream is drained for this long (s).")
 @DINO_OPTION
 @tile_options
+@THRESHOLD_OPTION
+@click.option("--drift-window", default=1000, show_default=True, help="Good-side scores kept per product for drift.")
+@click.option(
+    "--drift-alert",
+    default=1.5,
+    show_default=True,
+    help="Drift ratio (live good-side p50/p95 over the calibration's) at which the worker warns.",
+)
 @_stream_options
 @_retention_options
 def worker(
@@ -112,6 +121,9 @@ def worker(
     dino_weights,
     tile,
     tile_overlap,
+    threshold_override,
+    drift_window,
+    drift_alert,
     stream,
     group,
     dlq,
@@ -154,6 +166,9 @@ def worker(
         dino_weights=dino_weights,
         tile=tile,
         tile_overlap=tile_overlap,
+        threshold=threshold_override,
+        drift_window=drift_window,
+        drift_alert=drift_alert,
         flush_rows=flush_rows,
         flush_seconds=flush_seconds,
         exit_when_idle_s=exit_when_idle,
@@ -198,6 +213,15 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
         click.echo(
             f"  {name}: scored {w.get('scored')}, dead letters {w.get('dead_letters')}, products {w.get('products')}"
         )
+        for product, d in json.loads(w.get("drift") or "{}").items():
+            if "ratio" in d:
+                flag = "  ALERT" if d.get("alert") else ""
+                click.echo(
+                    f"    drift {product}: {d['ratio']:.2f} (good-side p50 {d['p50']:.4g} / calibrated "
+                    f"{d['calibration_p50']:.4g}, p95 {d['p95']:.4g} / {d['calibration_p95']:.4g}, n={d['n']}){flag}"
+                )
+            else:
+                click.echo(f"    drift {product}: n={d.get('n', 0)} good-side scores so far (need 20)")
 
 
 @click.command()
@@ -222,6 +246,7 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
 )
 @DINO_OPTION
 @tile_options
+@THRESHOLD_OPTION
 @_stream_options
 @_retention_options
 def cluster(
@@ -241,6 +266,7 @@ def cluster(
     dino_weights,
     tile,
     tile_overlap,
+    threshold_override,
     stream,
     group,
     dlq,
@@ -280,6 +306,7 @@ def cluster(
         dino_weights=dino_weights,
         tile=tile,
         tile_overlap=tile_overlap,
+        threshold=threshold_override,
         allow_eviction=allow_eviction,
     )
     policy = ScalingPolicy(

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from ..io.datasets import Sample, load_mask, test_samples
+from .metrics import aupro, f1_max, rates_at
 from .pipeline import Images, Pipeline, load_images, select
-from .visualize import heatmap_overlay, image_rgb, mask_overlay, roc_png, to_png
+from .visualize import contour_overlay, heatmap_overlay, histogram_png, image_rgb, mask_overlay, roc_png, to_png
 
 #: pixel AUROC uses at most this many pixels (uniform subsample, fixed seed) to bound memory
 MAX_PIXELS_FOR_AUROC = 20_000_000
@@ -35,6 +35,13 @@ class EvalResult:
     per_defect: dict[str, dict[str, float]]
     threshold: float
     ms_per_image: float
+    #: F1-max over image thresholds, and the false-reject / escape rates at the model's threshold
+    image_f1_max: float = float("nan")
+    false_reject_rate: float = float("nan")
+    escape_rate: float = float("nan")
+    #: F1-max over pixel thresholds and the area under the per-region-overlap curve up to FPR 0.3
+    pixel_f1_max: float | None = None
+    aupro_30: float | None = None
     samples: list[Sample] = field(repr=False, default_factory=list)
     scores: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
@@ -47,6 +54,11 @@ class EvalResult:
             "per_defect": self.per_defect,
             "threshold": self.threshold,
             "ms_per_image": self.ms_per_image,
+            "image_f1_max": self.image_f1_max,
+            "false_reject_rate": self.false_reject_rate,
+            "escape_rate": self.escape_rate,
+            "pixel_f1_max": self.pixel_f1_max,
+            "aupro_30": self.aupro_30,
         }
 
 
@@ -106,9 +118,14 @@ def compute_metrics(
             "image_auroc": _auroc(labels[sel], score[sel]),
             "detected": float((score[np.array([s.defect == defect for s in samples])] > threshold).mean()),
         }
+    pixel = _pixel_metrics(samples, dmaps)
     return EvalResult(
         image_auroc=_auroc(labels, score),
-        pixel_auroc=_pixel_auroc(samples, dmaps),
+        pixel_auroc=pixel["auroc"],
+        image_f1_max=f1_max(labels, score)[0],
+        **rates_at(labels, score, threshold),
+        pixel_f1_max=pixel["f1_max"],
+        aupro_30=pixel["aupro_30"],
         n_good=int((~labels).sum()),
         n_defect=int(labels.sum()),
         per_defect=per_defect,
@@ -119,17 +136,18 @@ def compute_metrics(
     )
 
 
-def _pixel_auroc(samples: list[Sample], dmaps: Images) -> float | None:
-    """Pixel AUROC at each map's own resolution (the ground truth is resized to it, nearest)."""
+def _pixel_metrics(samples: list[Sample], dmaps: Images) -> dict[str, float | None]:
+    """Pixel AUROC, pixel F1-max and AUPRO@0.3 at each map's own resolution (ground truth resized, nearest)."""
     if not any(s.mask_path for s in samples):
-        return None
-    gt = torch.cat([load_mask(s.mask_path, tuple(m.shape[-2:])).flatten() for s, m in zip(samples, dmaps, strict=True)])
-    pred = torch.cat([m.float().flatten() for m in dmaps]).numpy()
-    gt = gt.numpy()
+        return {"auroc": None, "f1_max": None, "aupro_30": None}
+    masks = [load_mask(s.mask_path, tuple(m.shape[-2:])).numpy() for s, m in zip(samples, dmaps, strict=True)]
+    maps = [m.float().squeeze(0).numpy() for m in dmaps]
+    gt = np.concatenate([m.ravel() for m in masks])
+    pred = np.concatenate([m.ravel() for m in maps])
     if gt.size > MAX_PIXELS_FOR_AUROC:
         idx = np.random.default_rng(0).choice(gt.size, MAX_PIXELS_FOR_AUROC, replace=False)
         gt, pred = gt[idx], pred[idx]
-    return _auroc(gt, pred)
+    return {"auroc": _auroc(gt, pred), "f1_max": f1_max(gt, pred)[0], "aupro_30": aupro(masks, maps, 0.3)}
 
 
 def _b64(png: bytes) -> str:
@@ -164,11 +182,20 @@ def write_report(
             _b64(to_png(image_rgb(comp))),
             _b64(to_png(image_rgb(rec))),
             _b64(to_png(heatmap_overlay(material["images"][k], material["maps"][k], vmax=pipe.threshold * 1.5))),
+            _b64(to_png(contour_overlay(material["images"][k], material["maps"][k], pipe.region_threshold))),
         ]
         imgs = "".join(f'<td><img src="{c}" width="160"></td>' for c in cells)
         return f"<tr><td>{html.escape(s.path.name)}<br>{s.defect}<br>score {score[k]:.4f}</td>{imgs}</tr>"
 
-    header = "<tr><th>image</th><th>input</th><th>excised mask S</th><th>excised I'</th><th>recovered</th><th>MSGMS map</th></tr>"
+    header = (
+        "<tr><th>image</th><th>input</th><th>excised mask S</th><th>excised I'</th><th>recovered</th>"
+        "<th>MSGMS map</th><th>defect regions (map &gt; pixel threshold)</th></tr>"
+    )
+    hist = histogram_png({"good": score[~labels], "defective": score[labels]}, pipe.threshold)
+
+    def fmt(v) -> str:  # type: ignore[no-untyped-def]
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.4f}"
+
     defect_rows = "".join(
         f"<tr><td>{d}</td><td>{v['n']}</td><td>{v['image_auroc']:.4f}</td><td>{v['detected']:.2%}</td></tr>"
         for d, v in result.per_defect.items()
@@ -179,6 +206,9 @@ def write_report(
 </head><body><h1>{html.escape(title)}</h1>
 <p>image AUROC <b>{result.image_auroc:.4f}</b> · pixel AUROC <b>{pix}</b> · {result.n_good} good, {result.n_defect} defective ·
 threshold {result.threshold:.4f} · {result.ms_per_image:.1f} ms/image</p>
+<p>image F1-max {fmt(result.image_f1_max)} · at the threshold: false rejects {fmt(result.false_reject_rate)},
+escapes {fmt(result.escape_rate)} · pixel F1-max {fmt(result.pixel_f1_max)} · AUPRO@0.3 {fmt(result.aupro_30)}</p>
+<h2>Scores of good and defective images</h2><img src="{_b64(hist)}">
 <pre>{html.escape(json.dumps(pipe.config.to_dict()))}</pre>
 <h2>Per defect type</h2><table><tr><th>defect</th><th>n</th><th>image AUROC</th><th>flagged at threshold</th></tr>{defect_rows}</table>
 <h2>ROC</h2><img src="{_b64(roc)}">

@@ -24,6 +24,7 @@ from ..model.reference import saliency_mask
 from ..model.saliency import DinoAttention, build_dino, resolve_dino_weights
 from ..model.unet import UNet
 from ..model.weightfree import SelfSaliency, create_saliency, grid_pool
+from .regions import region_table
 from .tiling import cut, pad_to_tile, paste, plan_tiles
 
 #: an image batch: one [B, 3, S, S] tensor (whole-image models) or a list of [3, H, W] (native resolution)
@@ -207,6 +208,8 @@ class BatchResult:
     composite: Images | None = None
     #: the excised region S [B, 1, H, W] (with ``want_recon``): what the report overlays on the input
     mask: Images | None = None
+    #: per image, its defect regions (``want_regions``): boxes in original pixels, area, peak, mean
+    regions: list[list[dict]] | None = None
 
     @property
     def finite(self) -> np.ndarray:
@@ -227,8 +230,12 @@ class Pipeline:
         model_version: str = "",
         normal_map: torch.Tensor | None = None,
         tile_batch: int = 16,
+        pixel_threshold: float | None = None,
     ) -> None:
         self.config = config
+        #: map pixels above it form defect regions; None follows the image threshold
+        self.pixel_threshold = pixel_threshold
+        self.calibration: dict = {}
         #: tiles per U-Net batch in native-resolution inference: what bounds memory, whatever the image size
         self.tile_batch = int(tile_batch)
         self.threshold = float(threshold)
@@ -250,8 +257,11 @@ class Pipeline:
         dino_weights: str | os.PathLike | None = None,
         tile: int | None = None,
         tile_overlap: int | None = None,
+        threshold: float | None = None,
     ) -> Pipeline:
-        """Load a model directory; ``tile``/``tile_overlap`` override a native model's stored tiling."""
+        """Load a model directory; ``tile``/``tile_overlap`` override a native model's stored tiling,
+        ``threshold`` its image threshold for this run (the pixel threshold then follows it when the
+        model's pixel policy is ``image``)."""
         unet, manifest, extras = load_artifact_parts(model_dir)
         try:
             manifest.config = manifest.config.with_tiling(tile, tile_overlap)
@@ -270,7 +280,21 @@ class Pipeline:
                     f"the DINO weights given differ from those {model_dir} was trained with "
                     f"(sha256 {got[:12]} != {manifest.dino_weights_sha256[:12]})"
                 )
-        return cls(manifest.config, unet, manifest.threshold, dev, attention, manifest.model_version, normal)
+        pipe = cls(manifest.config, unet, manifest.threshold, dev, attention, manifest.model_version, normal)
+        pipe.apply_thresholds(manifest, threshold)
+        return pipe
+
+    def apply_thresholds(self, manifest, override: float | None = None) -> None:  # type: ignore[no-untyped-def]
+        """Take a manifest's thresholds and version (hot reload after ``ear-stream threshold``), or a per-run override."""
+        self.threshold = float(manifest.threshold if override is None else override)
+        self.pixel_threshold = None if manifest.pixel_policy == "image" else manifest.pixel_threshold
+        self.model_version = manifest.model_version
+        self.calibration = manifest.calibration
+
+    @property
+    def region_threshold(self) -> float:
+        """MSGMS value above which a map pixel is part of a defect region."""
+        return self.threshold if self.pixel_threshold is None else float(self.pixel_threshold)
 
     @torch.no_grad()
     def attention(self, images: torch.Tensor) -> torch.Tensor | None:
@@ -302,14 +326,32 @@ class Pipeline:
             return to_native_input(arrays, float(self.config.scale))
         return to_model_input(arrays, self.config.image_size)
 
-    def score_images(self, images: Images, want_maps: bool = False, want_recon: bool = False) -> BatchResult:
-        """Score the output of :meth:`prepare` (or a dataset loaded the same way)."""
+    def score_images(
+        self,
+        images: Images,
+        want_maps: bool = False,
+        want_recon: bool = False,
+        want_regions: bool = False,
+        orig_sizes: list[tuple[int, int]] | None = None,
+    ) -> BatchResult:
+        """Score the output of :meth:`prepare` (or a dataset loaded the same way).
+
+        ``want_regions``: defect regions per image, boxes in ``orig_sizes`` pixels ((height, width)
+        of each original image; default: the sizes scored).
+        """
         if isinstance(images, list):
-            return self.score_tiled(images, want_maps, want_recon)
-        return self.score_tensor(images, want_maps, want_recon)
+            return self.score_tiled(images, want_maps, want_recon, want_regions, orig_sizes)
+        return self.score_tensor(images, want_maps, want_recon, want_regions, orig_sizes)
 
     @torch.no_grad()
-    def score_tiled(self, images: list[torch.Tensor], want_maps: bool = False, want_recon: bool = False) -> BatchResult:
+    def score_tiled(
+        self,
+        images: list[torch.Tensor],
+        want_maps: bool = False,
+        want_recon: bool = False,
+        want_regions: bool = False,
+        orig_sizes: list[tuple[int, int]] | None = None,
+    ) -> BatchResult:
         """Native-resolution scoring of [3, H, W] images of any sizes over overlapping tiles.
 
         Tiles of every image in the list share U-Net batches of ``tile_batch``;
@@ -342,16 +384,19 @@ class Pipeline:
                 if composite is not None:
                     paste(composite[t.image], comp[j], t)
         sc = self.config.scoring
-        scores, maps = [], []
-        for img, rec in zip(imgs, recon, strict=True):
-            score, dmap = score_maps(img[None], rec[None], sc, want_maps)
+        scores, maps, regions = [], [], []
+        for i, (img, rec) in enumerate(zip(imgs, recon, strict=True)):
+            score, dmap = score_maps(img[None], rec[None], sc, want_maps or want_regions)
             broken = ~torch.isfinite(rec).all()
             scores.append(torch.where(broken, torch.full_like(score, float("nan")), score))
-            if dmap is not None:
+            if want_regions:
+                size = orig_sizes[i] if orig_sizes else tuple(img.shape[-2:])
+                regions += region_table(dmap[:, 0], dmap[:, 0] > self.region_threshold, [size])
+            if want_maps:
                 maps.append(dmap[0].cpu())
         ratio = torch.stack([m.mean() for m in mask]) if mask else torch.zeros(0)
         score_t = torch.cat(scores) if scores else torch.zeros(0)
-        return self._result(
+        result = self._result(
             score_t,
             ratio,
             maps if want_maps else None,
@@ -359,6 +404,8 @@ class Pipeline:
             [c.cpu() for c in composite] if composite is not None else None,
             [m.cpu() for m in mask] if want_recon else None,
         )
+        result.regions = regions if want_regions else None
+        return result
 
     def _result(self, scores, ratio, maps, recon, composite, mask) -> BatchResult:  # type: ignore[no-untyped-def]
         scores_np = scores.float().cpu().numpy().astype(np.float32)
@@ -374,7 +421,14 @@ class Pipeline:
         )
 
     @torch.no_grad()
-    def score_tensor(self, images: torch.Tensor, want_maps: bool = False, want_recon: bool = False) -> BatchResult:
+    def score_tensor(
+        self,
+        images: torch.Tensor,
+        want_maps: bool = False,
+        want_recon: bool = False,
+        want_regions: bool = False,
+        orig_sizes: list[tuple[int, int]] | None = None,
+    ) -> BatchResult:
         """Score a [B, 3, S, S] batch in [0, 1] (already resized to ``image_size``).
 
         A native-resolution model scores the batch's images in tiles (any H, W).
@@ -382,7 +436,7 @@ class Pipeline:
         if self.config.native:
             if images.dim() != 4 or images.shape[1] != 3:
                 raise ValueError(f"expected a [B, 3, H, W] batch, got {tuple(images.shape)}")
-            return self.score_tiled(list(images), want_maps, want_recon)
+            return self.score_tiled(list(images), want_maps, want_recon, want_regions, orig_sizes)
         size = self.config.image_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
             raise ValueError(f"expected a [B, 3, {size}, {size}] batch, got {tuple(images.shape)}")
@@ -391,25 +445,34 @@ class Pipeline:
         if self.config.method == "riad":  # baseline: 12 masked passes, no excision
             from ..model import riad
 
-            scores, maps, recon = riad.score(self.unet, images, sc, want_maps, forward=self.reconstruct)
+            scores, maps, recon = riad.score(self.unet, images, sc, want_maps or want_regions, forward=self.reconstruct)
             composite, ratio, attention = images, torch.ones(images.shape[0]), None
         else:
             attention, composite, ratio, recon = self.recover(images)
             normal = self.normal_map if sc.normal_map else None
-            scores, maps = score_maps(images, recon, sc, want_maps, normal)
+            scores, maps = score_maps(images, recon, sc, want_maps or want_regions, normal)
         # fail closed: a reconstruction with any NaN/inf pixel scores NaN, even where the median or the
         # border band would have hidden the pixel (one reduction over the recon, on its device)
         broken = ~torch.isfinite(recon).flatten(1).all(dim=1)
         scores = torch.where(broken.to(scores.device), torch.full_like(scores, float("nan")), scores)
-        return self._result(
+        regions = None
+        if want_regions:  # on the maps' device; one host transfer of the region table
+            sizes = orig_sizes or [tuple(images.shape[-2:])] * images.shape[0]
+            regions = region_table(maps[:, 0], maps[:, 0] > self.region_threshold, sizes)
+        result = self._result(
             scores,
             ratio,
-            maps.cpu() if maps is not None else None,
+            maps.cpu() if maps is not None and want_maps else None,
             recon.cpu() if want_recon else None,
             composite.cpu() if want_recon else None,
             excised_mask(attention, images, self.config).cpu() if want_recon else None,
         )
+        result.regions = regions
+        return result
 
-    def score_arrays(self, arrays: list[np.ndarray], want_maps: bool = False) -> BatchResult:
-        """Score decoded [H, W, 3] arrays of any size."""
-        return self.score_images(self.prepare(arrays), want_maps=want_maps)
+    def score_arrays(
+        self, arrays: list[np.ndarray], want_maps: bool = False, want_regions: bool = False
+    ) -> BatchResult:
+        """Score decoded [H, W, 3] arrays of any size; region boxes in their own pixels."""
+        sizes = [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
+        return self.score_images(self.prepare(arrays), want_maps=want_maps, want_regions=want_regions, orig_sizes=sizes)

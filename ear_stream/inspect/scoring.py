@@ -15,7 +15,7 @@ from ..io.decode import ImageDecodeError, read_image_file
 from ..io.results import ResultWriter, now_utc
 from ..model.config import NON_FINITE_SCORE
 from .pipeline import BatchResult, Pipeline
-from .visualize import heatmap_overlay, to_png
+from .visualize import contour_overlay, defect_mask_png, heatmap_overlay, to_png
 
 
 @dataclass
@@ -55,6 +55,8 @@ def result_rows(
             "latency_ms": None,
             "meta": None,
             "heatmap": None,
+            "n_regions": None if res.regions is None else len(res.regions[i]),
+            "regions": None if res.regions is None else res.regions[i],
         }
         if res.maps is not None and images is not None:
             row["heatmap"] = to_png(heatmap_overlay(images[i], res.maps[i], vmax=pipe.threshold * 1.5))
@@ -95,7 +97,8 @@ def score_files(
                 report.rejected.append((str(path), exc.reason, str(exc)))
         if arrays:
             images = pipe.prepare(arrays)
-            res = pipe.score_images(images, want_maps=save_maps is not None)
+            sizes = [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
+            res = pipe.score_images(images, want_maps=save_maps is not None, want_regions=True, orig_sizes=sizes)
             meta = [{"meta": json.dumps({"path": i})} for i in ids]
             rows = result_rows(pipe, res, ids, product, worker, meta, images if save_maps else None)
             for ident, score, ok in zip(ids, res.scores, res.finite, strict=True):
@@ -105,8 +108,14 @@ def score_files(
             ids = [i for i, ok in zip(ids, res.finite, strict=True) if ok]
             if save_maps is not None:
                 save_maps.mkdir(parents=True, exist_ok=True)
-                for ident, row in zip(ids, rows, strict=True):
-                    (save_maps / map_file_name(ident)).write_bytes(row["heatmap"])
+                kept = [i for i, ok in enumerate(res.finite) if ok]
+                for ident, row, k in zip(ids, rows, kept, strict=True):
+                    name = map_file_name(ident)
+                    (save_maps / name).write_bytes(row["heatmap"])
+                    thr = pipe.region_threshold
+                    (save_maps / name.replace("_map.png", "_mask.png")).write_bytes(defect_mask_png(res.maps[k], thr))
+                    contour = to_png(contour_overlay(images[k], res.maps[k], thr))
+                    (save_maps / name.replace("_map.png", "_contours.png")).write_bytes(contour)
             report.written += writer.write(rows)
             report.scored += len(rows)
         bar.update(len(chunk))

@@ -53,6 +53,7 @@ from .pipeline import (
     select,
     two_pass_attention,
 )
+from .thresholds import good_score_stats, image_threshold, parse_policy, pixel_quantile_grid
 from .visualize import line_chart_png
 
 #: training images whose mean MSGMS map is the normal map (enough for a stable per-pixel mean)
@@ -67,21 +68,34 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def calibrate_threshold(scores: np.ndarray, sigmas: float) -> tuple[float, dict]:
-    """Decision threshold from held-out normal scores: max(mean + k·std, max)."""
+    """Decision threshold from held-out normal scores by the ``sigma:K`` policy: max(mean + k·std, max).
+
+    The statistics keep the scores themselves, so ``ear-stream threshold`` can apply another policy later.
+    """
     if scores.size == 0:
         raise ValueError("no held-out images to calibrate the threshold")
-    mean, std = float(scores.mean()), float(scores.std())
-    threshold = max(mean + sigmas * std, float(scores.max()))
-    stats = {
-        "rule": f"max(mean + {sigmas:g}*std, max) of held-out normal scores",
-        "n": int(scores.size),
-        "mean": mean,
-        "std": std,
-        "min": float(scores.min()),
-        "max": float(scores.max()),
-        "p50": float(np.quantile(scores, 0.5)),
-        "p95": float(np.quantile(scores, 0.95)),
-    }
+    threshold = image_threshold(parse_policy(f"sigma:{sigmas:g}"), scores)
+    return threshold, {"rule": f"max(mean + {sigmas:g}*std, max) of held-out normal scores", **good_score_stats(scores)}
+
+
+#: held-out map pixels kept for the pixel quantile grid (uniform subsample, fixed seed)
+MAX_CALIBRATION_PIXELS = 2_000_000
+
+
+def calibrate(pipe: Pipeline, held_images, sigmas: float, batch: int = 16) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
+    """Score the held-out good images once: the image threshold, its statistics and the pixel statistics."""
+    scores, pixels = [], []
+    for i in range(0, len(held_images), batch):
+        res = pipe.score_images(held_images[i : i + batch], want_maps=True)
+        scores.append(res.scores)
+        pixels.extend(m.float().flatten().numpy() for m in res.maps)
+    threshold, stats = calibrate_threshold(np.concatenate(scores), sigmas)
+    values = np.concatenate(pixels) if pixels else np.zeros(1)
+    if values.size > MAX_CALIBRATION_PIXELS:
+        values = np.random.default_rng(0).choice(values, MAX_CALIBRATION_PIXELS, replace=False)
+    stats.update(
+        pixel_mean=float(values.mean()), pixel_std=float(values.std()), pixel_quantiles=pixel_quantile_grid(values)
+    )
     return threshold, stats
 
 
@@ -432,11 +446,7 @@ def train_model(
     if model_cfg.scoring.normal_map:  # from training images only: the held-out ones calibrate the threshold
         pipe.normal_map = fit_normal_map(pipe, data.images[train_idx[:NORMAL_MAP_IMAGES]])
         extras[NORMAL_MAP_KEY] = pipe.normal_map
-    held_images = select(data.images, hold_idx)
-    hold_scores = np.concatenate(
-        [pipe.score_images(held_images[i : i + 16]).scores for i in range(0, len(hold_idx), 16)]
-    )
-    threshold, stats = calibrate_threshold(hold_scores, train_cfg.threshold_sigmas)
+    threshold, stats = calibrate(pipe, select(data.images, hold_idx), train_cfg.threshold_sigmas)
 
     dino_path = resolve_dino_weights(dino_weights) if needs_dino(model_cfg) else None
     manifest = Manifest(
@@ -465,6 +475,7 @@ def train_model(
             "mosaic_estimate": estimated,
         },
         dino_weights_sha256=sha256_file(dino_path) if dino_path else None,
+        threshold_policy=f"sigma:{train_cfg.threshold_sigmas:g}",
     )
     if isinstance(saliency, WeightFreeSaliency):
         extras.update({f"saliency.{k}": v for k, v in saliency.state_dict().items()})

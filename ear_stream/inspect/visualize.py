@@ -50,6 +50,59 @@ def mask_overlay(image: torch.Tensor, mask: torch.Tensor, alpha: float = 0.45) -
     return (base * (1 - alpha * m) + red * alpha * m).astype(np.uint8)
 
 
+def defect_mask_png(dmap: torch.Tensor, threshold: float) -> bytes:
+    """The binary defect mask (map > pixel threshold) as a black/white PNG at the map's size."""
+    m = (dmap.detach().float().squeeze(0).cpu().numpy() > threshold).astype(np.uint8) * 255
+    return to_png(np.repeat(m[..., None], 3, axis=2))
+
+
+def contour_overlay(image: torch.Tensor, dmap: torch.Tensor, threshold: float) -> np.ndarray:
+    """Outlines of the defect mask (map > pixel threshold) drawn in red over the image."""
+    m = dmap.detach().float().squeeze(0).cpu().numpy() > threshold
+    inner = np.zeros_like(m)
+    inner[1:-1, 1:-1] = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    edge = m & ~inner
+    out = image_rgb(image).copy()
+    out[edge] = (255, 0, 0)
+    return out
+
+
+def histogram_png(
+    groups: dict[str, np.ndarray], threshold: float, bins: int = 40, width: int = 520, height: int = 300
+) -> bytes:
+    """Score histograms of named groups (good vs defective) on one axis, the threshold as a vertical line."""
+    values = [np.asarray(v, dtype=np.float64) for v in groups.values() if len(v)]
+    pad_l, pad_r, pad_t, pad_b = 40, 16, 28, 36
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+    d.rectangle([pad_l, pad_t, pad_l + w, pad_t + h], outline="black")
+    if values:
+        lo = min(min(float(v.min()) for v in values), threshold)
+        hi = max(max(float(v.max()) for v in values), threshold)
+        hi = hi if hi > lo else lo + 1e-9
+        edges = np.linspace(lo, hi, bins + 1)
+        counts = {k: np.histogram(v, edges)[0] / max(1, len(v)) for k, v in groups.items()}
+        top = max(float(c.max()) for c in counts.values()) or 1.0
+        bw = w / bins
+        for i, (label, c) in enumerate(counts.items()):
+            colour = COLOURS[i % len(COLOURS)]
+            for j, frac in enumerate(c):
+                if frac > 0:
+                    x0 = pad_l + j * bw + i * bw / len(counts)
+                    d.rectangle([x0, pad_t + h - frac / top * h, x0 + bw / len(counts), pad_t + h], fill=colour)
+            d.text((pad_l + 8, pad_t + 6 + 12 * i), f"{label} (n={len(groups[label])})", fill=colour)
+        x = pad_l + (threshold - lo) / (hi - lo) * w
+        d.line([x, pad_t, x, pad_t + h], fill="black", width=2)
+        d.text((x + 3, pad_t - 14), f"threshold {threshold:.4g}", fill="black")
+        d.text((pad_l, pad_t + h + 4), f"{lo:.4g}", fill="black")
+        d.text((pad_l + w - 40, pad_t + h + 4), f"{hi:.4g}", fill="black")
+    d.text((pad_l + w // 2 - 40, height - 14), "image score", fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def roc_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], size: int = 360) -> bytes:
     """ROC curves {label: (fpr, tpr, auc)} drawn on a square canvas."""
     pad = 40

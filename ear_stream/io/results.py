@@ -22,6 +22,18 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 UTC_MS = pa.timestamp("ms", tz="UTC")
+#: one defect region: box in the original image's pixels (inclusive), area in pixels, peak and mean MSGMS
+REGION = pa.struct(
+    [
+        ("x0", pa.int32()),
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),
+        ("area", pa.int64()),
+        ("peak", pa.float32()),
+        ("mean", pa.float32()),
+    ]
+)
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -40,6 +52,8 @@ SCHEMA = pa.schema(
         ("latency_ms", pa.float32()),
         ("meta", pa.string()),
         ("heatmap", pa.binary()),
+        ("n_regions", pa.int32()),
+        ("regions", pa.list_(REGION)),
     ]
 )
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -128,6 +142,7 @@ def read_results(out_dir: str | Path, dedupe: bool = True) -> pa.Table:
         fs, files = None, sorted(str(p) for p in Path(out_dir).rglob("part-*.parquet"))
     if not files:
         return SCHEMA.empty_table()
+    # parts written before the region columns existed read back with them null
     table = ds.dataset(files, format="parquet", schema=SCHEMA, filesystem=fs).to_table()
     if not dedupe or table.num_rows == 0:
         return table
@@ -162,3 +177,41 @@ def summarize(table: pa.Table) -> dict[str, Any]:
             "score_max": float(s.max()),
         }
     return out
+
+
+#: bucket widths ``results --by`` accepts, in milliseconds
+BUCKETS_MS = {"minute": 60_000, "hour": 3_600_000, "day": 86_400_000}
+
+
+def summarize_over_time(table: pa.Table, by: str = "hour") -> list[dict[str, Any]]:
+    """Per product and time bucket of ``processed_at``: count, anomaly rate and score p50/p95/max.
+
+    What an operator reads to see a line drift: the anomaly rate and the median score hour by hour.
+    """
+    if by not in BUCKETS_MS:
+        raise ValueError(f"--by must be one of {', '.join(BUCKETS_MS)}, got {by!r}")
+    if table.num_rows == 0:
+        return []
+    width = BUCKETS_MS[by]
+    ms = table["processed_at"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    bucket = ms // width * width
+    products = table["product"].to_numpy(zero_copy_only=False)
+    scores = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    anomalous = table["is_anomaly"].to_numpy(zero_copy_only=False).astype(bool)
+    rows = []
+    for product in sorted(set(products)):
+        for start in sorted(set(bucket[products == product])):
+            sel = (products == product) & (bucket == start)
+            s = scores[sel]
+            rows.append(
+                {
+                    "product": product,
+                    "start": datetime.fromtimestamp(start / 1000, tz=timezone.utc).isoformat(),
+                    "count": int(sel.sum()),
+                    "anomaly_rate": float(anomalous[sel].mean()),
+                    "score_p50": float(np.quantile(s, 0.5)),
+                    "score_p95": float(np.quantile(s, 0.95)),
+                    "score_max": float(s.max()),
+                }
+            )
+    return rows

@@ -42,11 +42,20 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     format_version: int = FORMAT_VERSION
+    #: the named policies the thresholds came from (``ear_stream.inspect.thresholds``)
+    threshold_policy: str = "sigma:3"
+    #: MSGMS value above which a map pixel belongs to a defect region (None: the image threshold)
+    pixel_threshold: float | None = None
+    pixel_policy: str = "image"
+    #: how often ``ear-stream threshold`` revised the thresholds, and what they were before
+    threshold_revision: int = 0
+    threshold_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def model_version(self) -> str:
-        """Short content hash of the weights: changes whenever the model does."""
-        return self.weights_sha256[:12]
+        """Short content hash of the weights, plus ``.t<n>`` after the n-th threshold revision."""
+        base = self.weights_sha256[:12]
+        return base if not self.threshold_revision else f"{base}.t{self.threshold_revision}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +69,11 @@ class Manifest:
             "weights_sha256": self.weights_sha256,
             "versions": self.versions,
             "created_at": self.created_at,
+            "threshold_policy": self.threshold_policy,
+            "pixel_threshold": self.pixel_threshold,
+            "pixel_policy": self.pixel_policy,
+            "threshold_revision": self.threshold_revision,
+            "threshold_history": self.threshold_history,
         }
 
 
@@ -131,6 +145,11 @@ def load_manifest(model_dir: str | Path) -> Manifest:
             versions=data.get("versions", {}),
             created_at=data.get("created_at", ""),
             format_version=int(data.get("format_version", FORMAT_VERSION)),
+            threshold_policy=str(data.get("threshold_policy", "sigma:3")),
+            pixel_threshold=None if data.get("pixel_threshold") is None else float(data["pixel_threshold"]),
+            pixel_policy=str(data.get("pixel_policy", "image")),
+            threshold_revision=int(data.get("threshold_revision", 0)),
+            threshold_history=list(data.get("threshold_history") or []),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc

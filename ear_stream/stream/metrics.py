@@ -25,6 +25,18 @@ class WorkerMetrics:
         self.stream_length = Gauge(
             "ear_stream_length", "XLEN of a stream", labelnames=["worker", "stream"], registry=self.registry
         )
+        self.score_quantile = Gauge(
+            "ear_score_quantile",
+            "Quantile of the live good-side scores (rolling window) per product",
+            labelnames=["worker", "product", "q"],
+            registry=self.registry,
+        )
+        self.drift_ratio = Gauge(
+            "ear_drift_ratio",
+            "max(live p50 / calibration p50, live p95 / calibration p95) of good-side scores; 1 = no drift",
+            labelnames=["worker", "product"],
+            registry=self.registry,
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

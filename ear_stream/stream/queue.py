@@ -417,6 +417,14 @@ def _queue_ack_delete(client: redis.Redis, pipe, cfg: StreamConfig, ids: list[st
         pipe.xdel(cfg.stream, *ids)
 
 
+def _largest_box(regions: list[dict[str, Any]] | None) -> str:
+    """``x0,y0,x1,y1`` of the largest region in original pixels, or empty."""
+    if not regions:
+        return ""
+    r = max(regions, key=lambda r: r["area"])
+    return f"{r['x0']},{r['y0']},{r['x1']},{r['y1']}"
+
+
 def publish_results(client: redis.Redis, cfg: StreamConfig, rows: list[dict[str, Any]]) -> None:
     """Optional result stream (capped, approximate MAXLEN): id, product, score, verdict per row."""
     if not cfg.results or not rows:
@@ -431,6 +439,8 @@ def publish_results(client: redis.Redis, cfg: StreamConfig, rows: list[dict[str,
                 "score": f"{row['score']:.6g}",
                 "verdict": "anomaly" if row["is_anomaly"] else "ok",
                 "stream_id": row["stream_id"] or "",
+                "n_regions": str(row.get("n_regions") or 0),
+                "largest_box": _largest_box(row.get("regions")),
             },
             maxlen=cfg.results_maxlen,
             approximate=True,

@@ -10,6 +10,7 @@ worker on restart or by another one after ``claim_idle_ms``: at-least-once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -29,8 +30,9 @@ from ..inspect.pipeline import Pipeline
 from ..inspect.scoring import result_rows
 from ..io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from ..io.results import ResultWriter
-from ..model.artifact import ArtifactError
+from ..model.artifact import MANIFEST_FILE, ArtifactError, load_manifest
 from . import queue as q
+from .drift import DEFAULT_ALERT, DEFAULT_WINDOW, DriftMonitor
 from .metrics import WorkerMetrics
 
 log = logging.getLogger("ear_stream.stream.worker")
@@ -57,6 +59,13 @@ class WorkerConfig:
     #: per-run tiling of native-resolution models (None: each model's own)
     tile: int | None = None
     tile_overlap: int | None = None
+    #: per-run image threshold for every product (None: each model's own, reloaded when revised)
+    threshold: float | None = None
+    #: how often a model's manifest is checked for a threshold revision (seconds)
+    reload_every_s: float = 2.0
+    #: good-side scores kept per product for drift, and the ratio that raises the alert
+    drift_window: int = DEFAULT_WINDOW
+    drift_alert: float = DEFAULT_ALERT
     flush_rows: int = 256
     flush_seconds: float = 2.0
     block_ms: int = 500
@@ -93,11 +102,16 @@ class ModelRegistry:
         dino_weights: Path | None,
         tile: int | None = None,
         tile_overlap: int | None = None,
+        threshold: float | None = None,
+        reload_every_s: float = 2.0,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.device = device
         self.dino_weights = dino_weights
         self.tiling = (tile, tile_overlap)
+        self.threshold = threshold
+        self.reload_every_s = reload_every_s
+        self._stamps: dict[str, tuple[float, tuple[int, int]]] = {}  # product → (last check, manifest stat)
         self._pipes: dict[str, Pipeline] = {}
         self._lock = threading.Lock()
 
@@ -107,8 +121,40 @@ class ModelRegistry:
                 path = self.models_dir / product  # product names are validated: no path traversal
                 if not (path / "manifest.json").is_file():
                     raise UnknownProduct(f"no model for product {product!r} in {self.models_dir}")
-                self._pipes[product] = Pipeline.from_artifact(path, self.device, self.dino_weights, *self.tiling)
+                self._pipes[product] = Pipeline.from_artifact(
+                    path, self.device, self.dino_weights, *self.tiling, threshold=self.threshold
+                )
+                self._stamps[product] = (time.monotonic(), self._stat(path))
+            elif time.monotonic() - self._stamps[product][0] >= self.reload_every_s:
+                self._maybe_reload(product)
             return self._pipes[product]
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int]:
+        st = (path / MANIFEST_FILE).stat()
+        return st.st_mtime_ns, st.st_size
+
+    def _maybe_reload(self, product: str) -> None:
+        """Pick up ``ear-stream threshold`` revisions (new thresholds only) or new weights (full reload)."""
+        path = self.models_dir / product
+        try:
+            stat = self._stat(path)
+            if stat == self._stamps[product][1]:
+                return
+            manifest = load_manifest(path)
+            pipe = self._pipes[product]
+            if manifest.weights_sha256[:12] == pipe.model_version[:12]:
+                pipe.apply_thresholds(manifest, self.threshold)
+                log.info("%s: thresholds revised (image %.5g, version %s)", product, pipe.threshold, pipe.model_version)
+            else:
+                self._pipes[product] = Pipeline.from_artifact(
+                    path, self.device, self.dino_weights, *self.tiling, threshold=self.threshold
+                )
+                log.info("%s: new model loaded (version %s)", product, self._pipes[product].model_version)
+        except (OSError, ArtifactError) as exc:  # a manifest being replaced: keep the model in hand, retry later
+            log.warning("%s: not reloading (%s)", product, exc)
+            stat = self._stamps[product][1]
+        self._stamps[product] = (time.monotonic(), stat)
 
     def known(self) -> list[str]:
         return sorted(self._pipes)
@@ -122,8 +168,10 @@ class Worker:
         self.scfg = cfg.stream
         self.client = q.connect(cfg.redis_url)
         self.models = registry or ModelRegistry(
-            cfg.models_dir, cfg.device, cfg.dino_weights, cfg.tile, cfg.tile_overlap
+            cfg.models_dir, cfg.device, cfg.dino_weights, cfg.tile, cfg.tile_overlap, cfg.threshold, cfg.reload_every_s
         )
+        self.drift = DriftMonitor(cfg.drift_window, cfg.drift_alert)
+        self._alerting: set[str] = set()
         self.writer = ResultWriter(cfg.out_dir, cfg.name)
         self.metrics = WorkerMetrics(cfg.name)
         self.stats = {"scored": 0, "dead_letters": 0, "batches": 0, "flushes": 0, "reconnects": 0}
@@ -332,7 +380,7 @@ class Worker:
         for product, items in by_product.items():
             try:
                 pipe = self.models.get(product)
-                res = pipe.score_arrays([arr for _, arr in items])
+                res = pipe.score_arrays([arr for _, arr in items], want_regions=True)
             except Exception:  # noqa: BLE001 - left pending: reclaimed later, dead-lettered after max_deliveries
                 log.exception("scoring %d %s images failed; they stay pending", len(items), product)
                 self._held.difference_update(ve.entry.stream_id for ve, _ in items)
@@ -359,6 +407,7 @@ class Worker:
                     if not finite[i]
                 ]
             )
+            self._observe_drift(product, pipe, res.scores)
             self._rows += [row for row, ok in zip(rows, finite, strict=True) if ok]
             self._unacked += [ve.entry.stream_id for (ve, _), ok in zip(items, finite, strict=True) if ok]
         if self._first_buffered is None:
@@ -367,6 +416,23 @@ class Worker:
         self._batch_s = elapsed if self._batch_s == 0.0 else 0.8 * self._batch_s + 0.2 * elapsed
         self.metrics.batch_seconds.observe(elapsed)
         self._fault("before_flush")
+
+    def _observe_drift(self, product: str, pipe: Pipeline, scores) -> None:  # type: ignore[no-untyped-def]
+        self.drift.observe(product, scores, pipe.threshold, pipe.calibration)
+        rep = self.drift.report(product)
+        for q_name in ("p50", "p95"):
+            if q_name in rep:
+                self.metrics.score_quantile.labels(self.cfg.name, product, q_name[1:]).set(rep[q_name])
+        if "ratio" in rep:
+            self.metrics.drift_ratio.labels(self.cfg.name, product).set(rep["ratio"])
+            if rep["alert"] and product not in self._alerting:
+                log.warning(
+                    "%s: drift %.2f >= %.2f (good-side p50 %.4g vs %.4g calibrated)",
+                    product, rep["ratio"], rep["alert_level"], rep["p50"], rep["calibration_p50"],
+                )  # fmt: skip
+                self._alerting.add(product)
+            elif not rep["alert"]:
+                self._alerting.discard(product)
 
     def _flush_due(self, ahead: float = 0.0) -> bool:
         """Rows to flush now: enough of them, or the oldest would wait past flush_seconds within ``ahead``."""
@@ -407,7 +473,12 @@ class Worker:
                 self.client,
                 self.scfg,
                 self.cfg.name,
-                {**self.stats, "pid": os.getpid(), "products": ",".join(self.models.known())},
+                {
+                    **self.stats,
+                    "pid": os.getpid(),
+                    "products": ",".join(self.models.known()),
+                    "drift": json.dumps({p: self.drift.report(p) for p in self.drift.products()}),
+                },
             )
             lag, pending = q.backlog(self.client, self.scfg)
             self.metrics.lag.set(lag)

@@ -1,0 +1,101 @@
+"""The ``threshold`` verb: choose a model's decision thresholds by a named policy, without retraining."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..inspect.thresholds import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
+from .options import DEVICE_OPTION
+
+
+@click.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--policy",
+    default=None,
+    help=f"Image threshold: sigma:K (max(mean+K·std, max) of held-out good scores; training uses "
+    f"{DEFAULT_IMAGE_POLICY}), quantile:Q, fpr:F (lowest threshold with at most F false rejects among "
+    "held-out good images), f1 (F1-optimal on --data/--category), manual:T. Default: keep the current one.",
+)
+@click.option(
+    "--pixel-policy",
+    default=None,
+    help=f"Which map pixels form defect regions: image (the image threshold; default {DEFAULT_PIXEL_POLICY}), "
+    "sigma:K, quantile:Q, fpr:F over held-out good pixels, manual:T.",
+)
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Dataset root: rescores held-out good images for models that did not keep their scores, and with "
+    "--category scores the labelled validation set the f1 policy needs.",
+)
+@click.option("--category", default=None, help="Labelled category under --data (test/<defect>/) for f1.")
+@click.option("--show", is_flag=True, help="Print the current thresholds and their history; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@DEVICE_OPTION
+def threshold(model_dir, policy, pixel_policy, data_root, category, show, as_json, device) -> None:
+    """Recompute MODEL_DIR's thresholds from its stored calibration scores and rewrite its manifest atomically.
+
+    The previous thresholds go to the manifest's threshold_history with a
+    timestamp, and model_version becomes <weights hash>.t<revision>, so results
+    show which revision judged them. Running workers pick the change up within
+    a few seconds, without a restart.
+
+    \b
+      ear-stream threshold models/tile --policy fpr:0.01          # at most 1 % false rejects
+      ear-stream threshold models/tile --policy f1 --data DATA --category tile
+      ear-stream threshold models/tile --pixel-policy quantile:0.999
+    """
+    from ..inspect.thresholds import revise
+    from ..model.artifact import load_manifest
+
+    if show or (policy is None and pixel_policy is None):
+        m = load_manifest(model_dir)
+        info = {
+            "threshold": m.threshold,
+            "policy": m.threshold_policy,
+            "pixel_threshold": m.pixel_threshold,
+            "pixel_policy": m.pixel_policy,
+            "model_version": m.model_version,
+            "history": m.threshold_history,
+        }
+        click.echo(json.dumps(info, indent=2) if as_json else _describe(info))
+        return
+    try:
+        report = revise(model_dir, policy, pixel_policy, data_root, category, device)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    prev = report["previous"]
+    click.echo(
+        f"threshold {prev['threshold']:.6g} ({prev['policy']}) -> {report['threshold']:.6g} ({report['policy']}); "
+        f"pixel threshold {report['pixel_threshold']:.6g} ({report['pixel_policy']}); "
+        f"model_version {report['model_version']}"
+    )
+    frr = report["false_reject_rate_on_calibration"]
+    click.echo(f"false-reject rate on the held-out good images: {frr:.1%}")
+    if "escape_rate_on_validation" in report:
+        click.echo(
+            f"F1 {report['f1']:.3f}, escape rate on the validation set {report['escape_rate_on_validation']:.1%}"
+        )
+
+
+def _describe(info: dict) -> str:
+    pixel = "= image" if info["pixel_policy"] == "image" else f"{info['pixel_threshold']:.6g}"
+    lines = [
+        f"threshold {info['threshold']:.6g} ({info['policy']}), pixel threshold {pixel} ({info['pixel_policy']}), "
+        f"model_version {info['model_version']}"
+    ]
+    for h in info["history"]:
+        lines.append(
+            f"  revision {h.get('revision')}: {h.get('threshold')} ({h.get('threshold_policy')}) "
+            f"until {h.get('replaced_at')}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""Decision thresholds chosen by a named policy, recomputable without retraining.
+
+The model directory keeps the held-out good images' scores (``calibration.scores``)
+and a quantile grid of their map pixels (``calibration.pixel_quantiles``), so any
+policy can be re-applied later (``ear-stream threshold``). A policy is a string:
+
+* ``sigma:K``   — max(mean + K·std, max) of held-out good scores (the training default, K = 3)
+* ``quantile:Q`` — the Q-quantile of held-out good scores
+* ``fpr:F``     — the lowest threshold whose false-reject rate on held-out good images is ≤ F
+* ``f1``        — the F1-optimal threshold on a labelled validation set (``--data``)
+* ``manual:T``  — T as given
+
+Pixel thresholds (which pixels of a map form defect regions) take the same policies
+over the held-out maps' pixels (``f1`` excepted), plus ``image``: the image threshold
+itself, so an image has regions exactly when its score flags it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_POLICIES = ("sigma", "quantile", "fpr", "f1", "manual")
+PIXEL_POLICIES = ("image", "sigma", "quantile", "fpr", "manual")
+DEFAULT_IMAGE_POLICY = "sigma:3"
+DEFAULT_PIXEL_POLICY = "image"
+#: points of the stored pixel quantile grid (0, 0.1 %, …, 100 %)
+PIXEL_GRID = 1001
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str
+    value: float | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+
+def parse_policy(text: str, pixel: bool = False) -> Policy:
+    """``sigma:3`` → Policy("sigma", 3.0); clear errors for anything else."""
+    allowed = PIXEL_POLICIES if pixel else IMAGE_POLICIES
+    kind, _, raw = text.strip().partition(":")
+    if kind not in allowed:
+        raise ValueError(f"unknown threshold policy {text!r}: use one of {', '.join(allowed)} (e.g. sigma:3, fpr:0.01)")
+    if kind in ("f1", "image"):
+        if raw:
+            raise ValueError(f"policy {kind} takes no value, got {text!r}")
+        return Policy(kind)
+    try:
+        value = float(raw)
+    except ValueError:
+        example = {"sigma": "3", "quantile": "0.99", "fpr": "0.01", "manual": "0.5"}[kind]
+        raise ValueError(f"policy {kind} needs a number, e.g. {kind}:{example}, got {text!r}") from None
+    if kind in ("quantile", "fpr") and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{kind} must be in [0, 1], got {value}")
+    if kind == "sigma" and value < 0:
+        raise ValueError(f"sigma must be >= 0, got {value}")
+    return Policy(kind, value)
+
+
+def good_score_stats(scores: np.ndarray) -> dict[str, Any]:
+    """What the manifest keeps about held-out good scores: the scores themselves and their summary."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return {
+        "n": int(scores.size),
+        "mean": float(scores.mean()),
+        "std": float(scores.std()),
+        "min": float(scores.min()),
+        "max": float(scores.max()),
+        "p50": float(np.quantile(scores, 0.5)),
+        "p95": float(np.quantile(scores, 0.95)),
+        "scores": [float(s) for s in scores],
+    }
+
+
+def lowest_threshold_with_frr(good: np.ndarray, frr: float) -> float:
+    """Smallest t with mean(good > t) ≤ frr: as sensitive as the allowed false rejects permit."""
+    good = np.sort(np.asarray(good, dtype=np.float64))
+    allowed = int(np.floor(frr * good.size + 1e-9))
+    return float(good[good.size - 1 - min(allowed, good.size - 1)]) if allowed < good.size else float(good[0]) - 1e-12
+
+
+def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 of ``score > threshold`` against ``labels`` (True = defective)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    if labels.all() or not labels.any():
+        raise ValueError("the f1 policy needs both good and defective images in the validation set")
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(~y)
+    last = np.r_[s[1:] != s[:-1], True]  # threshold just below each distinct score: flag it and all above
+    tp, fp, cut = tp[last], fp[last], s[last]
+    f1 = 2 * tp / (tp + fp + labels.sum())
+    best = int(np.argmax(f1))
+    below = s[s < cut[best]]
+    threshold = (cut[best] + below.max()) / 2 if below.size else cut[best] - 1e-12
+    return float(threshold), float(f1[best])
+
+
+def image_threshold(policy: Policy, good: np.ndarray, labelled: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    good = np.asarray(good, dtype=np.float64)
+    if policy.kind == "manual":
+        return float(policy.value)  # type: ignore[arg-type]
+    if policy.kind == "f1":
+        if labelled is None:
+            raise ValueError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
+        return f1_optimal(*labelled)[0]
+    if good.size == 0:
+        raise ValueError("no held-out good scores stored: pass --data ROOT --category C to rescore them")
+    if policy.kind == "sigma":
+        return max(float(good.mean() + policy.value * good.std()), float(good.max()))  # type: ignore[operator]
+    if policy.kind == "quantile":
+        return float(np.quantile(good, policy.value))
+    return lowest_threshold_with_frr(good, policy.value)  # type: ignore[arg-type]
+
+
+def pixel_quantile_grid(values: np.ndarray) -> list[float]:
+    """Held-out map pixels as a quantile grid (what pixel policies need, in 1001 numbers)."""
+    return [float(v) for v in np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0, 1, PIXEL_GRID))]
+
+
+def pixel_threshold(policy: Policy, image_thr: float, calibration: dict[str, Any]) -> float:
+    if policy.kind == "image":
+        return float(image_thr)
+    if policy.kind == "manual":
+        return float(policy.value)  # type: ignore[arg-type]
+    grid = np.asarray(calibration.get("pixel_quantiles") or [], dtype=np.float64)
+    if grid.size == 0:
+        raise ValueError("no pixel statistics stored in this model: pass --data ROOT --category C to rescore them")
+    qs = np.linspace(0, 1, grid.size)
+    if policy.kind == "quantile":
+        return float(np.interp(policy.value, qs, grid))
+    if policy.kind == "fpr":
+        return float(np.interp(1.0 - policy.value, qs, grid))  # type: ignore[operator]
+    mean, std = calibration.get("pixel_mean"), calibration.get("pixel_std")
+    return float(mean + policy.value * std)  # type: ignore[operator]
+
+
+def false_reject_rate(good: np.ndarray, threshold: float) -> float:
+    good = np.asarray(good)
+    return float((good > threshold).mean()) if good.size else float("nan")
+
+
+def revise_manifest(model_dir: str | Path, changes: dict[str, Any], note: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite manifest.json with ``changes`` atomically (temporary file, fsync, rename), keeping history.
+
+    The previous threshold settings go to ``threshold_history`` with a timestamp, and
+    ``threshold_revision`` grows by one: ``model_version`` then tells this revision
+    from the weights' first (``<weights hash>.t<revision>``).
+    """
+    from ..model.artifact import MANIFEST_FILE, load_manifest
+
+    path = Path(model_dir) / MANIFEST_FILE
+    load_manifest(model_dir)  # refuses a broken manifest before touching it
+    data = json.loads(path.read_text())
+    previous = {k: data.get(k) for k in ("threshold", "threshold_policy", "pixel_threshold", "pixel_policy")}
+    history = list(data.get("threshold_history") or [])
+    history.append({**previous, "revision": int(data.get("threshold_revision", 0)), "replaced_at": _now(), **note})
+    data.update(changes)
+    data["threshold_history"] = history
+    data["threshold_revision"] = int(data.get("threshold_revision", 0)) + 1
+    data["model_version"] = str(data.get("weights_sha256", ""))[:12] + f".t{data['threshold_revision']}"
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return data
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = "auto") -> dict[str, Any]:
+    """Recompute the calibration statistics (scores and pixel grid) of a model's held-out good images.
+
+    For models written before the scores were kept: the hold-out split is a pure
+    function of the training images, the seed and the fraction in the manifest.
+    """
+    from ..io.datasets import train_images
+    from ..model.artifact import load_manifest
+    from .pipeline import Pipeline, load_images
+    from .training import calibrate, split_holdout
+
+    manifest = load_manifest(model_dir)
+    t = manifest.training
+    files = train_images(data_root, t["category"])
+    _, hold = split_holdout(len(files), float(t.get("holdout_fraction", 0.1)), int(t.get("seed", 0)))
+    pipe = Pipeline.from_artifact(model_dir, device=device)
+    held = load_images(manifest.config, [files[i] for i in hold], progress=False)
+    return calibrate(pipe, held, float(t.get("threshold_sigmas", 3.0)))[1]
+
+
+def labelled_scores(
+    model_dir: str | Path, data_root: str | Path, category: str, device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels (True = defective) of a labelled MVTec-layout set, for the ``f1`` policy."""
+    from ..io.datasets import test_samples
+    from .pipeline import Pipeline, load_images
+
+    pipe = Pipeline.from_artifact(model_dir, device=device)
+    samples = test_samples(data_root, category)
+    images = load_images(pipe.config, [s.path for s in samples], progress=False)
+    scores = np.concatenate([pipe.score_images(images[i : i + 16]).scores for i in range(0, len(samples), 16)])
+    return scores, np.array([s.defect != "good" for s in samples])
+
+
+def revise(
+    model_dir: str | Path,
+    image_policy: str | None,
+    pixel_policy: str | None,
+    data_root: str | Path | None = None,
+    category: str | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Apply threshold policies to a model directory without retraining; returns what changed.
+
+    ``data_root`` (+ ``category`` for ``f1``) lets it rescore the held-out good images of an
+    older model and score a labelled validation set.
+    """
+    from ..model.artifact import load_manifest
+
+    manifest = load_manifest(model_dir)
+    img = parse_policy(image_policy or manifest.threshold_policy)
+    pix = parse_policy(pixel_policy or manifest.pixel_policy, pixel=True)
+    calibration = dict(manifest.calibration)
+    changes: dict[str, Any] = {}
+    if data_root is not None and (not calibration.get("scores") or not calibration.get("pixel_quantiles")):
+        calibration.update(rescore_holdout(model_dir, data_root, device))
+        changes["calibration"] = calibration
+    labelled = None
+    if img.kind == "f1":
+        if data_root is None or category is None:
+            raise ValueError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
+        labelled = labelled_scores(model_dir, data_root, category, device)
+    good = np.asarray(calibration.get("scores") or [], dtype=np.float64)
+    threshold = image_threshold(img, good, labelled)
+    pixel = pixel_threshold(pix, threshold, calibration)
+    changes.update(threshold=threshold, threshold_policy=str(img), pixel_threshold=pixel, pixel_policy=str(pix))
+    note = {"policy_applied": str(img), "pixel_policy_applied": str(pix)}
+    data = revise_manifest(model_dir, changes, note)
+    report = {
+        "previous": {"threshold": manifest.threshold, "policy": manifest.threshold_policy},
+        "threshold": threshold,
+        "policy": str(img),
+        "pixel_threshold": pixel,
+        "pixel_policy": str(pix),
+        "model_version": data["model_version"],
+        "false_reject_rate_on_calibration": false_reject_rate(good, threshold),
+    }
+    if labelled is not None:
+        scores, labels = labelled
+        report["f1"] = f1_optimal(scores, labels)[1]
+        report["escape_rate_on_validation"] = float((scores[labels] <= threshold).mean())
+    return report

@@ -1,0 +1,118 @@
+"""Threshold policies, the threshold verb with its history, hot reload in workers, per-run overrides."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ear_stream.cli import main
+from ear_stream.inspect.pipeline import Pipeline
+from ear_stream.inspect.thresholds import (
+    image_threshold,
+    lowest_threshold_with_frr,
+    parse_policy,
+    pixel_quantile_grid,
+    pixel_threshold,
+)
+from ear_stream.model.artifact import load_manifest
+from ear_stream.stream.worker import ModelRegistry
+
+GOOD = np.array([0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, 0.90, 1.00])
+
+
+def test_policies_by_hand():
+    assert image_threshold(parse_policy("sigma:0"), GOOD) == pytest.approx(1.0)  # never below the max
+    assert image_threshold(parse_policy("sigma:3"), GOOD) == pytest.approx(0.55 + 3 * GOOD.std())
+    assert image_threshold(parse_policy("quantile:0.5"), GOOD) == pytest.approx(0.55)
+    # at most 10 % of 10 good images above the threshold: one may be rejected → t = 0.9
+    assert image_threshold(parse_policy("fpr:0.1"), GOOD) == pytest.approx(0.9)
+    assert (GOOD > 0.9).mean() <= 0.1 and (GOOD > 0.8).mean() > 0.1  # and 0.9 is the lowest such
+    assert lowest_threshold_with_frr(GOOD, 0.0) == pytest.approx(1.0)
+    assert image_threshold(parse_policy("manual:0.42"), GOOD) == 0.42
+    labels = np.array([False, False, True, True])
+    assert 0.2 < image_threshold(parse_policy("f1"), GOOD, (np.array([0.1, 0.2, 0.7, 0.9]), labels)) < 0.7
+    with pytest.raises(ValueError, match="labelled validation set"):
+        image_threshold(parse_policy("f1"), GOOD)
+
+
+@pytest.mark.parametrize("bad", ["sigmas:3", "fpr:2", "quantile:x", "f1:3", "image", "sigma:-1", ""])
+def test_bad_policies_are_refused_clearly(bad):
+    with pytest.raises(ValueError):
+        parse_policy(bad)
+
+
+def test_pixel_policies():
+    calib = {"pixel_quantiles": pixel_quantile_grid(np.linspace(0, 1, 10001)), "pixel_mean": 0.5, "pixel_std": 0.1}
+    assert pixel_threshold(parse_policy("image", pixel=True), 0.7, calib) == 0.7
+    assert pixel_threshold(parse_policy("quantile:0.99", pixel=True), 0.7, calib) == pytest.approx(0.99, abs=1e-3)
+    assert pixel_threshold(parse_policy("fpr:0.05", pixel=True), 0.7, calib) == pytest.approx(0.95, abs=1e-3)
+    assert pixel_threshold(parse_policy("sigma:2", pixel=True), 0.7, calib) == pytest.approx(0.7)
+
+
+@pytest.fixture
+def model_copy(tiny_model, tmp_path):
+    dst = tmp_path / "models" / "synthetic"
+    shutil.copytree(tiny_model, dst)
+    return dst
+
+
+def test_training_keeps_what_policies_need(tiny_model):
+    m = load_manifest(tiny_model)
+    assert len(m.calibration["scores"]) == m.calibration["n"] > 0
+    assert len(m.calibration["pixel_quantiles"]) == 1001
+    assert m.threshold_policy == "sigma:3" and m.pixel_policy == "image" and m.threshold_revision == 0
+
+
+def test_threshold_verb_rewrites_the_manifest_with_history(model_copy, synthetic_root):
+    runner = CliRunner()
+    before = load_manifest(model_copy)
+    res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "quantile:0.5", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    scores = np.array(before.calibration["scores"])
+    assert report["threshold"] == pytest.approx(float(np.quantile(scores, 0.5)))
+    after = load_manifest(model_copy)
+    assert after.threshold == pytest.approx(report["threshold"]) and after.threshold_policy == "quantile:0.5"
+    assert after.model_version == before.model_version + ".t1"
+    assert after.threshold_history[0]["threshold"] == before.threshold and after.threshold_history[0]["replaced_at"]
+    Pipeline.from_artifact(model_copy, device="cpu")  # the weights hash still verifies
+    res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "f1", "--data", str(synthetic_root),
+                               "--category", "synthetic", "--pixel-policy", "fpr:0.01"])  # fmt: skip
+    assert res.exit_code == 0 and "escape rate" in res.output, res.output
+    final = load_manifest(model_copy)
+    assert final.threshold_revision == 2 and len(final.threshold_history) == 2 and final.pixel_policy == "fpr:0.01"
+    res = runner.invoke(main, ["threshold", str(model_copy)])
+    assert "revision 1" in res.output and final.model_version in res.output
+    res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "f1"])
+    assert res.exit_code == 1 and "labelled validation set" in res.output
+
+
+def test_older_models_get_their_calibration_rescored(model_copy, synthetic_root):
+    data = json.loads((model_copy / "manifest.json").read_text())
+    kept = data["calibration"]["scores"]
+    for key in ("scores", "pixel_quantiles"):
+        del data["calibration"][key]
+    (model_copy / "manifest.json").write_text(json.dumps(data))
+    res = CliRunner().invoke(main, ["threshold", str(model_copy), "--policy", "fpr:0.0"])
+    assert res.exit_code == 1 and "--data" in res.output
+    res = CliRunner().invoke(main, ["threshold", str(model_copy), "--policy", "fpr:0.0", "--data", str(synthetic_root)])
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(load_manifest(model_copy).calibration["scores"], kept, rtol=1e-5)
+
+
+def test_workers_pick_up_a_revision_without_restart(model_copy):
+    registry = ModelRegistry(model_copy.parent, "cpu", None, reload_every_s=0.0)
+    pipe = registry.get("synthetic")
+    version = pipe.model_version
+    CliRunner().invoke(main, ["threshold", str(model_copy), "--policy", "manual:0.123"])
+    time.sleep(0.01)
+    again = registry.get("synthetic")
+    assert again is pipe  # same weights: thresholds swapped in place
+    assert pipe.threshold == pytest.approx(0.123) and pipe.model_version == version + ".t1"
+    override = ModelRegistry(model_copy.parent, "cpu", None, threshold=9.0)
+    assert override.get("synthetic").threshold == 9.0

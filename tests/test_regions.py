@@ -60,6 +60,8 @@ def test_region_table_by_hand():
     assert big["peak"] == pytest.approx(0.9) and big["mean"] == pytest.approx((0.5 * 5 + 0.9) / 6)
     assert (small["x0"], small["y0"], small["x1"], small["y1"], small["area"]) == (24, 12, 27, 13, 8)
     assert region_table(dmap, dmap > 0.3, [(8, 8), (8, 8)], min_area=2)[0][1:] == []
+    flipped = region_table(dmap.flip(0), dmap.flip(0) > 0.3, [(8, 8), (16, 32)])  # only the 2nd image has any
+    assert flipped[0] == [] and flipped[1] == out[0]
 
 
 def test_pipeline_regions_locate_the_defect_in_original_pixels(tiny_model):

@@ -51,15 +51,20 @@ def region_table(
     """
     b, h, w = mask.shape
     out: list[list[dict[str, Any]]] = [[] for _ in range(b)]
-    if b == 0 or not bool(mask.any()):
+    hit = mask.flatten(1).any(dim=1) if b else mask.new_zeros((0,))
+    if not bool(hit.any()):
         return out
+    # only images with a pixel above the threshold are labelled (a good line's batches cost nothing)
+    rows = hit.nonzero().flatten()
+    mask, dmap = mask[rows], dmap[rows]
     labels = label_components(mask)
     on = labels > 0
     uniq, inverse = torch.unique(labels[on], return_inverse=True)
     k = uniq.numel()
-    batch_of = torch.div(uniq - 1, h * w, rounding_mode="floor")
+    batch_of = rows[torch.div(uniq - 1, h * w, rounding_mode="floor")]
     yy, xx = torch.meshgrid(torch.arange(h, device=mask.device), torch.arange(w, device=mask.device), indexing="ij")
-    ys, xs = yy.expand(b, h, w)[on], xx.expand(b, h, w)[on]
+    n = mask.shape[0]
+    ys, xs = yy.expand(n, h, w)[on], xx.expand(n, h, w)[on]
     vals = dmap.float()[on]
 
     def reduce(src: torch.Tensor, how: str, init: float) -> torch.Tensor:

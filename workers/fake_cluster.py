@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,7 @@ class FakeCluster:
             deadline = time.time() + 5
             while time.time() < deadline and any(p in _processes() for p in targets):
                 time.sleep(0.1)
+        shutil.rmtree(self.workdir, ignore_errors=True)  # sessions and logs of the fake nodes
         for pid in targets:  # reap our own children
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)

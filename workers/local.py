@@ -16,6 +16,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return
     ray.init(
+        address="local",  # always a new local instance: never join whatever /tmp/ray/ray_current_cluster names
         num_cpus=num_cpus or os.cpu_count() or 1,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

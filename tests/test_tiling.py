@@ -138,7 +138,7 @@ def test_cli_trains_on_crops_and_scores_with_tiles(synthetic_root, tmp_path):
     res = runner.invoke(main, ["score", images, "--model", str(out), "--out", str(tmp_path / "r"),
                                "--tile", "64", "--tile-overlap", "16", "--save-maps", str(tmp_path / "maps")])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert len(list((tmp_path / "maps").glob("*.png"))) == 16
+    assert len(list((tmp_path / "maps").glob("*_map.png"))) == 16
     res = runner.invoke(main, ["eval", str(synthetic_root), "--category", "synthetic", "--model", str(out),
                                "--tile", "64"])  # fmt: skip
     assert res.exit_code == 0 and "pixel AUROC" in res.output, res.output

@@ -159,9 +159,14 @@ def revise_manifest(model_dir: str | Path, changes: dict[str, Any], note: dict[s
     from ..model.artifact import MANIFEST_FILE, load_manifest
 
     path = Path(model_dir) / MANIFEST_FILE
-    load_manifest(model_dir)  # refuses a broken manifest before touching it
+    current = load_manifest(model_dir)  # refuses a broken manifest before touching it
     data = json.loads(path.read_text())
-    previous = {k: data.get(k) for k in ("threshold", "threshold_policy", "pixel_threshold", "pixel_policy")}
+    previous = {
+        "threshold": current.threshold,
+        "threshold_policy": current.threshold_policy,  # older manifests: the training rule, sigma:3
+        "pixel_threshold": current.pixel_threshold,
+        "pixel_policy": current.pixel_policy,
+    }
     history = list(data.get("threshold_history") or [])
     history.append({**previous, "revision": int(data.get("threshold_revision", 0)), "replaced_at": _now(), **note})
     data.update(changes)

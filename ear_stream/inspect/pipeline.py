@@ -42,6 +42,11 @@ def select(images: Images, idx) -> Images:  # type: ignore[no-untyped-def]
     return images[list(idx)] if not isinstance(idx, slice) else images[idx]
 
 
+def image_sizes(arrays: list[np.ndarray]) -> list[tuple[int, int]]:
+    """(height, width) of decoded [H, W, C] arrays: the frame region boxes are reported in."""
+    return [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
+
+
 def load_images(config: ModelConfig, paths: list, desc: str = "loading", progress: bool = True) -> Images:
     """Image files loaded the way a model inspects them: resized to image_size², or resampled by ``scale``."""
     from ..io.datasets import load_native, load_tensor
@@ -396,18 +401,17 @@ class Pipeline:
                 maps.append(dmap[0].cpu())
         ratio = torch.stack([m.mean() for m in mask]) if mask else torch.zeros(0)
         score_t = torch.cat(scores) if scores else torch.zeros(0)
-        result = self._result(
+        return self._result(
             score_t,
             ratio,
             maps if want_maps else None,
             [r.cpu() for r in recon] if want_recon else None,
             [c.cpu() for c in composite] if composite is not None else None,
             [m.cpu() for m in mask] if want_recon else None,
+            regions if want_regions else None,
         )
-        result.regions = regions if want_regions else None
-        return result
 
-    def _result(self, scores, ratio, maps, recon, composite, mask) -> BatchResult:  # type: ignore[no-untyped-def]
+    def _result(self, scores, ratio, maps, recon, composite, mask, regions) -> BatchResult:  # type: ignore[no-untyped-def]
         scores_np = scores.float().cpu().numpy().astype(np.float32)
         return BatchResult(
             scores=scores_np,
@@ -418,6 +422,7 @@ class Pipeline:
             recon=recon,
             composite=composite,
             mask=mask,
+            regions=regions,
         )
 
     @torch.no_grad()
@@ -459,20 +464,19 @@ class Pipeline:
         if want_regions:  # on the maps' device; one host transfer of the region table
             sizes = orig_sizes or [tuple(images.shape[-2:])] * images.shape[0]
             regions = region_table(maps[:, 0], maps[:, 0] > self.region_threshold, sizes)
-        result = self._result(
+        return self._result(
             scores,
             ratio,
             maps.cpu() if maps is not None and want_maps else None,
             recon.cpu() if want_recon else None,
             composite.cpu() if want_recon else None,
             excised_mask(attention, images, self.config).cpu() if want_recon else None,
+            regions,
         )
-        result.regions = regions
-        return result
 
     def score_arrays(
         self, arrays: list[np.ndarray], want_maps: bool = False, want_regions: bool = False
     ) -> BatchResult:
         """Score decoded [H, W, 3] arrays of any size; region boxes in their own pixels."""
-        sizes = [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
+        sizes = image_sizes(arrays)
         return self.score_images(self.prepare(arrays), want_maps=want_maps, want_regions=want_regions, orig_sizes=sizes)

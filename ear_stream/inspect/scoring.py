@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ..io.decode import ImageDecodeError, read_image_file
 from ..io.results import ResultWriter, now_utc
 from ..model.config import NON_FINITE_SCORE
-from .pipeline import BatchResult, Pipeline
+from .pipeline import BatchResult, Pipeline, image_sizes
 from .visualize import contour_overlay, defect_mask_png, heatmap_overlay, to_png
 
 
@@ -97,8 +97,9 @@ def score_files(
                 report.rejected.append((str(path), exc.reason, str(exc)))
         if arrays:
             images = pipe.prepare(arrays)
-            sizes = [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
-            res = pipe.score_images(images, want_maps=save_maps is not None, want_regions=True, orig_sizes=sizes)
+            res = pipe.score_images(
+                images, want_maps=save_maps is not None, want_regions=True, orig_sizes=image_sizes(arrays)
+            )
             meta = [{"meta": json.dumps({"path": i})} for i in ids]
             rows = result_rows(pipe, res, ids, product, worker, meta, images if save_maps else None)
             for ident, score, ok in zip(ids, res.scores, res.finite, strict=True):

@@ -17,14 +17,14 @@ itself, so an image has regions exactly when its score flags it.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..model.artifact import Manifest, load_manifest, write_manifest
 
 IMAGE_POLICIES = ("sigma", "quantile", "fpr", "f1", "manual")
 PIXEL_POLICIES = ("image", "sigma", "quantile", "fpr", "manual")
@@ -149,41 +149,30 @@ def false_reject_rate(good: np.ndarray, threshold: float) -> float:
     return float((good > threshold).mean()) if good.size else float("nan")
 
 
-def revise_manifest(model_dir: str | Path, changes: dict[str, Any], note: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite manifest.json with ``changes`` atomically (temporary file, fsync, rename), keeping history.
+def revise_manifest(model_dir: str | Path, changes: dict[str, Any], note: dict[str, Any]) -> Manifest:
+    """Apply ``changes`` (Manifest fields) and rewrite manifest.json atomically, keeping history.
 
     The previous threshold settings go to ``threshold_history`` with a timestamp, and
     ``threshold_revision`` grows by one: ``model_version`` then tells this revision
     from the weights' first (``<weights hash>.t<revision>``).
     """
-    from ..model.artifact import MANIFEST_FILE, load_manifest
-
-    path = Path(model_dir) / MANIFEST_FILE
-    current = load_manifest(model_dir)  # refuses a broken manifest before touching it
-    data = json.loads(path.read_text())
-    previous = {
-        "threshold": current.threshold,
-        "threshold_policy": current.threshold_policy,  # older manifests: the training rule, sigma:3
-        "pixel_threshold": current.pixel_threshold,
-        "pixel_policy": current.pixel_policy,
-    }
-    history = list(data.get("threshold_history") or [])
-    history.append({**previous, "revision": int(data.get("threshold_revision", 0)), "replaced_at": _now(), **note})
-    data.update(changes)
-    data["threshold_history"] = history
-    data["threshold_revision"] = int(data.get("threshold_revision", 0)) + 1
-    data["model_version"] = str(data.get("weights_sha256", ""))[:12] + f".t{data['threshold_revision']}"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return data
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    manifest = load_manifest(model_dir)  # refuses a broken manifest before touching it
+    manifest.threshold_history.append(
+        {
+            "threshold": manifest.threshold,
+            "threshold_policy": manifest.threshold_policy,  # older manifests: the training rule, sigma:3
+            "pixel_threshold": manifest.pixel_threshold,
+            "pixel_policy": manifest.pixel_policy,
+            "revision": manifest.threshold_revision,
+            "replaced_at": datetime.now(timezone.utc).isoformat(),
+            **note,
+        }
+    )
+    for key, value in changes.items():
+        setattr(manifest, key, value)
+    manifest.threshold_revision += 1
+    write_manifest(model_dir, manifest)
+    return manifest
 
 
 def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = "auto") -> dict[str, Any]:
@@ -193,7 +182,6 @@ def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = 
     function of the training images, the seed and the fraction in the manifest.
     """
     from ..io.datasets import train_images
-    from ..model.artifact import load_manifest
     from .pipeline import Pipeline, load_images
     from .training import calibrate, split_holdout
 
@@ -233,8 +221,6 @@ def revise(
     ``data_root`` (+ ``category`` for ``f1``) lets it rescore the held-out good images of an
     older model and score a labelled validation set.
     """
-    from ..model.artifact import load_manifest
-
     manifest = load_manifest(model_dir)
     img = parse_policy(image_policy or manifest.threshold_policy)
     pix = parse_policy(pixel_policy or manifest.pixel_policy, pixel=True)
@@ -253,14 +239,14 @@ def revise(
     pixel = pixel_threshold(pix, threshold, calibration)
     changes.update(threshold=threshold, threshold_policy=str(img), pixel_threshold=pixel, pixel_policy=str(pix))
     note = {"policy_applied": str(img), "pixel_policy_applied": str(pix)}
-    data = revise_manifest(model_dir, changes, note)
+    revised = revise_manifest(model_dir, changes, note)
     report = {
         "previous": {"threshold": manifest.threshold, "policy": manifest.threshold_policy},
         "threshold": threshold,
         "policy": str(img),
         "pixel_threshold": pixel,
         "pixel_policy": str(pix),
-        "model_version": data["model_version"],
+        "model_version": revised.model_version,
         "false_reject_rate_on_calibration": false_reject_rate(good, threshold),
     }
     if labelled is not None:

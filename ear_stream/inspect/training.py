@@ -53,7 +53,7 @@ from .pipeline import (
     select,
     two_pass_attention,
 )
-from .thresholds import good_score_stats, image_threshold, parse_policy, pixel_quantile_grid
+from .thresholds import Policy, good_score_stats, image_threshold, pixel_quantile_grid
 from .visualize import line_chart_png
 
 #: training images whose mean MSGMS map is the normal map (enough for a stable per-pixel mean)
@@ -74,7 +74,7 @@ def calibrate_threshold(scores: np.ndarray, sigmas: float) -> tuple[float, dict]
     """
     if scores.size == 0:
         raise ValueError("no held-out images to calibrate the threshold")
-    threshold = image_threshold(parse_policy(f"sigma:{sigmas:g}"), scores)
+    threshold = image_threshold(Policy("sigma", sigmas), scores)
     return threshold, {"rule": f"max(mean + {sigmas:g}*std, max) of held-out normal scores", **good_score_stats(scores)}
 
 
@@ -196,15 +196,19 @@ def step_loss(cfg, unet, saliency, x, att, gen, weights) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heldout_loss(cfg, unet, saliency, images, weights, batch: int = 16) -> float:
-    """Mean training loss on held-out normal images, in eval mode, with a fixed generator (learning curve)."""
+def heldout_loss(cfg, unet, saliency, images, attention, weights, batch: int = 16) -> float:
+    """Mean training loss on held-out normal images, in eval mode, with a fixed generator (learning curve).
+
+    ``attention``: the held-out images' attention, computed once per run (None for variants without).
+    """
     was_training = unet.training
     unet.eval()
     gen = torch.Generator().manual_seed(0)
     losses = []
     for i in range(0, images.shape[0], batch):
         x = images[i : i + batch]
-        losses.append(float(step_loss(cfg, unet, saliency, x, None, gen, weights)) * x.shape[0])
+        att = None if attention is None else attention[i : i + batch]
+        losses.append(float(step_loss(cfg, unet, saliency, x, att, gen, weights)) * x.shape[0])
     unet.train(was_training)
     return sum(losses) / max(1, images.shape[0])
 
@@ -309,6 +313,7 @@ def train_model(
     sched = make_scheduler(opt, train_cfg, per_epoch)
     total = train_cfg.epochs * per_epoch if max_steps is None else min(max_steps, train_cfg.epochs * per_epoch)
     held_out = data.fixed(hold_idx).to(dev)
+    held_att = compute_attention(saliency, held_out, dev).to(dev) if plain_saliency else None
     curve_path, ckpt_path = out_dir / "curve.jsonl", out_dir / CHECKPOINT_NAME
 
     step, losses, elapsed_before = 0, [], 0.0
@@ -342,7 +347,7 @@ def train_model(
             "step": step,
             "minutes": round(elapsed() / 60.0, 3),
             "train_loss": float(np.mean(losses[-20:])) if losses else None,
-            "heldout_loss": heldout_loss(model_cfg, unet, saliency, held_out, train_cfg.loss_weights),
+            "heldout_loss": heldout_loss(model_cfg, unet, saliency, held_out, held_att, train_cfg.loss_weights),
             "lr": opt.param_groups[0]["lr"],
         }
         if on_curve is not None:
@@ -355,15 +360,14 @@ def train_model(
         write_curve_png(curve, out_dir / "curve.png")
         return rec
 
-    def keep_if_best(rec: dict) -> bool:
-        """Track the best held-out loss; True when this evaluation did not improve on it."""
+    def keep_if_best(rec: dict) -> None:
+        """Keep a copy of the weights when the held-out loss improves; count evaluations since it last did."""
         nonlocal best, since_best
         if best is None or rec["heldout_loss"] < best["loss"]:
             state = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
             best, since_best = {"loss": rec["heldout_loss"], "step": step, "state": state}, 0
-            return False
-        since_best += 1
-        return True
+        else:
+            since_best += 1
 
     def checkpoint() -> None:
         save_checkpoint(
@@ -422,7 +426,8 @@ def train_model(
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if train_cfg.eval_every and step % train_cfg.eval_every == 0:
-            if keep_if_best(record_curve()) and train_cfg.patience and since_best >= train_cfg.patience:
+            keep_if_best(record_curve())
+            if train_cfg.patience and since_best >= train_cfg.patience:
                 stop_reason = "patience"
         elif next_curve is not None and elapsed() >= next_curve:
             record_curve()

@@ -78,29 +78,25 @@ def read_image_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> n
         raise ImageDecodeError(exc.reason, f"{path}: {exc}") from exc
 
 
+def _resampled(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """One [H, W, 3] array as [1, 3, h, w] in [0, 1], resized (bilinear, antialias) when the size differs."""
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
+    if tuple(t.shape[-2:]) != size:
+        t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return t.clamp_(0.0, 1.0)
+
+
 def to_model_input(images: list[np.ndarray], size: int) -> torch.Tensor:
     """Resize each [H, W, 3] array to size×size (bilinear, antialias) and stack: [B, 3, S, S]."""
     if not images:
         return torch.zeros((0, 3, size, size))
-    out = []
-    for arr in images:
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
-        if t.shape[-2:] != (size, size):
-            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out.append(t.clamp_(0.0, 1.0))
-    return torch.cat(out)
+    return torch.cat([_resampled(arr, (size, size)) for arr in images])
 
 
 def to_native_input(images: list[np.ndarray], scale: float) -> list[torch.Tensor]:
     """Each [H, W, 3] array as a [3, h, w] tensor resampled by ``scale`` (aspect kept; 1.0 = untouched)."""
-    out = []
-    for arr in images:
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float()
-        if scale != 1.0:
-            h, w = (max(1, int(round(n * scale))) for n in t.shape[-2:])
-            t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-        out.append(t[0].clamp_(0.0, 1.0))
-    return out
+    sizes = [(max(1, int(round(a.shape[0] * scale))), max(1, int(round(a.shape[1] * scale)))) for a in images]
+    return [_resampled(arr, size)[0] for arr, size in zip(images, sizes, strict=True)]
 
 
 def list_images(inputs: list[str]) -> list[Path]:

@@ -123,10 +123,20 @@ def save_artifact(
     manifest.weights_sha256 = sha256_file(weights)
     manifest.versions = _versions()
     manifest.created_at = datetime.now(timezone.utc).isoformat()
-    tmp = model_dir / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2))
-    os.replace(tmp, model_dir / MANIFEST_FILE)
+    write_manifest(model_dir, manifest)
     return model_dir
+
+
+def write_manifest(model_dir: str | Path, manifest: Manifest) -> Path:
+    """Replace manifest.json atomically: temporary name, fsync, rename (a reader sees old or new, never half)."""
+    path = Path(model_dir) / MANIFEST_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(manifest.to_json(), indent=2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 def load_manifest(model_dir: str | Path) -> Manifest:

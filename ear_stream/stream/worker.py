@@ -407,7 +407,7 @@ class Worker:
                     if not finite[i]
                 ]
             )
-            self._observe_drift(product, pipe, res.scores)
+            self.drift.observe(product, res.scores, pipe.threshold, pipe.calibration)
             self._rows += [row for row, ok in zip(rows, finite, strict=True) if ok]
             self._unacked += [ve.entry.stream_id for (ve, _), ok in zip(items, finite, strict=True) if ok]
         if self._first_buffered is None:
@@ -417,13 +417,16 @@ class Worker:
         self.metrics.batch_seconds.observe(elapsed)
         self._fault("before_flush")
 
-    def _observe_drift(self, product: str, pipe: Pipeline, scores) -> None:  # type: ignore[no-untyped-def]
-        self.drift.observe(product, scores, pipe.threshold, pipe.calibration)
-        rep = self.drift.report(product)
-        for q_name in ("p50", "p95"):
-            if q_name in rep:
-                self.metrics.score_quantile.labels(self.cfg.name, product, q_name[1:]).set(rep[q_name])
-        if "ratio" in rep:
+    def _drift_reports(self) -> dict[str, dict[str, Any]]:
+        """Drift per product, once per heartbeat (not per batch): gauges, the alert log line, the heartbeat field."""
+        reports = {}
+        for product in self.drift.products():
+            rep = reports[product] = self.drift.report(product)
+            for q_name in ("p50", "p95"):
+                if q_name in rep:
+                    self.metrics.score_quantile.labels(self.cfg.name, product, q_name[1:]).set(rep[q_name])
+            if "ratio" not in rep:
+                continue
             self.metrics.drift_ratio.labels(self.cfg.name, product).set(rep["ratio"])
             if rep["alert"] and product not in self._alerting:
                 log.warning(
@@ -433,6 +436,7 @@ class Worker:
                 self._alerting.add(product)
             elif not rep["alert"]:
                 self._alerting.discard(product)
+        return reports
 
     def _flush_due(self, ahead: float = 0.0) -> bool:
         """Rows to flush now: enough of them, or the oldest would wait past flush_seconds within ``ahead``."""
@@ -477,7 +481,7 @@ class Worker:
                     **self.stats,
                     "pid": os.getpid(),
                     "products": ",".join(self.models.known()),
-                    "drift": json.dumps({p: self.drift.report(p) for p in self.drift.products()}),
+                    "drift": json.dumps(self._drift_reports()),
                 },
             )
             lag, pending = q.backlog(self.client, self.scfg)

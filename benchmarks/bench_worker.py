@@ -30,6 +30,52 @@ from ear_stream.stream.redis_server import RedisServer
 from ear_stream.stream.worker import Worker, WorkerConfig
 
 
+def bare_rate(pipe: Pipeline, payloads: list[bytes], n: int, batch_size: int) -> float:
+    """Images/s of decode + score on the same bytes, no queue, no Parquet (after one warm-up batch)."""
+    pipe.score_arrays([decode_image(payloads[0])])
+    t0 = time.perf_counter()
+    for start in range(0, n, batch_size):
+        pipe.score_arrays([decode_image(payloads[i % len(payloads)]) for i in range(start, min(n, start + batch_size))])
+    return n / (time.perf_counter() - t0)
+
+
+def worker_run(models_dir: Path, payloads: list[bytes], n: int, out: Path, **worker_options) -> dict:
+    """Push ``n`` entries into a fresh local redis-server, run one worker until drained; its figures."""
+    with RedisServer() as server:
+        scfg = q.StreamConfig(stream="bench:in", group="bench", dlq="bench:dlq")
+        client = q.connect(server.url)
+        for i in range(n):
+            q.push(client, "product", payloads[i % len(payloads)], f"img-{i}", None, scfg)
+        wcfg = WorkerConfig(
+            redis_url=server.url,
+            models_dir=models_dir,
+            out_dir=out,
+            stream=scfg,
+            flush_rows=256,
+            flush_seconds=1.0,
+            block_ms=100,
+            exit_when_idle_s=0.2,
+            **worker_options,
+        )
+        worker = Worker(wcfg)
+        t0 = time.perf_counter()
+        stats = worker.run()
+        elapsed = time.perf_counter() - t0 - stats.get("warmup_s", 0.0)  # the rate while scoring, not warming up
+    table = read_results(out)
+    lat = np.asarray(table["latency_ms"].to_pylist(), dtype=np.float64)
+    return {**stats, "rate": stats["scored"] / elapsed, "latency": lat, "rows": table.num_rows}
+
+
+def link_models(model: Path, root: Path) -> Path:
+    """MODELS_DIR with ``model`` as product ``product``."""
+    models_dir = root / "models_link"
+    models_dir.mkdir(exist_ok=True)
+    link = models_dir / "product"
+    if not link.exists():
+        link.symlink_to(Path(model).resolve(), target_is_directory=True)
+    return models_dir
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=500, help="images to push")
@@ -57,59 +103,24 @@ def main() -> None:
                 progress=False,
                 max_steps=5,
             )
-        models_dir = tmp / "models_link"
-        models_dir.mkdir()
-        (models_dir / "product").symlink_to(Path(model).resolve(), target_is_directory=True)
+        models_dir = link_models(model, tmp)
         files = list_images([args.images or str(tmp / "data" / "synthetic" / "test")])
         payloads = [f.read_bytes() for f in files]
-
-        # the bare pipeline on the same bytes: decode + score, no queue, no Parquet
         pipe = Pipeline.from_artifact(model, device=args.device)
-        bare_n = min(args.n, 256)
-        pipe.score_arrays([decode_image(payloads[0])])  # warm-up
-        t0 = time.perf_counter()
-        for start in range(0, bare_n, args.batch_size):
-            chunk = [
-                decode_image(payloads[i % len(payloads)]) for i in range(start, min(bare_n, start + args.batch_size))
-            ]
-            pipe.score_arrays(chunk)
-        bare_rate = bare_n / (time.perf_counter() - t0)
-
-        with RedisServer() as server:
-            scfg = q.StreamConfig(stream="bench:in", group="bench", dlq="bench:dlq")
-            client = q.connect(server.url)
-            for i in range(args.n):
-                q.push(client, "product", payloads[i % len(payloads)], f"img-{i}", None, scfg)
-            wcfg = WorkerConfig(
-                redis_url=server.url,
-                models_dir=models_dir,
-                out_dir=tmp / "out",
-                stream=scfg,
-                batch_size=args.batch_size,
-                device=args.device,
-                flush_rows=256,
-                flush_seconds=1.0,
-                block_ms=100,
-                exit_when_idle_s=0.2,
-            )
-            worker = Worker(wcfg)
-            t0 = time.perf_counter()
-            stats = worker.run()
-            elapsed = time.perf_counter() - t0
-        table = read_results(tmp / "out")
-        lat = np.asarray(table["latency_ms"].to_pylist(), dtype=np.float64)
-        rate = stats["scored"] / elapsed
+        bare = bare_rate(pipe, payloads, min(args.n, 256), args.batch_size)
+        run = worker_run(models_dir, payloads, args.n, tmp / "out", batch_size=args.batch_size, device=args.device)
+        lat, rate = run["latency"], run["rate"]
         print(
             f"model {model} (image_size {pipe.config.image_size}, device {pipe.device}), {args.n} images, "
             f"batch {args.batch_size}"
         )
         print(f"{'path':<28} {'images/s':>10}")
-        print(f"{'bare pipeline (no Redis)':<28} {bare_rate:>10.1f}")
+        print(f"{'bare pipeline (no Redis)':<28} {bare:>10.1f}")
         print(f"{'worker, Redis -> Parquet':<28} {rate:>10.1f}")
-        print(f"queue overhead ratio (bare / worker): {bare_rate / rate:.2f}x")
+        print(f"queue overhead ratio (bare / worker): {bare / rate:.2f}x")
         print(
             f"latency XADD -> Parquet (includes queueing behind the backlog): p50 {np.percentile(lat, 50):.0f} ms, "
-            f"p99 {np.percentile(lat, 99):.0f} ms; unique ids {table.num_rows}/{args.n}"
+            f"p99 {np.percentile(lat, 99):.0f} ms; unique ids {run['rows']}/{args.n}"
         )
 
 

@@ -83,9 +83,10 @@ def run_child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from sklearn.metrics import roc_auc_score
 
+    from ear_stream.inspect.calibration import split_holdout
     from ear_stream.inspect.evaluation import compute_metrics, evaluate, write_report
-    from ear_stream.inspect.pipeline import Pipeline, fit_normal_map, score_maps, select
-    from ear_stream.inspect.training import NORMAL_MAP_IMAGES, split_holdout, train_model
+    from ear_stream.inspect.pipeline import Pipeline, fit_normal_map, select
+    from ear_stream.inspect.training import NORMAL_MAP_IMAGES, train_model
     from ear_stream.io.datasets import load_tensor, test_samples, train_images
     from ear_stream.model.config import ModelConfig, TrainConfig
 
@@ -107,7 +108,8 @@ def run_child(args: argparse.Namespace) -> None:
         scores = np.concatenate([pipe.score_tensor(x[i : i + 32]).scores for i in range(0, x.shape[0], 32)])
         return {"test_image_auroc": float(roc_auc_score(test_labels, scores))}
 
-    spec, _, fixed_m = name.partition("@m")  # e.g. spectral+keep@m8: keep_context on, mosaic scale 8
+    # e.g. spectral+keep@m8: keep_context on, mosaic scale 8; spectral+sim+head: simulated defects + learned head
+    spec, _, fixed_m = name.partition("@m")
     base, *flags = spec.split("+")
     method, saliency = ("riad", "none") if base == "riad" else ("ear", base)
     cfg = ModelConfig(
@@ -117,10 +119,18 @@ def run_child(args: argparse.Namespace) -> None:
         method=method,
         kernel_size=3,
         keep_context="keep" in flags,
+        head="head" in flags,
     )
     if args.grid and saliency not in ("none", "dino", "binary"):
         cfg.saliency_params = {"grid": args.grid}
-    tcfg = TrainConfig(epochs=10_000, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    tcfg = TrainConfig(
+        epochs=10_000,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        simulate=args.simulate if ("sim" in flags or "head" in flags) else 0.0,
+        precision=args.precision,
+    )
     t0 = time.perf_counter()
     model = (
         out
@@ -164,15 +174,20 @@ def run_child(args: argparse.Namespace) -> None:
             recon.append(pipe.recover(x)[3])
     candidates = []
     base_sc = pipe.config.scoring
-    for cand in scoring_candidates(args.image_size) if attention_ok else [{}]:
+    grid = scoring_candidates(args.image_size) if attention_ok else [{}]
+    if cfg.head:  # a head model scores its own map: the normal map does not apply
+        grid = [c for c in grid if not c.get("normal_map")]
+    for cand in grid:
         sc = dataclasses.replace(base_sc, **cand)
         if attention_ok:
             rec = torch.cat(recon)
             scores, maps = [], []
+            pipe.config.scoring, pipe.normal_map = sc, normal
             for i in range(0, len(samples), 32):
-                s, m = score_maps(images[i : i + 32], rec[i : i + 32], sc, True, normal if sc.normal_map else None)
+                s, m = pipe.score_recon(images[i : i + 32], rec[i : i + 32], True)
                 scores.append(s.numpy())
                 maps.append(m.half())
+            pipe.config.scoring = base_sc
             scores, maps = np.concatenate(scores), torch.cat(maps)
         else:
             res, mat = evaluate(pipe, args.data_root, args.category, progress=False, samples=samples, images=images)
@@ -183,6 +198,7 @@ def run_child(args: argparse.Namespace) -> None:
     test = metrics(sub["test"], best["scores"], best["maps"])
     default = candidates[0]  # the model's resolution default
     test_default = metrics(sub["test"], default["scores"], default["maps"])
+    operating = operating_points(manifest, default["scores"], samples, sub)
 
     chosen = dataclasses.replace(base_sc, **best["scoring"])
     pipe.config.scoring = chosen
@@ -203,6 +219,12 @@ def run_child(args: argparse.Namespace) -> None:
         "image_auroc": test.image_auroc,
         "pixel_auroc": test.pixel_auroc,
         "image_auroc_default_scoring": test_default.image_auroc,
+        "pixel_auroc_default_scoring": test_default.pixel_auroc,
+        "aupro_30": test.aupro_30,
+        "image_f1_max": test.image_f1_max,
+        "operating_points_default_scoring": operating,
+        "recovery": manifest["training"].get("recovery"),
+        "precision": manifest["training"].get("precision"),
         "per_defect": {d: v["image_auroc"] for d, v in test.per_defect.items()},
         "n_test": len(sub["test"]),
         "n_val": len(sub["val"]),
@@ -212,6 +234,36 @@ def run_child(args: argparse.Namespace) -> None:
     }
     (args.out / f"{name}.json").write_text(json.dumps(row, indent=2))
     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+
+
+#: threshold policies whose false rejects and escapes the study reports (the default is chosen on validation)
+POLICIES = ("sigma:3", "fpr:0.01", "fpr:0.05", "simf1")
+
+
+def operating_points(manifest: dict, scores: np.ndarray, samples, sub: dict) -> dict:  # type: ignore[no-untyped-def]
+    """False-reject and escape rates per policy, thresholds from the model's own calibration (held-out good
+    images and their simulated defects; no test image), on the validation and the reported subsets."""
+    from ear_stream.inspect.thresholds import image_threshold, parse_policy
+
+    cal = manifest["calibration"]
+    good, sim = np.asarray(cal["scores"]), cal.get("simulated_scores")
+    labels = np.array([s.defect != "good" for s in samples])
+    out = {}
+    for policy in POLICIES:
+        try:
+            thr = image_threshold(parse_policy(policy), good, simulated=sim)
+        except ValueError:
+            continue
+        row = {"threshold": thr}
+        for part in ("val", "test"):
+            idx = sub[part]
+            flagged = ~(scores[idx] <= thr)
+            row[part] = {
+                "false_reject_rate": float(flagged[~labels[idx]].mean()),
+                "escape_rate": float((~flagged[labels[idx]]).mean()),
+            }
+        out[policy] = row
+    return out
 
 
 def spawn_all(args: argparse.Namespace, variants: list[str]) -> None:
@@ -257,6 +309,34 @@ def write_summary(args: argparse.Namespace, variants: list[str]) -> None:
             f"| {r['variant']} | {r['m']} | {r['steps']} | {sc} | {r['val_image_auroc']:.3f} | **{r['image_auroc']:.3f}** | "
             f"{r['image_auroc_default_scoring']:.3f} | {pix} | {r['ms_per_image_b1']:.1f} | {r['images_per_s_b32']:.1f} | {per} |"
         )
+    lines += [
+        "",
+        "| variant | steps | recovery error / flat | AUPRO@0.3 | image F1-max | "
+        + " | ".join(f"{p}: val FRR / escapes | {p}: **test FRR / escapes**" for p in POLICIES)
+        + " |",
+        "|---|---|---|---|---|" + "---|---|" * len(POLICIES),
+    ]
+    for r in rows:
+        ops_ = r.get("operating_points_default_scoring") or {}
+        cells = []
+        for p in POLICIES:
+            o = ops_.get(p)
+            if o is None:
+                cells += ["n/a", "n/a"]
+                continue
+            v, t = o["val"], o["test"]
+            cells += [
+                f"{v['false_reject_rate']:.1%} / {v['escape_rate']:.1%}",
+                f"**{t['false_reject_rate']:.1%} / {t['escape_rate']:.1%}**",
+            ]
+        rec = (r.get("recovery") or {}).get("ratio_to_flat")
+        aupro = r.get("aupro_30")
+        lines.append(
+            f"| {r['variant']} | {r['steps']} | {'n/a' if rec is None else f'{rec:.2f}'} | "
+            f"{'n/a' if aupro is None else f'{aupro:.3f}'} | {r.get('image_f1_max', float('nan')):.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     text = "\n".join(lines)
     print(text)
     (args.out / "study.md").write_text(text + "\n")
@@ -288,6 +368,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--simulate", type=float, default=0.5, help="share of images with a simulated defect (+sim)")
+    p.add_argument("--precision", default="auto", help="U-Net numeric path of training and scoring")
     p.add_argument("--grid", type=int, default=None, help="attention grid of the weight-free variants")
     p.add_argument("--mosaic-scale", default="auto")
     p.add_argument("--val-fraction", type=float, default=0.2)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from ear_stream.inspect.calibration import calibrate_threshold, split_holdout
 from ear_stream.inspect.pipeline import Pipeline
-from ear_stream.inspect.training import calibrate_threshold, split_holdout, train_model
+from ear_stream.inspect.training import train_model
 from ear_stream.io.datasets import write_synthetic_category
 from ear_stream.model.artifact import ArtifactError, load_artifact, load_manifest
 from ear_stream.model.config import ModelConfig, TrainConfig
@@ -40,7 +41,7 @@ def test_holdout_split_and_threshold_rule():
     train, hold = split_holdout(50, 0.1, seed=3)
     assert len(hold) == 5 and len(set(train) | set(hold)) == 50
     assert np.array_equal(split_holdout(50, 0.1, seed=3)[1], hold)
-    thr, stats = calibrate_threshold(np.array([0.1, 0.2, 0.3]), 3.0)
+    thr, stats = calibrate_threshold(np.array([0.1, 0.2, 0.3]), "sigma:3")
     assert thr == pytest.approx(0.2 + 3 * np.std([0.1, 0.2, 0.3]))
     assert stats["n"] == 3 and "rule" in stats
 

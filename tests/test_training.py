@@ -160,12 +160,16 @@ def test_compiled_training_matches_eager_closely(synthetic_root, tmp_path, monke
     graphs = []  # a backend that records every graph dynamo hands it: proof the compiled forward ran
     original = torch.compile
     monkeypatch.setattr(
-        torch, "compile", lambda m, backend: original(m, backend=lambda gm, ex: (graphs.append(backend), gm.forward)[1])
+        torch,
+        "compile",
+        lambda m, backend, dynamic=None: original(
+            m, dynamic=dynamic, backend=lambda gm, ex: (graphs.append(backend), gm.forward)[1]
+        ),
     )
     compiled = train_model(synthetic_root, "synthetic", tmp_path / "c", cfg(),
                            TrainConfig(epochs=1, batch_size=4, compile=True), mosaic_scale=8, max_steps=2,
                            progress=False)  # fmt: skip
-    assert graphs and set(graphs) == {"aot_eager"}  # compile_unet asked for the configured backend
+    assert graphs and set(graphs) == {"aot_eager"}  # compile_module asked for the configured backend
     a, b = _weights(eager), _weights(compiled)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=5e-4)  # Adam moves each weight by ~lr per step

@@ -8,34 +8,12 @@ comes back and its unacknowledged entries are re-read under the same consumer na
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from pathlib import Path
 from typing import Any
 
 import ray
 
-from ear_stream.stream import queue as q
 from ear_stream.stream.worker import Worker, WorkerConfig
-
-
-def worker_config_to_dict(cfg: WorkerConfig) -> dict[str, Any]:
-    """Plain JSON-able values (paths as strings) to hand to actors."""
-    data = dataclasses.asdict(cfg)
-    for key in ("models_dir", "out_dir", "dino_weights"):
-        if data.get(key) is not None:
-            data[key] = str(data[key])
-    return data
-
-
-def worker_config_from_dict(data: dict[str, Any]) -> WorkerConfig:
-    data = dict(data)
-    data["stream"] = q.StreamConfig(**data["stream"])
-    data["models_dir"] = Path(data["models_dir"])
-    data["out_dir"] = data["out_dir"] if "://" in str(data["out_dir"]) else Path(data["out_dir"])
-    if data.get("dino_weights"):
-        data["dino_weights"] = Path(data["dino_weights"])
-    return WorkerConfig(**data)
 
 
 class InspectionActor:
@@ -46,7 +24,7 @@ class InspectionActor:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         torch.set_num_threads(max(1, torch_threads))
-        self.cfg = worker_config_from_dict(config)
+        self.cfg = WorkerConfig.from_dict(config)
         self.worker = Worker(self.cfg)  # models load lazily, once per actor, on first use
 
     def run(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import ray
 from ear_stream.stream import queue as q
 from ear_stream.stream.worker import WorkerConfig
 
-from .actor import actor_class, worker_config_to_dict
+from .actor import actor_class
 from .policy import ScalingPolicy, resource_bundles
 
 log = logging.getLogger("workers.supervisor")
@@ -127,7 +127,7 @@ class Supervisor:
     def _start(self, index: int) -> None:
         name = f"{self.name_prefix}-{index}"
         cfg = dataclasses.replace(self.template, name=name, metrics_port=None, exit_when_idle_s=None)
-        handle = self._actor_cls.remote(worker_config_to_dict(cfg))
+        handle = self._actor_cls.remote(cfg.to_dict())
         self.slots[index] = Slot(name, handle, handle.run.remote())
         log.info("started %s (%s)", name, "GPU" if self.use_gpu else "CPU")
 

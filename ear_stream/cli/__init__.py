@@ -27,6 +27,7 @@ def _register() -> None:
     for command in (
         model.train,
         model.evaluate_cmd,
+        model.simulate,
         threshold.threshold,
         batch.score,
         batch.results,

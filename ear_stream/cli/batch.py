@@ -9,9 +9,11 @@ from pathlib import Path
 import click
 
 from .options import (
+    COMPILE_OPTION,
     DEVICE_OPTION,
     DINO_OPTION,
     MODEL_OPTION,
+    PRECISION_OPTION,
     THRESHOLD_OPTION,
     announce_backend,
     tile_options,
@@ -38,6 +40,8 @@ from .options import (
 @click.option("--batch-size", default=16, show_default=True, help="Images per scoring batch.")
 @DINO_OPTION
 @DEVICE_OPTION
+@PRECISION_OPTION
+@COMPILE_OPTION
 @tile_options
 @THRESHOLD_OPTION
 def score(
@@ -49,6 +53,8 @@ def score(
     batch_size,
     dino_weights,
     device,
+    precision,
+    compile_,
     tile,
     tile_overlap,
     threshold_override,
@@ -60,13 +66,15 @@ def score(
     """
     from ..inspect.pipeline import Pipeline
 
-    announce_backend()
+    announce_backend(precision, device)
     from ..inspect.scoring import score_files
     from ..io.decode import list_images
 
     try:
         files = list_images(list(inputs))
-        pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap, threshold_override)
+        pipe = Pipeline.from_artifact(
+            model_dir, device, dino_weights, tile, tile_overlap, threshold_override, precision, compile_
+        )
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
     if not files:

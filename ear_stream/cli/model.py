@@ -25,9 +25,11 @@ from .options import (
     DEVICE_OPTION,
     DINO_OPTION,
     MODEL_OPTION,
+    PRECISION_OPTION,
     _mosaic_scale,
     _warn,
     announce_backend,
+    default_of,
     tile_options,
 )
 
@@ -143,6 +145,37 @@ from .options import (
     help="ear = one excision + one U-Net pass; riad = the RIAD baseline (random disjoint masks, 12 U-Net passes "
     "at inference), same U-Net, losses and scorer.",
 )
+@click.option(
+    "--simulate",
+    type=click.FloatRange(0.0, 1.0),
+    default=default_of(TrainConfig, "simulate"),
+    show_default=True,
+    help="Share of training images given a simulated defect (noise blobs, cracks, holes; patches, textures, "
+    "stains, blur): the U-Net learns to return the clean image. 0 = train on plain good images only.",
+)
+@click.option(
+    "--defect-weight",
+    type=click.FloatRange(min=0.0),
+    default=default_of(TrainConfig, "defect_weight"),
+    show_default=True,
+    help="Extra weight of the recovery error inside simulated defects.",
+)
+@click.option(
+    "--head/--no-head",
+    default=default_of(ModelConfig, "head"),
+    show_default=True,
+    help="Score with a learned anomaly head on [input, recovery, MSGMS map], trained on the simulated defects "
+    "(needs --simulate > 0), instead of the plain MSGMS max.",
+)
+@click.option("--head-width", default=default_of(ModelConfig, "head_width"), show_default=True, help="Head channels.")
+@click.option(
+    "--threshold-policy",
+    default=default_of(TrainConfig, "threshold_policy"),
+    show_default=True,
+    help="Image threshold policy applied after training: sigma:K, quantile:Q, fpr:F, simf1 (F1 between held-out "
+    "good images and the same images with a simulated defect), manual:T. Change it later with 'ear-stream threshold'.",
+)
+@PRECISION_OPTION
 def train(
     data_root,
     category,
@@ -182,6 +215,12 @@ def train(
     resume,
     compile_,
     method,
+    simulate,
+    defect_weight,
+    head,
+    head_width,
+    threshold_policy,
+    precision,
 ) -> None:
     """Train a model for one product on DATA_ROOT/CATEGORY/train/good.
 
@@ -222,7 +261,11 @@ def train(
             scoring=ScoringConfig(scales=scales, box=box, border=border, normal_map=normal_map),
             saliency_params={"grid": grid} if grid and resolved not in ("dino", "binary", "none") else {},
             keep_context=default_keep_context(resolved) if keep_context is None else keep_context,
+            head=head and method == "ear",
+            head_width=head_width,
         )
+        if cfg.head and simulate <= 0:
+            raise click.UsageError("--head learns from simulated defects: give --simulate > 0 (or --no-head)")
         tcfg = TrainConfig(
             epochs=epochs,
             batch_size=batch_size,
@@ -238,7 +281,12 @@ def train(
             checkpoint_every=checkpoint_every,
             checkpoint_minutes=checkpoint_minutes,
             compile=compile_,
+            simulate=simulate,
+            defect_weight=defect_weight,
+            threshold_policy=threshold_policy,
+            precision=precision,
         )
+        announce_backend(precision, device)
         path = train_model(
             data_root,
             category,
@@ -263,6 +311,14 @@ def train(
         f"threshold={man.threshold:.4f}, {man.training['steps']} steps, stopped by {man.training['stop_reason']}, "
         f"version {man.model_version})"
     )
+    recovery = man.training.get("recovery")
+    if recovery:
+        from ..inspect.recovery import RecoveryCheck
+
+        check = RecoveryCheck(
+            **{k: recovery[k] for k in ("recon_error", "flat_error", "excised_error", "colour_cast", "n_images")}
+        )
+        (_warn if check.degenerate else click.echo)(check.verdict())
 
 
 @click.command("eval")
@@ -285,6 +341,7 @@ def train(
 @click.option("--batch-size", default=16, show_default=True, help="Images per scoring batch.")
 @DINO_OPTION
 @DEVICE_OPTION
+@PRECISION_OPTION
 @click.option("--box", type=int, default=None, help="Override the model's MSGMS box-filter size (k <= 1 disables).")
 @click.option("--median/--no-median", default=None, help="Override the model's 3x3 median before the gradients.")
 @click.option("--border", type=int, default=None, help="Override the pixels at each edge left out of the score.")
@@ -298,6 +355,7 @@ def evaluate_cmd(
     batch_size,
     dino_weights,
     device,
+    precision,
     box,
     median,
     border,
@@ -305,12 +363,12 @@ def evaluate_cmd(
     tile_overlap,
 ) -> None:
     """Image and pixel AUROC of a model on DATA_ROOT/CATEGORY/test."""
-    announce_backend()
+    announce_backend(precision, device)
     from ..inspect.evaluation import evaluate, write_report
     from ..inspect.pipeline import Pipeline
 
     try:
-        pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap)
+        pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap, precision=precision)
         if box is not None:
             pipe.config.scoring.box = box
         if median is not None:
@@ -401,3 +459,27 @@ def weights_fetch(dest) -> None:
         click.echo(f"saved {fetch_dino_weights(dest)}")
     except OSError as exc:
         raise click.ClickException(f"download failed (no internet?): {exc}") from exc
+
+
+@click.command("simulate")
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--category", required=True, help="Product folder under DATA_ROOT (its train/good images are used).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
+@click.option("--n", default=8, show_default=True, help="Images shown.")
+@click.option("--image-size", default=128, show_default=True, help="Side the images are resized to.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the simulated defects.")
+def simulate(data_root, category, out_path, n, image_size, seed) -> None:
+    """Write a gallery of the simulated defects training uses: inputs, corrupted images, target masks.
+
+    \b
+      ear-stream simulate DATA --category magnetic_tile --out docs/simulated_defects.png
+    """
+    from ..inspect.simulate import gallery
+    from ..inspect.visualize import image_rgb, to_png
+    from ..io.datasets import load_tensor, train_images
+
+    files = train_images(data_root, category)[:n]
+    grid = gallery(load_tensor(files, image_size, progress=False), seed=seed, columns=min(n, 8))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_bytes(to_png(image_rgb(grid)))
+    click.echo(f"gallery of {len(files)} images written to {out_path}")

@@ -6,6 +6,38 @@ from pathlib import Path
 
 import click
 
+from ..model.config import DEFAULT_PRECISION, PRECISION_CHOICES
+
+
+def default_of(config_cls, name: str):  # type: ignore[no-untyped-def]
+    """The default of a dataclass config's field: click options show the one definition, never a copy."""
+    import dataclasses
+
+    for f in dataclasses.fields(config_cls):
+        if f.name == name:
+            return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    raise KeyError(f"{config_cls.__name__} has no field {name!r}")
+
+
+#: --precision on every verb that runs the U-Net (ear_stream.model.precision)
+PRECISION_OPTION = click.option(
+    "--precision",
+    type=click.Choice(PRECISION_CHOICES),
+    default=DEFAULT_PRECISION,
+    show_default=True,
+    help="U-Net numeric path. auto = bf16 autocast + channels_last on CUDA and on CPUs with bf16 units "
+    "(AVX512-BF16/AMX, detected at run time), else fp32 + channels_last. int8 is refused (accuracy bar not met).",
+)
+
+#: --compile on the verbs that score (training has its own, TrainConfig.compile)
+COMPILE_OPTION = click.option(
+    "--compile",
+    "compile_",
+    is_flag=True,
+    help="torch.compile the U-Net for inference (inductor; one graph for every batch size), warmed up before "
+    "the first batch.",
+)
+
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
 DEVICE_OPTION = click.option(
     "--device",
@@ -94,32 +126,51 @@ def _mosaic_scale(value: str) -> int | None:
 
 def _stream_options(fn):
     """--stream/--group/--dlq/--results-stream shared by push, worker, status and cluster."""
+    from ..stream.protocol import StreamConfig
+
     fn = click.option("--results-stream", default=None, help="Also XADD id/product/score/verdict here (e.g. ear:out).")(
         fn
     )
-    fn = click.option("--dlq", default="ear:dlq", show_default=True, help="Dead-letter stream (entries + reason).")(fn)
-    fn = click.option("--group", default="ear-workers", show_default=True, help="Consumer group of the workers.")(fn)
-    fn = click.option("--stream", default="ear:in", show_default=True, help="Input stream.")(fn)
+    fn = click.option(
+        "--dlq",
+        default=default_of(StreamConfig, "dlq"),
+        show_default=True,
+        help="Dead-letter stream (entries + reason).",
+    )(fn)
+    fn = click.option(
+        "--group", default=default_of(StreamConfig, "group"), show_default=True, help="Consumer group of the workers."
+    )(fn)
+    fn = click.option("--stream", default=default_of(StreamConfig, "stream"), show_default=True, help="Input stream.")(
+        fn
+    )
     return fn
 
 
 def _retention_options(fn):
     """What the workers keep in Redis: --retain, the caps of the verdict and dead-letter streams, eviction."""
+    from ..stream.protocol import RETAIN_CHOICES, StreamConfig
+
     fn = click.option(
         "--allow-eviction",
         is_flag=True,
         help="Start even if Redis' maxmemory-policy can evict keys (it can evict the input stream itself).",
     )(fn)
     fn = click.option(
-        "--dlq-maxlen", default=100_000, show_default=True, help="Approximate cap of the dead-letter stream."
+        "--dlq-maxlen",
+        default=default_of(StreamConfig, "dlq_maxlen"),
+        show_default=True,
+        help="Approximate cap of the dead-letter stream.",
     )(fn)
     fn = click.option(
-        "--results-maxlen", default=100_000, show_default=True, help="Approximate cap of the verdict stream."
+        "--results-maxlen",
+        default=default_of(StreamConfig, "results_maxlen"),
+        show_default=True,
+        help="Approximate cap of the verdict stream.",
     )(fn)
     fn = click.option(
         "--retain",
-        type=click.Choice(["none", "acked"]),
-        default="none",
+        type=click.Choice(RETAIN_CHOICES),
+        default=default_of(StreamConfig, "retain"),
         show_default=True,
         help="none: a scored entry is deleted from the input stream with its ack; acked: deleted only once "
         "every consumer group (e.g. an archiver you attached) has acknowledged it.",
@@ -129,9 +180,9 @@ def _retention_options(fn):
 
 def stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dlq_maxlen, **extra):  # type: ignore[no-untyped-def]
     """The StreamConfig that --stream/--group/--dlq/--results-stream and the retention options describe."""
-    from ..stream import queue as q
+    from ..stream.protocol import StreamConfig
 
-    return q.StreamConfig(
+    return StreamConfig(
         stream=stream,
         group=group,
         dlq=dlq,
@@ -141,6 +192,85 @@ def stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dl
         dlq_maxlen=dlq_maxlen,
         **extra,
     )
+
+
+def worker_options(fn):  # type: ignore[no-untyped-def]
+    """Every option of a stream worker, one definition for ``worker`` and ``cluster``; defaults are the
+    fields of :class:`~ear_stream.stream.settings.WorkerConfig` and :class:`~ear_stream.stream.protocol.StreamConfig`.
+    """
+    from ..stream.protocol import StreamConfig
+    from ..stream.settings import WorkerConfig
+
+    def w(name: str):  # type: ignore[no-untyped-def]
+        return default_of(WorkerConfig, name)
+
+    decorators = [
+        click.option(
+            "--batch-size", default=w("batch_size"), show_default=True, help="Entries read and scored per batch."
+        ),
+        DEVICE_OPTION,
+        PRECISION_OPTION,
+        COMPILE_OPTION,
+        click.option(
+            "--flush-rows",
+            default=w("flush_rows"),
+            show_default=True,
+            help="Write a Parquet part after this many rows ...",
+        ),
+        click.option(
+            "--flush-seconds",
+            default=w("flush_seconds"),
+            show_default=True,
+            help="... or after this long, whichever first.",
+        ),
+        click.option(
+            "--claim-idle-ms",
+            default=default_of(StreamConfig, "claim_idle_ms"),
+            show_default=True,
+            help="Reclaim entries another consumer left unacknowledged this long (XAUTOCLAIM).",
+        ),
+        click.option(
+            "--max-deliveries",
+            default=default_of(StreamConfig, "max_deliveries"),
+            show_default=True,
+            help="Dead-letter entries delivered more often.",
+        ),
+        DINO_OPTION,
+        tile_options,
+        THRESHOLD_OPTION,
+        click.option(
+            "--drift-window",
+            default=w("drift_window"),
+            show_default=True,
+            help="Good-side scores kept per product for drift.",
+        ),
+        click.option(
+            "--drift-alert",
+            default=w("drift_alert"),
+            show_default=True,
+            help="Drift ratio (live good-side p50/p95 over the calibration's) at which the worker warns.",
+        ),
+        _stream_options,
+        _retention_options,
+    ]
+    for decorate in reversed(decorators):
+        fn = decorate(fn)
+    return fn
+
+
+def worker_config(redis_url: str, models_dir, out_dir, **opts):  # type: ignore[no-untyped-def]
+    """The WorkerConfig that :func:`worker_options` (plus the verb's own keyword values) describe."""
+    from ..stream.settings import WorkerConfig
+
+    stream_keys = ("stream", "group", "dlq", "results_stream", "retain", "results_maxlen", "dlq_maxlen")
+    scfg = stream_config(
+        **{k: opts.pop(k) for k in stream_keys},
+        max_deliveries=opts.pop("max_deliveries"),
+        claim_idle_ms=opts.pop("claim_idle_ms"),
+    )
+    opts["compile"] = opts.pop("compile_")
+    opts["threshold"] = opts.pop("threshold_override")
+    return WorkerConfig(redis_url=redis_url, models_dir=models_dir, out_dir=out_dir, stream=scfg, **opts)
 
 
 REDIS_OPTION = click.option(
@@ -153,8 +283,18 @@ REDIS_OPTION = click.option(
 )
 
 
-def announce_backend() -> None:
-    """One stderr line saying what runs the fused ops and why (extension cpu+cuda / cpu / reference)."""
+def announce_backend(precision: str | None = None, device: str = "auto") -> None:
+    """One stderr line saying what runs the fused ops and why (extension cpu+cuda / cpu / reference), and
+    which numeric path the U-Net takes on this machine."""
     from ..model import ops
 
-    click.echo(f"ops backend: {ops.backend_description()}", err=True)
+    line = f"ops backend: {ops.backend_description()}"
+    if precision is not None:
+        from ..inspect.pipeline import resolve_device
+        from ..model.precision import cpu_capability, resolve_precision
+
+        dev = resolve_device(device)
+        line += f"; precision: {resolve_precision(precision, dev).describe()} on {dev.type}"
+        if dev.type == "cpu":
+            line += f" ({cpu_capability()})"
+    click.echo(line, err=True)

@@ -9,17 +9,13 @@ from pathlib import Path
 import click
 
 from .options import (
-    DEVICE_OPTION,
-    DINO_OPTION,
     MODELS_DIR_OPTION,
     REDIS_OPTION,
     RESULTS_OPTION,
-    THRESHOLD_OPTION,
-    _retention_options,
     _stream_options,
     announce_backend,
-    stream_config,
-    tile_options,
+    worker_config,
+    worker_options,
 )
 
 
@@ -77,104 +73,33 @@ def push(inputs, redis_url, product, id_prefix, max_backlog, wait_timeout, strea
 @REDIS_OPTION
 @MODELS_DIR_OPTION
 @RESULTS_OPTION
-@click.option("--batch-size", default=32, show_default=True, help="Entries read and scored per batch.")
-@DEVICE_OPTION
 @click.option("--name", default=None, help="Consumer name (default host-pid); reuse it to resume its pending entries.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
-@click.option("--flush-rows", default=256, show_default=True, help="Write a Parquet part after this many rows ...")
-@click.option("--flush-seconds", default=2.0, show_default=True, help="... or after this long, whichever first.")
-@click.option(
-    "--claim-idle-ms",
-    default=60_000,
-    show_default=True,
-    help="Reclaim entries another consumer left unacknowledged this long (XAUTOCLAIM).",
-)
-@click.option("--max-deliveries", default=5, show_default=True, help="Dead-letter entries delivered more often.")
 @click.option("--exit-when-idle", type=float, default=None, help="Leave once the stream is drained for this long (s).")
-@DINO_OPTION
-@tile_options
-@THRESHOLD_OPTION
-@click.option("--drift-window", default=1000, show_default=True, help="Good-side scores kept per product for drift.")
-@click.option(
-    "--drift-alert",
-    default=1.5,
-    show_default=True,
-    help="Drift ratio (live good-side p50/p95 over the calibration's) at which the worker warns.",
-)
-@_stream_options
-@_retention_options
-def worker(
-    redis_url,
-    models_dir,
-    out_dir,
-    batch_size,
-    device,
-    name,
-    metrics_port,
-    metrics_host,
-    flush_rows,
-    flush_seconds,
-    claim_idle_ms,
-    max_deliveries,
-    exit_when_idle,
-    dino_weights,
-    tile,
-    tile_overlap,
-    threshold_override,
-    drift_window,
-    drift_alert,
-    stream,
-    group,
-    dlq,
-    results_stream,
-    retain,
-    results_maxlen,
-    dlq_maxlen,
-    allow_eviction,
-) -> None:
+@worker_options
+def worker(redis_url, models_dir, out_dir, name, metrics_port, metrics_host, exit_when_idle, **opts) -> None:
     """Score the input stream into Parquet until SIGTERM/SIGINT (one process, no Ray).
 
     Rows are written to a durable Parquet part before the entries are acknowledged;
     undecodable or invalid entries go to the dead-letter stream with the reason.
+    The models in MODELS are loaded and warmed up before the first read.
     """
-    announce_backend()
+    announce_backend(opts["precision"], opts["device"])
     import logging
 
-    from ..stream.worker import Worker, WorkerConfig, default_worker_name
+    from ..stream.worker import Worker, default_worker_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    scfg = stream_config(
-        stream,
-        group,
-        dlq,
-        results_stream,
-        retain,
-        results_maxlen,
-        dlq_maxlen,
-        max_deliveries=max_deliveries,
-        claim_idle_ms=claim_idle_ms,
-    )
-    cfg = WorkerConfig(
-        redis_url=redis_url,
-        models_dir=models_dir,
-        out_dir=out_dir,
+    cfg = worker_config(
+        redis_url,
+        models_dir,
+        out_dir,
         name=name or default_worker_name(),
-        stream=scfg,
-        batch_size=batch_size,
-        device=device,
-        dino_weights=dino_weights,
-        tile=tile,
-        tile_overlap=tile_overlap,
-        threshold=threshold_override,
-        drift_window=drift_window,
-        drift_alert=drift_alert,
-        flush_rows=flush_rows,
-        flush_seconds=flush_seconds,
         exit_when_idle_s=exit_when_idle,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
-        allow_eviction=allow_eviction,
+        **opts,
     )
     w = Worker(cfg)
     w.install_signal_handlers()
@@ -231,7 +156,6 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
 @click.option("--address", default=None, help="Ray cluster: 'auto', 'ray://head:10001'; default: start a local Ray.")
 @click.option("--min-workers", default=1, show_default=True, help="Fewest inspection actors.")
 @click.option("--max-workers", default=4, show_default=True, help="Most inspection actors (one GPU each on GPU nodes).")
-@click.option("--batch-size", default=32, show_default=True, help="Entries read and scored per batch, per actor.")
 @click.option("--high-watermark", default=256, show_default=True, help="Backlog per actor that triggers scale-up.")
 @click.option("--cooldown", default=60.0, show_default=True, help="Seconds of empty backlog before scaling down.")
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between supervisor decisions.")
@@ -244,11 +168,7 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
     help="Autoscaler YAML whose node types decide GPU or CPU actors (default: ~/ray_bootstrap_config.yaml from "
     "'ray up', else the cluster config in the GCS, else the nodes up now).",
 )
-@DINO_OPTION
-@tile_options
-@THRESHOLD_OPTION
-@_stream_options
-@_retention_options
+@worker_options
 def cluster(
     redis_url,
     models_dir,
@@ -256,25 +176,13 @@ def cluster(
     address,
     min_workers,
     max_workers,
-    batch_size,
     high_watermark,
     cooldown,
     poll,
     exit_when_drained,
     max_seconds,
     autoscaling_config,
-    dino_weights,
-    tile,
-    tile_overlap,
-    threshold_override,
-    stream,
-    group,
-    dlq,
-    results_stream,
-    retain,
-    results_maxlen,
-    dlq_maxlen,
-    allow_eviction,
+    **opts,
 ) -> None:
     """Run the inspection actors on Ray, scaled between --min-workers and --max-workers by the stream's backlog.
 
@@ -282,12 +190,11 @@ def cluster(
     restart on failure; the supervisor asks the Ray autoscaler for the resources
     the backlog calls for (request_resources). SIGINT/SIGTERM drain the actors.
     """
-    announce_backend()
+    announce_backend(opts["precision"], opts["device"])
     import logging
     import signal
 
     from ..stream import queue as q
-    from ..stream.worker import WorkerConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from workers.local import init_ray
@@ -296,19 +203,7 @@ def cluster(
 
     q.connect(redis_url, verify=True)  # a wrong URL or password fails here, before Ray starts
     init_ray(address)
-    scfg = stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dlq_maxlen)
-    template = WorkerConfig(
-        redis_url=redis_url,
-        models_dir=models_dir.resolve(),
-        out_dir=out_dir,
-        stream=scfg,
-        batch_size=batch_size,
-        dino_weights=dino_weights,
-        tile=tile,
-        tile_overlap=tile_overlap,
-        threshold=threshold_override,
-        allow_eviction=allow_eviction,
-    )
+    template = worker_config(redis_url, models_dir.resolve(), out_dir, **opts)
     policy = ScalingPolicy(
         min_workers=min_workers, max_workers=max_workers, high_watermark=high_watermark, scale_down_cooldown_s=cooldown
     )

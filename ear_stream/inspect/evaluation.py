@@ -201,9 +201,20 @@ def write_report(
         for d, v in result.per_defect.items()
     )
     pix = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"
+    warning = ""
+    rec = pipe.recovery
+    if rec and rec.get("degenerate", rec.get("ratio_to_flat", 0.0) >= rec.get("degenerate_ratio", 1.0)):
+        warning = (
+            '<p style="background:#fdd;padding:8px;border:2px solid #c00"><b>Warning: degenerate model.</b> '
+            f"On held-out good images its recovery error is {rec['ratio_to_flat']:.2f}&times; that of a flat "
+            "image: the U-Net does not recover the images, and its scores say little. Train longer or check the "
+            "data.</p>"
+        )
+    map_name = "head map (defect probability)" if pipe.head is not None else "MSGMS map"
+    header = header.replace("MSGMS map", map_name)
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px}}</style>
-</head><body><h1>{html.escape(title)}</h1>
+</head><body><h1>{html.escape(title)}</h1>{warning}
 <p>image AUROC <b>{result.image_auroc:.4f}</b> · pixel AUROC <b>{pix}</b> · {result.n_good} good, {result.n_defect} defective ·
 threshold {result.threshold:.4f} · {result.ms_per_image:.1f} ms/image</p>
 <p>image F1-max {fmt(result.image_f1_max)} · at the threshold: false rejects {fmt(result.false_reject_rate)},

@@ -20,6 +20,8 @@ from ..io.decode import to_model_input, to_native_input
 from ..model import ops
 from ..model.artifact import ArtifactError, load_artifact_parts, sha256_file
 from ..model.config import ModelConfig, ScoringConfig
+from ..model.head import HEAD_PREFIX, AnomalyHead, head_inputs, smoothed_probability
+from ..model.precision import DEFAULT_PRECISION, Precision, compile_module, resolve_precision
 from ..model.reference import saliency_mask
 from ..model.saliency import DinoAttention, build_dino, resolve_dino_weights
 from ..model.unet import UNet
@@ -152,19 +154,39 @@ def score_maps(
     max keeps NaN like the reference's amax. Without either, the fused op never writes it.
     """
     h, w = images.shape[-2:]
-    b = min(sc.border, (h - 1) // 2, (w - 1) // 2)
-    if b <= 0 and normal_map is None:
+    if min(sc.border, (h - 1) // 2, (w - 1) // 2) <= 0 and normal_map is None:
         return ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, want_map)
     _, dmap = ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, True)
     if normal_map is not None:
         dmap = dmap - normal_map.to(dmap.device, dmap.dtype)
-    if b <= 0:
-        return dmap.flatten(1).amax(dim=1) if dmap.shape[0] else dmap.new_zeros((0,)), (dmap if want_map else None)
-    inner = dmap[..., b : h - b, b : w - b]
+    return banded_max(dmap, sc.border, want_map)
+
+
+def banded_max(dmap: torch.Tensor, border: int, want_map: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-image max of a [B, 1, H, W] map at least ``border`` pixels from the edges (NaN-sticky, like amax);
+    the map returned has the band zeroed, so a saved heatmap shows what was scored."""
+    h, w = dmap.shape[-2:]
+    b = min(border, (h - 1) // 2, (w - 1) // 2)
+    inner = dmap[..., b : h - b, b : w - b] if b > 0 else dmap
     scores = inner.flatten(1).amax(dim=1) if dmap.shape[0] else dmap.new_zeros((0,))
     if not want_map:
         return scores, None
-    return scores, F.pad(inner, (b, b, b, b))
+    return scores, (F.pad(inner, (b, b, b, b)) if b > 0 else dmap)
+
+
+def load_head(config: ModelConfig, extras: dict[str, torch.Tensor], model_dir) -> AnomalyHead | None:  # type: ignore[no-untyped-def]
+    """The learned head stored as ``head.*`` beside the U-Net (None when the model has none)."""
+    if not config.head:
+        return None
+    state = {k[len(HEAD_PREFIX) :]: v for k, v in extras.items() if k.startswith(HEAD_PREFIX)}
+    if not state:
+        raise ArtifactError(f"{model_dir}: its scoring uses a learned head, but no head weights are stored")
+    head = AnomalyHead(config.head_width)
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{model_dir}: the stored head does not fit its manifest: {exc}") from exc
+    return head.eval()
 
 
 #: where the normal map lives in weights.safetensors
@@ -236,11 +258,15 @@ class Pipeline:
         normal_map: torch.Tensor | None = None,
         tile_batch: int = 16,
         pixel_threshold: float | None = None,
+        precision: str | Precision = DEFAULT_PRECISION,
+        head: nn.Module | None = None,
     ) -> None:
         self.config = config
         #: map pixels above it form defect regions; None follows the image threshold
         self.pixel_threshold = pixel_threshold
         self.calibration: dict = {}
+        #: the training's recovery check (``ear_stream.inspect.recovery``), shown by reports; None when unknown
+        self.recovery: dict | None = None
         #: tiles per U-Net batch in native-resolution inference: what bounds memory, whatever the image size
         self.tile_batch = int(tile_batch)
         self.threshold = float(threshold)
@@ -250,9 +276,15 @@ class Pipeline:
         self.attention_model = attention_model
         #: per-pixel mean map of good training images, subtracted when ``config.scoring.normal_map``
         self.normal_map = None if normal_map is None else normal_map.to(device)
-        self._autocast = device.type == "cuda"
-        if self._autocast:
-            self.unet = self.unet.to(memory_format=torch.channels_last)
+        #: the U-Net's numeric path (bf16 autocast, channels_last), resolved for this device
+        self.precision = precision if isinstance(precision, Precision) else resolve_precision(precision, device)
+        self.unet = self.precision.module(self.unet)
+        #: what runs the U-Net: the module itself, or its compiled graph after :meth:`compile`
+        self._unet_forward: nn.Module = self.unet
+        if config.head and head is None:
+            raise ArtifactError("the model scores with a learned head, but no head weights were given")
+        #: the learned anomaly head (``config.head``): scores come from its map instead of the MSGMS max
+        self.head = None if head is None else self.precision.module(head.to(device).eval())
 
     @classmethod
     def from_artifact(
@@ -263,6 +295,8 @@ class Pipeline:
         tile: int | None = None,
         tile_overlap: int | None = None,
         threshold: float | None = None,
+        precision: str = DEFAULT_PRECISION,
+        compile: bool = False,
     ) -> Pipeline:
         """Load a model directory; ``tile``/``tile_overlap`` override a native model's stored tiling,
         ``threshold`` its image threshold for this run (the pixel threshold then follows it when the
@@ -276,6 +310,7 @@ class Pipeline:
         saliency_state = {k[len("saliency.") :]: v for k, v in extras.items() if k.startswith("saliency.")}
         attention = build_saliency(manifest.config, dino_weights, dev, saliency_state)
         normal = extras.get(NORMAL_MAP_KEY)
+        head = load_head(manifest.config, extras, model_dir)
         if manifest.config.scoring.normal_map and normal is None:
             raise ArtifactError(f"{model_dir}: its scoring subtracts a normal map, but none is stored")
         if attention is not None and manifest.dino_weights_sha256:
@@ -285,9 +320,39 @@ class Pipeline:
                     f"the DINO weights given differ from those {model_dir} was trained with "
                     f"(sha256 {got[:12]} != {manifest.dino_weights_sha256[:12]})"
                 )
-        pipe = cls(manifest.config, unet, manifest.threshold, dev, attention, manifest.model_version, normal)
+        pipe = cls(
+            manifest.config,
+            unet,
+            manifest.threshold,
+            dev,
+            attention,
+            manifest.model_version,
+            normal,
+            precision=precision,
+            head=head,
+        )
         pipe.apply_thresholds(manifest, threshold)
+        if compile:
+            pipe.compile()
         return pipe
+
+    def compile(self) -> None:
+        """Compile the U-Net for inference (one dynamic-batch graph); call :meth:`warm_up` before serving."""
+        self._unet_forward = compile_module(self.unet, dynamic=True)
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2)) -> float:
+        """Score blank batches of these sizes once (compilation, oneDNN kernel selection); returns seconds.
+
+        Two sizes so that a compiled graph is specialised for a dynamic batch before the
+        first real entry (a later, third size does not recompile: measured in BENCHMARKS.md).
+        """
+        import time
+
+        started = time.perf_counter()
+        side = self.config.tile if self.config.native else self.config.image_size
+        for b in batch_sizes:
+            self.score_tensor(torch.full((b, 3, side, side), 0.5))  # type: ignore[arg-type]
+        return time.perf_counter() - started
 
     def apply_thresholds(self, manifest, override: float | None = None) -> None:  # type: ignore[no-untyped-def]
         """Take a manifest's thresholds and version (hot reload after ``ear-stream threshold``), or a per-run override."""
@@ -295,6 +360,7 @@ class Pipeline:
         self.pixel_threshold = None if manifest.pixel_policy == "image" else manifest.pixel_threshold
         self.model_version = manifest.model_version
         self.calibration = manifest.calibration
+        self.recovery = manifest.training.get("recovery")
 
     @property
     def region_threshold(self) -> float:
@@ -307,23 +373,45 @@ class Pipeline:
             return None
         if isinstance(self.attention_model, SelfSaliency):
             return two_pass_attention(self.attention_model, self.reconstruct, images, self.config.scoring)[0]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
+        with self.precision.autocast():
             return self.attention_model(images).float()
 
     @torch.no_grad()
     def reconstruct(self, composite: torch.Tensor) -> torch.Tensor:
-        if self._autocast:
-            composite = composite.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._autocast):
-            return self.unet(composite).float()
+        return self.precision.run(self._unet_forward, composite)
 
     @torch.no_grad()
     def recover(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """EAR's inference up to the score: (attention, composite I′, mask ratio, reconstruction Î)."""
+        """EAR's inference up to the score: (attention, composite I′, mask ratio, reconstruction Î).
+
+        RIAD models: no attention, the input as "composite", the last cell size's inpainting.
+        """
+        if self.config.method == "riad":
+            from ..model import riad
+
+            recon = riad.score(self.unet, images, self.config.scoring, forward=self.reconstruct)[2]
+            return None, images, torch.ones(images.shape[0]), recon
         attention = self.attention(images)
         composite, ratio = excise_for(self.config, images, attention)
         recon = paste_context(self.reconstruct(composite), images, context_mask(self.config, images, attention))
         return attention, composite, ratio, recon
+
+    @torch.no_grad()
+    def score_recon(
+        self, images: torch.Tensor, recon: torch.Tensor, want_map: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores (and maps) of a batch and its recovery: the head's smoothed probability when the model
+        has one, else the MSGMS map (minus the normal map); the max inside the border band either way."""
+        sc = self.config.scoring
+        if self.head is None:
+            return score_maps(images, recon, sc, want_map, self.normal_map if sc.normal_map else None)
+        h, w = images.shape[-2:]
+        inputs = head_inputs(images, recon, sc)
+        pad_h, pad_w = (-h) % 4, (-w) % 4  # the head halves twice: pad by replication, crop back
+        if pad_h or pad_w:
+            inputs = F.pad(inputs, (0, pad_w, 0, pad_h), mode="replicate")
+        logits = self.precision.run(self.head, inputs)[..., :h, :w]
+        return banded_max(smoothed_probability(logits, sc.box), sc.border, want_map)
 
     def prepare(self, arrays: list[np.ndarray]) -> Images:
         """Decoded [H, W, 3] arrays → what :meth:`score_images` takes: resized, or resampled by ``scale``."""
@@ -388,10 +476,9 @@ class Pipeline:
                 paste(mask[t.image], smask[j], t)
                 if composite is not None:
                     paste(composite[t.image], comp[j], t)
-        sc = self.config.scoring
         scores, maps, regions = [], [], []
         for i, (img, rec) in enumerate(zip(imgs, recon, strict=True)):
-            score, dmap = score_maps(img[None], rec[None], sc, want_maps or want_regions)
+            score, dmap = self.score_recon(img[None], rec[None], want_maps or want_regions)
             broken = ~torch.isfinite(rec).all()
             scores.append(torch.where(broken, torch.full_like(score, float("nan")), score))
             if want_regions:
@@ -454,8 +541,7 @@ class Pipeline:
             composite, ratio, attention = images, torch.ones(images.shape[0]), None
         else:
             attention, composite, ratio, recon = self.recover(images)
-            normal = self.normal_map if sc.normal_map else None
-            scores, maps = score_maps(images, recon, sc, want_maps or want_regions, normal)
+            scores, maps = self.score_recon(images, recon, want_maps or want_regions)
         # fail closed: a reconstruction with any NaN/inf pixel scores NaN, even where the median or the
         # border band would have hidden the pixel (one reduction over the recon, on its device)
         broken = ~torch.isfinite(recon).flatten(1).all(dim=1)

@@ -8,6 +8,8 @@ policy can be re-applied later (``ear-stream threshold``). A policy is a string:
 * ``quantile:Q`` — the Q-quantile of held-out good scores
 * ``fpr:F``     — the lowest threshold whose false-reject rate on held-out good images is ≤ F
 * ``f1``        — the F1-optimal threshold on a labelled validation set (``--data``)
+* ``simf1``     — the F1-optimal threshold between the held-out good images and the same images with
+  a simulated defect each (``calibration.simulated_scores``): labelled without one real defect
 * ``manual:T``  — T as given
 
 Pixel thresholds (which pixels of a map form defect regions) take the same policies
@@ -25,10 +27,12 @@ from typing import Any
 import numpy as np
 
 from ..model.artifact import Manifest, load_manifest, write_manifest
+from ..model.config import DEFAULT_IMAGE_POLICY
 
-IMAGE_POLICIES = ("sigma", "quantile", "fpr", "f1", "manual")
+__all__ = ["DEFAULT_IMAGE_POLICY", "IMAGE_POLICIES", "PIXEL_POLICIES", "Policy", "image_threshold", "parse_policy"]
+
+IMAGE_POLICIES = ("sigma", "quantile", "fpr", "f1", "simf1", "manual")
 PIXEL_POLICIES = ("image", "sigma", "quantile", "fpr", "manual")
-DEFAULT_IMAGE_POLICY = "sigma:3"
 DEFAULT_PIXEL_POLICY = "image"
 #: points of the stored pixel quantile grid (0, 0.1 %, …, 100 %)
 PIXEL_GRID = 1001
@@ -49,7 +53,7 @@ def parse_policy(text: str, pixel: bool = False) -> Policy:
     kind, _, raw = text.strip().partition(":")
     if kind not in allowed:
         raise ValueError(f"unknown threshold policy {text!r}: use one of {', '.join(allowed)} (e.g. sigma:3, fpr:0.01)")
-    if kind in ("f1", "image"):
+    if kind in ("f1", "simf1", "image"):
         if raw:
             raise ValueError(f"policy {kind} takes no value, got {text!r}")
         return Policy(kind)
@@ -105,10 +109,25 @@ def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return float(threshold), float(f1[best])
 
 
-def image_threshold(policy: Policy, good: np.ndarray, labelled: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+def image_threshold(
+    policy: Policy,
+    good: np.ndarray,
+    labelled: tuple[np.ndarray, np.ndarray] | None = None,
+    simulated: np.ndarray | None = None,
+) -> float:
+    """The image threshold a policy gives on held-out good scores (+ a labelled set for ``f1``, the
+    simulated-defect scores for ``simf1``)."""
     good = np.asarray(good, dtype=np.float64)
     if policy.kind == "manual":
         return float(policy.value)  # type: ignore[arg-type]
+    if policy.kind == "simf1":
+        sim = np.asarray([] if simulated is None else simulated, dtype=np.float64)
+        if sim.size == 0 or good.size == 0:
+            raise ValueError(
+                "the simf1 policy needs the simulated-defect scores of the held-out images, which this model "
+                "does not store (trained before they existed, or native-resolution): retrain, or use sigma/fpr"
+            )
+        return f1_optimal(np.r_[good, sim], np.r_[np.zeros(good.size, bool), np.ones(sim.size, bool)])[0]
     if policy.kind == "f1":
         if labelled is None:
             raise ValueError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
@@ -182,8 +201,8 @@ def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = 
     function of the training images, the seed and the fraction in the manifest.
     """
     from ..io.datasets import train_images
+    from .calibration import calibrate, split_holdout
     from .pipeline import Pipeline, load_images
-    from .training import calibrate, split_holdout
 
     manifest = load_manifest(model_dir)
     t = manifest.training
@@ -191,7 +210,7 @@ def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = 
     _, hold = split_holdout(len(files), float(t.get("holdout_fraction", 0.1)), int(t.get("seed", 0)))
     pipe = Pipeline.from_artifact(model_dir, device=device)
     held = load_images(manifest.config, [files[i] for i in hold], progress=False)
-    return calibrate(pipe, held, float(t.get("threshold_sigmas", 3.0)))[1]
+    return calibrate(pipe, held)[1]
 
 
 def labelled_scores(
@@ -235,7 +254,7 @@ def revise(
             raise ValueError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
         labelled = labelled_scores(model_dir, data_root, category, device)
     good = np.asarray(calibration.get("scores") or [], dtype=np.float64)
-    threshold = image_threshold(img, good, labelled)
+    threshold = image_threshold(img, good, labelled, calibration.get("simulated_scores"))
     pixel = pixel_threshold(pix, threshold, calibration)
     changes.update(threshold=threshold, threshold_policy=str(img), pixel_threshold=pixel, pixel_policy=str(pix))
     note = {"policy_applied": str(img), "pixel_policy_applied": str(pix)}

@@ -22,8 +22,10 @@ from tqdm import tqdm
 from ..io.datasets import train_images
 from ..model import riad
 from ..model.artifact import Manifest, build_unet, save_artifact, sha256_file
-from ..model.config import ModelConfig, TrainConfig, min_mosaic_scale
+from ..model.config import ModelConfig, TrainConfig, max_mosaic_scale, min_mosaic_scale
+from ..model.head import HEAD_PREFIX, AnomalyHead, focal_dice_loss, head_inputs
 from ..model.mosaic_scale import MosaicEstimator, r10
+from ..model.precision import compile_module, resolve_precision
 from ..model.reference import combined_loss, saliency_mask
 from ..model.saliency import resolve_dino_weights
 from ..model.weightfree import SelfSaliency, WeightFreeSaliency
@@ -37,6 +39,7 @@ from .augment import (
     step_generator,
     steps_per_epoch,
 )
+from .calibration import calibrate, split_holdout
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .pipeline import (
     NORMAL_MAP_KEY,
@@ -53,50 +56,12 @@ from .pipeline import (
     select,
     two_pass_attention,
 )
-from .thresholds import Policy, good_score_stats, image_threshold, pixel_quantile_grid
+from .recovery import recovery_check
+from .simulate import simulate_defects
 from .visualize import line_chart_png
 
 #: training images whose mean MSGMS map is the normal map (enough for a stable per-pixel mean)
 NORMAL_MAP_IMAGES = 256
-
-
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic train/holdout index split; at least 2 images on each side when possible."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_hold = min(max(2, int(round(n * fraction))), max(n - 2, 0))
-    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
-
-
-def calibrate_threshold(scores: np.ndarray, sigmas: float) -> tuple[float, dict]:
-    """Decision threshold from held-out normal scores by the ``sigma:K`` policy: max(mean + k·std, max).
-
-    The statistics keep the scores themselves, so ``ear-stream threshold`` can apply another policy later.
-    """
-    if scores.size == 0:
-        raise ValueError("no held-out images to calibrate the threshold")
-    threshold = image_threshold(Policy("sigma", sigmas), scores)
-    return threshold, {"rule": f"max(mean + {sigmas:g}*std, max) of held-out normal scores", **good_score_stats(scores)}
-
-
-#: held-out map pixels kept for the pixel quantile grid (uniform subsample, fixed seed)
-MAX_CALIBRATION_PIXELS = 2_000_000
-
-
-def calibrate(pipe: Pipeline, held_images, sigmas: float, batch: int = 16) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
-    """Score the held-out good images once: the image threshold, its statistics and the pixel statistics."""
-    scores, pixels = [], []
-    for i in range(0, len(held_images), batch):
-        res = pipe.score_images(held_images[i : i + batch], want_maps=True)
-        scores.append(res.scores)
-        pixels.extend(m.float().flatten().numpy() for m in res.maps)
-    threshold, stats = calibrate_threshold(np.concatenate(scores), sigmas)
-    values = np.concatenate(pixels) if pixels else np.zeros(1)
-    if values.size > MAX_CALIBRATION_PIXELS:
-        values = np.random.default_rng(0).choice(values, MAX_CALIBRATION_PIXELS, replace=False)
-    stats.update(
-        pixel_mean=float(values.mean()), pixel_std=float(values.std()), pixel_quantiles=pixel_quantile_grid(values)
-    )
-    return threshold, stats
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -118,10 +83,14 @@ def compute_attention(attention_model, images: torch.Tensor, device: torch.devic
 def estimate_mosaic_scale(
     images: torch.Tensor, attention: torch.Tensor | None, estimator: MosaicEstimator, floor: int = 1
 ) -> tuple[int, float]:
-    """m̂ from the mean r10 over the training images (saliency region only when a mask exists), ≥ ``floor``."""
+    """m̂ from the mean r10 over the training images (saliency region only when a mask exists).
+
+    Bounded below by ``floor`` and above by :func:`max_mosaic_scale` (at least 4×4 cells).
+    """
     mask = None if attention is None else saliency_mask(attention, tuple(images.shape[-2:]))
     value = float(r10(images, mask).mean())
-    return max(floor, estimator.estimate(value)), value
+    ceiling = max_mosaic_scale(int(images.shape[-1]))
+    return min(ceiling, max(floor, estimator.estimate(value))), value
 
 
 @dataclass
@@ -156,21 +125,32 @@ class TrainingSet:
 
 @dataclass
 class StepInputs:
-    """What one optimisation step feeds the U-Net, compares against, and (``keep_context``) pastes back."""
+    """What one optimisation step feeds the U-Net, compares against, and (``keep_context``) pastes back.
+
+    ``context``: the input the unexcised pixels are pasted from (the corrupted image, as at
+    inference); ``target``: the clean image the recovery must return.
+    """
 
     composite: torch.Tensor
     target: torch.Tensor
+    context: torch.Tensor
     mask: torch.Tensor | None = None
 
 
 def corrupt(
     cfg: ModelConfig,
-    unet: torch.nn.Module,
+    unet,  # type: ignore[no-untyped-def]
     saliency: torch.nn.Module | None,
     x: torch.Tensor,
     att: torch.Tensor | None,
+    clean: torch.Tensor | None = None,
 ) -> StepInputs:
-    """The inputs of one step; two-pass variants see both their passes' inputs (training matches inference)."""
+    """The inputs of one step; two-pass variants see both their passes' inputs (training matches inference).
+
+    ``x`` is what the model is shown (a simulated defect included), ``clean`` what it must recover
+    (default ``x``).
+    """
+    clean = x if clean is None else clean
     if isinstance(saliency, SelfSaliency):
         with torch.no_grad():
             att, light, _ = two_pass_attention(saliency, unet, x, cfg.scoring)
@@ -178,45 +158,74 @@ def corrupt(
         mask = context_mask(cfg, x, att)
         if mask is not None:  # the light first pass mosaics everything: nothing to keep there (S = 1)
             mask = torch.cat([torch.ones_like(mask), mask])
-        return StepInputs(torch.cat([light, strong]), torch.cat([x, x]), mask)
+        return StepInputs(torch.cat([light, strong]), torch.cat([clean, clean]), torch.cat([x, x]), mask)
     composite, _ = excise_for(cfg, x, att)
-    return StepInputs(composite, x, context_mask(cfg, x, att))
+    return StepInputs(composite, clean, x, context_mask(cfg, x, att))
 
 
-def step_loss(cfg, unet, saliency, x, att, gen, weights) -> torch.Tensor:
-    """One step's loss; attention not given (not cached) is computed on ``x`` here."""
+@dataclass
+class StepModules:
+    """What a training step runs: the U-Net forward (precision applied), the saliency, the optional head."""
+
+    forward: object  # callable: composite → reconstruction in fp32
+    saliency: torch.nn.Module | None
+    head: object | None = None  # callable: head inputs → logits in fp32
+
+
+def step_loss(
+    cfg: ModelConfig, tcfg: TrainConfig, mods: StepModules, x: torch.Tensor, att, gen: torch.Generator
+) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """One step's loss; attention not given (not cached) is computed here, on the image the model is shown.
+
+    With ``tcfg.simulate`` a share of the batch gets a simulated defect first: the
+    U-Net must return the clean image (its error inside the defect weighs
+    ``1 + defect_weight``), and the head, when the model has one, must segment it.
+    """
+    saliency = mods.saliency
+    if cfg.method == "riad":
+        return combined_loss(
+            x, riad.training_reconstruction(mods.forward, x, gen), tcfg.loss_weights, cfg.scoring.scales
+        )
+    clean, defect = x, None
+    if tcfg.simulate > 0:
+        sim = simulate_defects(x, gen, tcfg.simulate)
+        x, defect, att = sim.images, sim.mask, None  # attention of the corrupted image, as at inference
     if att is None and saliency is not None and not isinstance(saliency, SelfSaliency):
         with torch.no_grad():
             att = saliency(x).float()
-    if cfg.method == "riad":
-        return combined_loss(x, riad.training_reconstruction(unet, x, gen), weights, cfg.scoring.scales)
-    inputs = corrupt(cfg, unet, saliency, x, att)
-    recon = paste_context(unet(inputs.composite), inputs.target, inputs.mask)
-    return combined_loss(inputs.target, recon, weights, cfg.scoring.scales)
+    inputs = corrupt(cfg, mods.forward, saliency, x, att, clean)
+    recon = paste_context(mods.forward(inputs.composite), inputs.context, inputs.mask)
+    loss = combined_loss(inputs.target, recon, tcfg.loss_weights, cfg.scoring.scales)
+    strong = recon[-x.shape[0] :]  # two-pass variants: the second (scored) pass
+    if defect is not None and tcfg.defect_weight > 0 and defect.sum() > 0:
+        err = (strong - clean).abs().mean(dim=1, keepdim=True)
+        loss = loss + tcfg.defect_weight * (err * defect).sum() / defect.sum()
+    if mods.head is not None:
+        target = torch.zeros_like(x[:, :1]) if defect is None else defect
+        logits = mods.head(head_inputs(x, strong.detach(), cfg.scoring))
+        loss = loss + focal_dice_loss(logits, target)
+    return loss
 
 
 @torch.no_grad()
-def heldout_loss(cfg, unet, saliency, images, attention, weights, batch: int = 16) -> float:
+def heldout_loss(cfg, tcfg, mods: StepModules, modules, images, attention, batch: int = 16) -> float:  # type: ignore[no-untyped-def]
     """Mean training loss on held-out normal images, in eval mode, with a fixed generator (learning curve).
 
-    ``attention``: the held-out images' attention, computed once per run (None for variants without).
+    ``attention``: the held-out images' attention, computed once per run (None for variants without;
+    unused when defects are simulated, since they change the image). ``modules``: what to put in eval mode.
     """
-    was_training = unet.training
-    unet.eval()
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     gen = torch.Generator().manual_seed(0)
     losses = []
     for i in range(0, images.shape[0], batch):
         x = images[i : i + batch]
         att = None if attention is None else attention[i : i + batch]
-        losses.append(float(step_loss(cfg, unet, saliency, x, att, gen, weights)) * x.shape[0])
-    unet.train(was_training)
+        losses.append(float(step_loss(cfg, tcfg, mods, x, att, gen)) * x.shape[0])
+    for m, flag in zip(modules, was_training, strict=True):
+        m.train(flag)
     return sum(losses) / max(1, images.shape[0])
-
-
-def compile_unet(unet: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` with inductor, or ``EAR_STREAM_COMPILE_BACKEND`` (tests use aot_eager: same graph
-    capture and autograd, without minutes of C++ code generation on a small CPU)."""
-    return torch.compile(unet, backend=os.environ.get("EAR_STREAM_COMPILE_BACKEND", "inductor"))
 
 
 def write_curve_png(curve: list[dict], path: Path) -> None:
@@ -268,6 +277,12 @@ def train_model(
     torch.manual_seed(train_cfg.seed)
     dev = resolve_device(device)
     on_cuda = dev.type == "cuda"
+    precision = resolve_precision(train_cfg.precision, dev)
+    if mosaic_scale is not None and mosaic_scale > max_mosaic_scale(model_cfg.image_size):
+        raise ValueError(
+            f"mosaic scale {mosaic_scale} leaves fewer than 4×4 cells at {model_cfg.image_size} px: "
+            f"use at most {max_mosaic_scale(model_cfg.image_size)} (or auto)"
+        )
     started = time.time()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +301,8 @@ def train_model(
         if saliency.fitted:
             saliency.fit(fixed_train.to(dev))
     plain_saliency = saliency is not None and not isinstance(saliency, SelfSaliency)
-    if plain_saliency and not data.native and not augmentations(train_cfg):  # nothing changes an image: cache
+    changes_images = bool(augmentations(train_cfg)) or train_cfg.simulate > 0
+    if plain_saliency and not data.native and not changes_images:  # nothing changes an image: cache
         data.attention = compute_attention(saliency, data.images, dev)
 
     estimated: dict = {}
@@ -302,11 +318,16 @@ def train_model(
         mosaic_scale = m
     model_cfg.mosaic_scale = int(mosaic_scale)
 
-    unet = build_unet(model_cfg).to(dev)
-    if on_cuda:
-        unet = unet.to(memory_format=torch.channels_last)
-    forward = compile_unet(unet) if train_cfg.compile else unet
-    opt = torch.optim.Adam(unet.parameters(), lr=train_cfg.lr)
+    unet = precision.module(build_unet(model_cfg).to(dev))
+    head = precision.module(AnomalyHead(model_cfg.head_width).to(dev)) if model_cfg.head else None
+    net = torch.nn.ModuleDict({"unet": unet, **({"head": head} if head is not None else {})})
+    compiled = compile_module(unet) if train_cfg.compile else unet
+    mods = StepModules(
+        forward=lambda x: precision.run(compiled, x),
+        saliency=saliency,
+        head=None if head is None else (lambda x: precision.run(head, x)),
+    )
+    opt = torch.optim.Adam(net.parameters(), lr=train_cfg.lr)
     per_epoch = steps_per_epoch(len(train_idx), train_cfg.batch_size)
     if per_epoch == 0:
         raise ValueError(f"{len(train_idx)} training image(s) after the hold-out: need at least 2")
@@ -325,7 +346,7 @@ def train_model(
             raise CheckpointError(
                 f"{ckpt_path} was written for another configuration: resume with the same options as the killed run"
             )
-        unet.load_state_dict(ck["unet"])
+        net.load_state_dict(ck["unet"])
         opt.load_state_dict(ck["optimizer"])
         if sched is not None:
             sched.load_state_dict(ck["scheduler"])
@@ -347,13 +368,15 @@ def train_model(
             "step": step,
             "minutes": round(elapsed() / 60.0, 3),
             "train_loss": float(np.mean(losses[-20:])) if losses else None,
-            "heldout_loss": heldout_loss(model_cfg, unet, saliency, held_out, held_att, train_cfg.loss_weights),
+            "heldout_loss": heldout_loss(model_cfg, train_cfg, mods, list(net.values()), held_out, held_att),
             "lr": opt.param_groups[0]["lr"],
         }
+        net.eval()
+        pipe = Pipeline(model_cfg, unet, 1.0, dev, saliency, precision=precision, head=head)
+        rec.update(recovery_check(pipe, held_out).curve_fields())
         if on_curve is not None:
-            unet.eval()
-            rec.update(on_curve(rec, Pipeline(model_cfg, unet, 1.0, dev, saliency)) or {})
-            unet.train()
+            rec.update(on_curve(rec, pipe) or {})
+        net.train()
         curve.append(rec)
         with open(curve_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -364,7 +387,7 @@ def train_model(
         """Keep a copy of the weights when the held-out loss improves; count evaluations since it last did."""
         nonlocal best, since_best
         if best is None or rec["heldout_loss"] < best["loss"]:
-            state = {k: v.detach().cpu().clone() for k, v in unet.state_dict().items()}
+            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             best, since_best = {"loss": rec["heldout_loss"], "step": step, "state": state}, 0
         else:
             since_best += 1
@@ -374,7 +397,7 @@ def train_model(
             ckpt_path,
             {
                 "step": step,
-                "unet": unet.state_dict(),
+                "unet": net.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": None if sched is None else sched.state_dict(),
                 "torch_rng": torch.get_rng_state(),
@@ -392,8 +415,17 @@ def train_model(
     next_ckpt = elapsed() + 60.0 * train_cfg.checkpoint_minutes if train_cfg.checkpoint_minutes else None
     order_epoch, order = -1, []
     stop_reason = None
-    bar = tqdm(total=total, initial=step, desc=f"training {category}", disable=not progress)
-    unet.train()
+    # under a time budget the bar counts minutes, not the epoch bound's steps (an ETA of hours is a lie)
+    timed = deadline is not None and max_steps is None
+    bar = tqdm(
+        total=round(max_minutes, 1) if timed else total,  # type: ignore[arg-type]
+        initial=round(elapsed() / 60, 1) if timed else step,
+        desc=f"training {category}",
+        unit="min" if timed else "step",
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min {postfix}" if timed else None,
+        disable=not progress,
+    )
+    net.train()
     while stop_reason is None:
         if step >= total:
             stop_reason = "max_steps" if max_steps is not None and step >= max_steps else "epochs"
@@ -412,10 +444,7 @@ def train_model(
         x, att = data.batch(idx, gen)
         x = augment(x, train_cfg, gen).to(dev, non_blocking=True)
         att = None if att is None else att.to(dev)
-        if on_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda):
-            loss = step_loss(model_cfg, forward, saliency, x, att, gen, train_cfg.loss_weights).float()
+        loss = step_loss(model_cfg, train_cfg, mods, x, att, gen).float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -423,8 +452,8 @@ def train_model(
             sched.step()
         losses = [*losses[-19:], loss.item()]
         step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.update(round(elapsed() / 60, 1) - bar.n if timed else 1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", step=step)
         if train_cfg.eval_every and step % train_cfg.eval_every == 0:
             keep_if_best(record_curve())
             if train_cfg.patience and since_best >= train_cfg.patience:
@@ -443,15 +472,17 @@ def train_model(
         if train_cfg.eval_every:  # the last weights compete with the best ones too
             keep_if_best(rec)
     if best is not None:  # early stopping keeps the best held-out weights, not the last ones
-        unet.load_state_dict(best["state"])
-    unet.eval()
+        net.load_state_dict(best["state"])
+    net.eval()
 
-    pipe = Pipeline(model_cfg, unet, threshold=1.0, device=dev, attention_model=saliency)
+    pipe = Pipeline(model_cfg, unet, 1.0, dev, saliency, precision=precision, head=head)
     extras: dict[str, torch.Tensor] = {}
     if model_cfg.scoring.normal_map:  # from training images only: the held-out ones calibrate the threshold
         pipe.normal_map = fit_normal_map(pipe, data.images[train_idx[:NORMAL_MAP_IMAGES]])
         extras[NORMAL_MAP_KEY] = pipe.normal_map
-    threshold, stats = calibrate(pipe, select(data.images, hold_idx), train_cfg.threshold_sigmas)
+    held_images = select(data.images, hold_idx)
+    threshold, stats = calibrate(pipe, held_images, train_cfg.threshold_policy)
+    recovery = recovery_check(pipe, held_out)
 
     dino_path = resolve_dino_weights(dino_weights) if needs_dino(model_cfg) else None
     manifest = Manifest(
@@ -476,14 +507,18 @@ def train_model(
             "seconds": round(elapsed(), 1),
             "device": str(dev),
             "threads": torch.get_num_threads(),
-            "precision": "bf16 autocast, channels_last" if on_cuda else "fp32",
+            "precision": precision.to_json(),
             "mosaic_estimate": estimated,
+            "recovery": recovery.to_json(),
+            "degenerate": recovery.degenerate,
         },
         dino_weights_sha256=sha256_file(dino_path) if dino_path else None,
-        threshold_policy=f"sigma:{train_cfg.threshold_sigmas:g}",
+        threshold_policy=train_cfg.threshold_policy,
     )
     if isinstance(saliency, WeightFreeSaliency):
         extras.update({f"saliency.{k}": v for k, v in saliency.state_dict().items()})
+    if head is not None:
+        extras.update({f"{HEAD_PREFIX}{k}": v for k, v in head.state_dict().items()})
     return save_artifact(out_dir, unet.cpu(), manifest, extras)
 
 

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .limits import DEFAULT_MAX_PIXELS
+
 #: Default pixel limit: rejects decompression bombs before any pixel is decoded.
-DEFAULT_MAX_PIXELS = 40_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 # Pillow's own bomb check raises its own error type; we check the size ourselves.

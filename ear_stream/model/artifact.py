@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from .config import DEFAULT_IMAGE_POLICY, ModelConfig
+from .head import HEAD_PREFIX
 from .unet import UNet
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -43,7 +44,7 @@ class Manifest:
     created_at: str = ""
     format_version: int = FORMAT_VERSION
     #: the named policies the thresholds came from (``ear_stream.inspect.thresholds``)
-    threshold_policy: str = "sigma:3"
+    threshold_policy: str = DEFAULT_IMAGE_POLICY
     #: MSGMS value above which a map pixel belongs to a defect region (None: the image threshold)
     pixel_threshold: float | None = None
     pixel_policy: str = "image"
@@ -94,8 +95,9 @@ def _versions() -> dict[str, str]:
 
 
 #: prefixes of the tensors stored beside the U-Net weights (hashed with them): fitted saliency
-#: statistics (``saliency.*``) and the scoring's per-pixel normal map (``scoring.normal_map``)
-EXTRA_PREFIXES = ("saliency.", "scoring.")
+#: statistics (``saliency.*``), the scoring's per-pixel normal map (``scoring.normal_map``) and the
+#: learned anomaly head (``anomaly_head.*``)
+EXTRA_PREFIXES = ("saliency.", "scoring.", HEAD_PREFIX)
 
 
 def build_unet(cfg: ModelConfig) -> UNet:

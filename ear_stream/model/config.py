@@ -24,6 +24,11 @@ MOSAIC_SCALES = (2, 4, 8, 16, 32, 64)
 #: failure reason when a model scores NaN/inf (stream DLQ and ``score`` alike): scores fail closed
 NON_FINITE_SCORE = "non_finite_score"
 SCHEDULES = ("fixed", "warmup", "sgdr")
+#: what ``--precision`` accepts (``ear_stream.model.precision`` resolves ``auto`` per device)
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
+DEFAULT_PRECISION = "auto"
+#: the image threshold policy training applies (chosen on validation data, BENCHMARKS.md)
+DEFAULT_IMAGE_POLICY = "sigma:3"
 METHODS = ("ear", "riad")
 
 
@@ -50,6 +55,11 @@ def default_box(image_size: int) -> int:
 def default_scales(image_size: int) -> int:
     """3 scales at 256 px (coarsest 64 px); one fewer per halving, so the coarsest stays ≥ 32 px."""
     return int(min(3, max(1, round(math.log2(image_size / 32)))))
+
+
+def max_mosaic_scale(image_size: int) -> int:
+    """Largest mosaic scale: S/4, so a mosaic keeps at least 4×4 cells (one cell of the whole image is no hint)."""
+    return max(1, image_size // 4)
 
 
 def min_mosaic_scale(image_size: int, saliency: str) -> int:
@@ -124,6 +134,11 @@ class ModelConfig:
     tile: int | None = None
     #: pixels shared by neighbouring tiles (default tile // 4): keeps the U-Net's edge away from the seams
     tile_overlap: int | None = None
+    #: score with the learned anomaly head on [input, recovery, MSGMS map] (``ear_stream.model.head``),
+    #: trained on simulated defects, instead of the plain max of the MSGMS map
+    head: bool = False
+    #: the head's base channel count
+    head_width: int = 8
 
     @property
     def native(self) -> bool:
@@ -147,6 +162,12 @@ class ModelConfig:
             raise ValueError(f"kernel_size must be 3 or 5, got {self.kernel_size}")
         if self.mosaic_scale < 1:
             raise ValueError(f"mosaic_scale must be >= 1, got {self.mosaic_scale}")
+        if self.head and self.method != "ear":
+            raise ValueError("the learned head scores EAR reconstructions: it needs method 'ear'")
+        if self.head and self.scoring.normal_map:
+            raise ValueError("the learned head and the normal map are two answers to one problem: pick one")
+        if not 4 <= int(self.head_width) <= 128:
+            raise ValueError(f"head_width must be in [4, 128], got {self.head_width}")
         self._check_tiling()
 
     def _check_tiling(self) -> None:
@@ -202,7 +223,8 @@ class TrainConfig:
     warmup_epochs: int = 1
     loss_weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
     holdout_fraction: float = 0.1
-    threshold_sigmas: float = 3.0
+    #: the image threshold policy applied after training (``ear_stream.inspect.thresholds``)
+    threshold_policy: str = DEFAULT_IMAGE_POLICY
     seed: int = 0
     #: augmentations (opt-in): per-image horizontal/vertical flips, quarter turns, brightness/contrast jitter
     hflip: bool = False
@@ -218,6 +240,14 @@ class TrainConfig:
     checkpoint_minutes: float | None = None
     #: ``torch.compile`` the U-Net's training forward
     compile: bool = False
+    #: probability that a training image gets a simulated defect (``ear_stream.inspect.simulate``); the
+    #: recovery is trained to return the clean image, and the head (if any) to segment the defect
+    simulate: float = 0.5
+    #: extra weight of the L1 recovery error inside simulated defects (the loss "weighs the simulated region")
+    defect_weight: float = 1.0
+    #: the U-Net's numeric path (``ear_stream.model.precision``): auto = bf16 autocast + channels_last where
+    #: the device has bf16 units, else fp32 + channels_last
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -228,6 +258,12 @@ class TrainConfig:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if not 0.0 <= self.jitter < 0.5:
             raise ValueError(f"jitter must be in [0, 0.5), got {self.jitter}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}")
+        if not 0.0 <= self.simulate <= 1.0:
+            raise ValueError(f"simulate must be in [0, 1], got {self.simulate}")
+        if self.defect_weight < 0:
+            raise ValueError(f"defect_weight must be >= 0, got {self.defect_weight}")
         if self.patience is not None and not self.eval_every:
             raise ValueError("--patience needs --eval-every (the held-out loss it watches)")
         for name in ("eval_every", "patience", "checkpoint_every"):

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_WINDOW = 1000
-DEFAULT_ALERT = 1.5
+from .settings import DEFAULT_DRIFT_ALERT as DEFAULT_ALERT
+from .settings import DEFAULT_DRIFT_WINDOW as DEFAULT_WINDOW
+
 #: fewest good-side scores before a ratio is reported (a handful of images says nothing)
 MIN_SCORES = 20
 

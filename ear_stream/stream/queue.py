@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -19,91 +18,30 @@ from typing import Any
 
 import redis
 
-from ..model.config import NON_FINITE_SCORE  # noqa: F401 - a DLQ reason: NaN/inf score
+from .protocol import (  # noqa: F401 - the protocol's names, re-exported: q.StreamConfig, q.DECODE_ERROR, …
+    DECODE_ERROR,
+    DEFAULT_MAX_IMAGE_BYTES,
+    INVALID_FIELD,
+    MAX_DELIVERIES,
+    MAX_ID_BYTES,
+    MAX_META_BYTES,
+    MODEL_ERROR,
+    NON_FINITE_SCORE,
+    PRODUCT_RE,
+    RETAIN_CHOICES,
+    STREAM_KEYS,
+    TOO_LARGE,
+    TOO_SMALL,
+    UNKNOWN_PRODUCT,
+    DeadLetter,
+    Entry,
+    Rejection,
+    StreamConfig,
+    ValidationError,
+    ValidEntry,
+)
 
-PRODUCT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MAX_ID_BYTES = 256
-MAX_META_BYTES = 16 * 1024
-DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
-
-# dead-letter reasons (machine-readable; the message says the rest)
-DECODE_ERROR = "decode_error"
-UNKNOWN_PRODUCT = "unknown_product"
-TOO_LARGE = "too_large"
-TOO_SMALL = "too_small"
-INVALID_FIELD = "invalid_field"
-MAX_DELIVERIES = "max_deliveries"
-
-
-RETAIN_CHOICES = ("none", "acked")
-STREAM_KEYS = ("input", "verdict", "dead-letter")
 log = logging.getLogger("ear_stream.stream.queue")
-
-
-@dataclass
-class StreamConfig:
-    """Names and limits shared by producers, workers and ``status``."""
-
-    stream: str = "ear:in"
-    group: str = "ear-workers"
-    dlq: str = "ear:dlq"
-    results: str | None = None  # e.g. "ear:out"
-    max_deliveries: int = 5
-    claim_idle_ms: int = 60_000
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    heartbeat_ttl_s: int = 30
-    #: what happens to an input entry once its result is durable: ``none`` = deleted (XACKDEL, or XACK+XDEL
-    #: in one MULTI/EXEC); ``acked`` = deleted only once every consumer group has acknowledged it (deployments
-    #: that attach a second group, e.g. an archiver)
-    retain: str = "none"
-    #: approximate caps (XADD MAXLEN ~) of the verdict stream and the dead-letter stream
-    results_maxlen: int = 100_000
-    dlq_maxlen: int = 100_000
-
-    def __post_init__(self) -> None:
-        if self.retain not in RETAIN_CHOICES:
-            raise ValueError(f"retain must be one of {RETAIN_CHOICES}, got {self.retain!r}")
-
-    @property
-    def heartbeat_prefix(self) -> str:
-        """Heartbeat keys are per stream and group, so ``status`` lists only this pool's workers."""
-        return f"{self.stream}:{self.group}:workers:"
-
-
-@dataclass
-class Entry:
-    """One delivered stream entry; ``fields`` keys are str, values bytes."""
-
-    stream_id: str
-    fields: dict[str, bytes]
-    deliveries: int = 1
-
-    @property
-    def enqueued_ms(self) -> int:
-        """Redis stream ids start with the server time of the XADD in ms."""
-        return int(self.stream_id.split("-", 1)[0])
-
-
-@dataclass
-class Rejection:
-    entry: Entry
-    reason: str
-    message: str
-
-
-@dataclass
-class ValidEntry:
-    entry: Entry
-    id: str
-    product: str
-    image: bytes
-    meta: str | None = None
-
-
-class ValidationError(ValueError):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class RedisSetupError(RuntimeError):

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,57 +27,34 @@ import redis
 
 from ..inspect.pipeline import Pipeline
 from ..inspect.scoring import result_rows
-from ..io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from ..io.decode import ImageDecodeError, decode_image
 from ..io.results import ResultWriter
 from ..model.artifact import MANIFEST_FILE, ArtifactError, load_manifest
+from ..model.config import DEFAULT_PRECISION
 from . import queue as q
-from .drift import DEFAULT_ALERT, DEFAULT_WINDOW, DriftMonitor
+from .drift import DriftMonitor
 from .metrics import WorkerMetrics
+from .settings import WorkerConfig, default_worker_name
+
+__all__ = ["ModelRegistry", "Worker", "WorkerConfig", "default_worker_name"]
 
 log = logging.getLogger("ear_stream.stream.worker")
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux: /proc/self/stat), else since this module was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED_AT
+
+
+_IMPORTED_AT = time.monotonic()
 T = TypeVar("T")
-MODEL_ERROR = "model_error"
 #: test hook: SIGKILL this process at a named point (before_score, before_flush, before_ack)
 FAULT_POINT_ENV, FAULT_AFTER_ENV = "EAR_FAULT_POINT", "EAR_FAULT_AFTER"
-
-
-def default_worker_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass
-class WorkerConfig:
-    redis_url: str
-    models_dir: Path
-    out_dir: Path
-    name: str = field(default_factory=default_worker_name)
-    stream: q.StreamConfig = field(default_factory=q.StreamConfig)
-    batch_size: int = 32
-    device: str = "auto"
-    dino_weights: Path | None = None
-    #: per-run tiling of native-resolution models (None: each model's own)
-    tile: int | None = None
-    tile_overlap: int | None = None
-    #: per-run image threshold for every product (None: each model's own, reloaded when revised)
-    threshold: float | None = None
-    #: how often a model's manifest is checked for a threshold revision (seconds)
-    reload_every_s: float = 2.0
-    #: good-side scores kept per product for drift, and the ratio that raises the alert
-    drift_window: int = DEFAULT_WINDOW
-    drift_alert: float = DEFAULT_ALERT
-    flush_rows: int = 256
-    flush_seconds: float = 2.0
-    block_ms: int = 500
-    claim_every_s: float = 5.0
-    heartbeat_every_s: float = 2.0
-    decode_threads: int = 2
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    min_side: int = 8
-    exit_when_idle_s: float | None = None
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    #: start even if Redis' maxmemory-policy may evict keys (it can evict the input stream)
-    allow_eviction: bool = False
 
 
 @dataclass
@@ -104,8 +80,12 @@ class ModelRegistry:
         tile_overlap: int | None = None,
         threshold: float | None = None,
         reload_every_s: float = 2.0,
+        precision: str = DEFAULT_PRECISION,
+        compile: bool = False,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.precision = precision
+        self.compile = compile
         self.device = device
         self.dino_weights = dino_weights
         self.tiling = (tile, tile_overlap)
@@ -121,13 +101,36 @@ class ModelRegistry:
                 path = self.models_dir / product  # product names are validated: no path traversal
                 if not (path / "manifest.json").is_file():
                     raise UnknownProduct(f"no model for product {product!r} in {self.models_dir}")
-                self._pipes[product] = Pipeline.from_artifact(
-                    path, self.device, self.dino_weights, *self.tiling, threshold=self.threshold
-                )
+                self._pipes[product] = self._load(path)
                 self._stamps[product] = (time.monotonic(), self._stat(path))
             elif time.monotonic() - self._stamps[product][0] >= self.reload_every_s:
                 self._maybe_reload(product)
             return self._pipes[product]
+
+    def _load(self, path: Path) -> Pipeline:
+        return Pipeline.from_artifact(
+            path,
+            self.device,
+            self.dino_weights,
+            *self.tiling,
+            threshold=self.threshold,
+            precision=self.precision,
+            compile=self.compile,
+        )
+
+    def warm_up(self, batch_size: int) -> float:
+        """Load every model in the folder and score blank batches (compilation, kernel selection) before the
+        first read, so the first real entries do not pay for it; returns seconds. A model that fails to load
+        is left for its entries to dead-letter as ``model_error``."""
+        started = time.monotonic()
+        for path in sorted(p for p in self.models_dir.iterdir() if (p / MANIFEST_FILE).is_file()):
+            try:
+                pipe = self.get(path.name)
+                seconds = pipe.warm_up((1, max(2, min(batch_size, 8))))
+                log.info("%s: warmed up in %.1fs (%s)", path.name, seconds, pipe.precision.describe())
+            except Exception as exc:  # noqa: BLE001 - any failure here is reported per entry later
+                log.warning("%s: not warmed up (%s)", path.name, exc)
+        return time.monotonic() - started
 
     @staticmethod
     def _stat(path: Path) -> tuple[int, int]:
@@ -147,9 +150,7 @@ class ModelRegistry:
                 pipe.apply_thresholds(manifest, self.threshold)
                 log.info("%s: thresholds revised (image %.5g, version %s)", product, pipe.threshold, pipe.model_version)
             else:
-                self._pipes[product] = Pipeline.from_artifact(
-                    path, self.device, self.dino_weights, *self.tiling, threshold=self.threshold
-                )
+                self._pipes[product] = self._load(path)
                 log.info("%s: new model loaded (version %s)", product, self._pipes[product].model_version)
         except (OSError, ArtifactError) as exc:  # a manifest being replaced: keep the model in hand, retry later
             log.warning("%s: not reloading (%s)", product, exc)
@@ -168,7 +169,15 @@ class Worker:
         self.scfg = cfg.stream
         self.client = q.connect(cfg.redis_url)
         self.models = registry or ModelRegistry(
-            cfg.models_dir, cfg.device, cfg.dino_weights, cfg.tile, cfg.tile_overlap, cfg.threshold, cfg.reload_every_s
+            cfg.models_dir,
+            cfg.device,
+            cfg.dino_weights,
+            cfg.tile,
+            cfg.tile_overlap,
+            cfg.threshold,
+            cfg.reload_every_s,
+            cfg.precision,
+            cfg.compile,
         )
         self.drift = DriftMonitor(cfg.drift_window, cfg.drift_alert)
         self._alerting: set[str] = set()
@@ -234,6 +243,12 @@ class Worker:
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
         self._redis(lambda: q.ensure_group(self.client, self.scfg), "group creation")
+        self.stats["warmup_s"] = round(self.models.warm_up(self.cfg.batch_size), 3)
+        self.stats["startup_s"] = round(process_age_s(), 3)
+        log.info(
+            "worker %s ready after %.1fs (model warm-up %.1fs)", self.cfg.name, self.stats["startup_s"],
+            self.stats["warmup_s"],
+        )  # fmt: skip
         log.info("worker %s reading %s as group %s", self.cfg.name, self.scfg.stream, self.scfg.group)
         idle_since = time.monotonic()
         in_flight: Future | None = None
@@ -337,7 +352,7 @@ class Worker:
             except UnknownProduct as exc:
                 rejections.append(q.Rejection(e, q.UNKNOWN_PRODUCT, str(exc)))
             except (ArtifactError, ValueError, OSError) as exc:
-                rejections.append(q.Rejection(e, MODEL_ERROR, f"model for {e.fields.get('product')!r}: {exc}"))
+                rejections.append(q.Rejection(e, q.MODEL_ERROR, f"model for {e.fields.get('product')!r}: {exc}"))
         decoded = list(self._decode_pool.map(self._decode, valid))
         prepared = Prepared()
         for ve, result in zip(valid, decoded, strict=True):

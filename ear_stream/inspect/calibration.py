@@ -1,0 +1,80 @@
+"""Calibration on held-out good images: the split, the scores and map pixels every threshold policy needs.
+
+Part of the good training images is held out (a pure function of the image count,
+the fraction and the seed, so it can be recomputed for an older model). Their
+scores give the ``sigma``/``quantile``/``fpr`` policies, a quantile grid of their
+map pixels the pixel policies, and the scores of the same images with a simulated
+defect each (:mod:`.simulate`) a labelled set without one real defect: the
+``simf1`` policy (docs/design.md, "Thresholds").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model.config import DEFAULT_IMAGE_POLICY
+from .simulate import simulate_defects
+from .thresholds import good_score_stats, image_threshold, parse_policy, pixel_quantile_grid
+
+#: seed of the simulated defects scored at calibration (fixed: the same model always gets the same set)
+SIMULATION_SEED = 20_261_201
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/holdout index split; at least 2 images on each side when possible."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_hold = min(max(2, int(round(n * fraction))), max(n - 2, 0))
+    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
+
+
+def calibrate_threshold(
+    scores: np.ndarray, policy: str = DEFAULT_IMAGE_POLICY, simulated: np.ndarray | None = None
+) -> tuple[float, dict]:
+    """Decision threshold from held-out normal scores by a named policy (``sigma:3``, ``simf1``, …).
+
+    The statistics keep the scores themselves (and the simulated-defect scores), so
+    ``ear-stream threshold`` can apply another policy later.
+    """
+    if scores.size == 0:
+        raise ValueError("no held-out images to calibrate the threshold")
+    threshold = image_threshold(parse_policy(policy), scores, simulated=simulated)
+    stats = {"rule": f"policy {policy} on held-out normal scores", **good_score_stats(scores)}
+    if simulated is not None and len(simulated):
+        stats["simulated_scores"] = [float(v) for v in simulated]
+    return threshold, stats
+
+
+#: held-out map pixels kept for the pixel quantile grid (uniform subsample, fixed seed)
+MAX_CALIBRATION_PIXELS = 2_000_000
+
+
+def calibrate(pipe, held_images, policy: str = DEFAULT_IMAGE_POLICY, batch: int = 16) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
+    """Score the held-out good images once: the image threshold, its statistics and the pixel statistics.
+
+    Whole-image models also score the same images with a simulated defect each (``simf1``).
+    """
+    scores, pixels = [], []
+    for i in range(0, len(held_images), batch):
+        res = pipe.score_images(held_images[i : i + batch], want_maps=True)
+        scores.append(res.scores)
+        pixels.extend(m.float().flatten().numpy() for m in res.maps)
+    simulated = simulated_defect_scores(pipe, held_images, batch) if isinstance(held_images, torch.Tensor) else None
+    threshold, stats = calibrate_threshold(np.concatenate(scores), policy, simulated)
+    values = np.concatenate(pixels) if pixels else np.zeros(1)
+    if values.size > MAX_CALIBRATION_PIXELS:
+        values = np.random.default_rng(0).choice(values, MAX_CALIBRATION_PIXELS, replace=False)
+    stats.update(
+        pixel_mean=float(values.mean()), pixel_std=float(values.std()), pixel_quantiles=pixel_quantile_grid(values)
+    )
+    return threshold, stats
+
+
+def simulated_defect_scores(pipe, images: torch.Tensor, batch: int = 16) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Scores of the held-out good images with one simulated defect each (fixed seed)."""
+    gen = torch.Generator().manual_seed(SIMULATION_SEED)
+    scores = []
+    for i in range(0, images.shape[0], batch):
+        corrupted = simulate_defects(images[i : i + batch], gen, 1.0).images
+        scores.append(pipe.score_images(corrupted).scores)
+    return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)

@@ -1,0 +1,88 @@
+"""Settings of a stream worker: one serialisable dataclass shared by ``worker``, ``cluster`` and the Ray actors.
+
+Pure data with no heavy imports, so the CLI builds its options (and their
+defaults) from these fields without loading torch or redis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io.limits import DEFAULT_MAX_PIXELS
+from ..model.config import DEFAULT_PRECISION
+from .protocol import StreamConfig
+
+#: good-side scores kept per product for drift, and the drift ratio that raises the alert
+DEFAULT_DRIFT_WINDOW = 1000
+DEFAULT_DRIFT_ALERT = 1.5
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class WorkerConfig:
+    redis_url: str
+    models_dir: Path
+    out_dir: Path
+    name: str = field(default_factory=default_worker_name)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    batch_size: int = 32
+    device: str = "auto"
+    dino_weights: Path | None = None
+    #: per-run tiling of native-resolution models (None: each model's own)
+    tile: int | None = None
+    tile_overlap: int | None = None
+    #: per-run image threshold for every product (None: each model's own, reloaded when revised)
+    threshold: float | None = None
+    #: how often a model's manifest is checked for a threshold revision (seconds)
+    reload_every_s: float = 2.0
+    #: good-side scores kept per product for drift, and the ratio that raises the alert
+    drift_window: int = DEFAULT_DRIFT_WINDOW
+    drift_alert: float = DEFAULT_DRIFT_ALERT
+    flush_rows: int = 256
+    flush_seconds: float = 2.0
+    block_ms: int = 500
+    claim_every_s: float = 5.0
+    heartbeat_every_s: float = 2.0
+    decode_threads: int = 2
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = 8
+    exit_when_idle_s: float | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    #: start even if Redis' maxmemory-policy may evict keys (it can evict the input stream)
+    allow_eviction: bool = False
+    #: the U-Net's numeric path (``ear_stream.model.precision``) and whether to compile it for inference
+    precision: str = DEFAULT_PRECISION
+    compile: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON types only (paths as strings): what crosses to a Ray actor, no pickled objects."""
+        data = dataclasses.asdict(self)
+        for key in ("models_dir", "out_dir", "dino_weights"):
+            if data[key] is not None:
+                data[key] = str(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerConfig:
+        values = dict(data)
+        values["stream"] = (
+            StreamConfig(**values["stream"])
+            if isinstance(values.get("stream"), dict)
+            else values.get("stream", StreamConfig())
+        )
+        for key in ("models_dir", "dino_weights"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        out = values.get("out_dir")
+        if out is not None and "://" not in str(out):  # a filesystem URI stays a string
+            values["out_dir"] = Path(out)
+        return cls(**values)

@@ -13,12 +13,12 @@ export TORCH_CUDA_ARCH_LIST
 export MAX_JOBS ?= 2
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: install build demo test lint format cmake-test redis bench clean
+.PHONY: install build demo test lint format cmake-test redis promtool bench clean
 
-$(VENV)/.deps: requirements.txt
+$(VENV)/.deps: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q -r requirements-dev.txt
 	touch $@
 
 # Editable install (entry point, metadata) without compiling, then an incremental in-place build
@@ -35,6 +35,10 @@ redis:
 	@command -v redis-server >/dev/null || { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@redis-server --version
 
+# promtool checks workers/monitoring/alerts.yml in the tests (Debian's prometheus package; the test skips without it)
+promtool:
+	@command -v promtool >/dev/null || { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || echo "promtool not installed: its test will skip"; }
+
 demo: install redis
 	$(VENV)/bin/ear-stream demo
 
@@ -49,7 +53,7 @@ format: $(VENV)/.deps
 cmake-test: $(VENV)/.deps
 	source $(VENV)/bin/activate && cmake -S . -B build/cmake -G Ninja >/dev/null && cmake --build build/cmake -j$(MAX_JOBS) && ctest --test-dir build/cmake --output-on-failure
 
-test: install redis lint cmake-test
+test: install redis promtool lint cmake-test
 	$(PY) -m pytest -q
 
 bench: install

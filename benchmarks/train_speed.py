@@ -3,9 +3,9 @@
     python benchmarks/train_speed.py --device cuda --size 256 --batch 32      # the GPU figure (issue #12)
     python benchmarks/train_speed.py --device cpu --size 64 --batch 8 --steps 10
 
-One training step is what ``train_model`` runs: excise (spectral saliency), U-Net
-forward in bf16 autocast with channels_last on CUDA (fp32 on CPU), the combined
-loss, backward, Adam. Prints median ms/step after warm-up for eager and compiled,
+One training step is what ``train_model`` runs: simulated defects, excise (spectral
+saliency), U-Net forward on the ``--precision`` path (auto: bf16 autocast + channels_last
+on CUDA and on CPUs with bf16 units), the combined loss, backward, Adam. Prints median ms/step after warm-up for eager and compiled,
 their ratio, and the projected time of a 300-epoch run of ``--images`` images.
 """
 
@@ -23,32 +23,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def time_steps(compiled: bool, args: argparse.Namespace) -> list[float]:
-    from ear_stream.inspect.training import compile_unet, step_loss
+    from ear_stream.inspect.augment import step_generator
+    from ear_stream.inspect.training import StepModules, step_loss
     from ear_stream.model.artifact import build_unet
-    from ear_stream.model.config import ModelConfig
+    from ear_stream.model.config import ModelConfig, TrainConfig
+    from ear_stream.model.precision import compile_module, resolve_precision
     from ear_stream.model.weightfree import create_saliency
 
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
+    precision = resolve_precision(args.precision, dev)
     torch.manual_seed(0)
     cfg = ModelConfig(image_size=args.size, saliency="spectral", base_channels=args.width, mosaic_scale=16)
-    unet = build_unet(cfg).to(dev)
-    if cuda:
-        unet = unet.to(memory_format=torch.channels_last)
-    forward = compile_unet(unet) if compiled else unet
-    saliency = create_saliency("spectral").to(dev)
+    tcfg = TrainConfig(batch_size=args.batch, simulate=args.simulate)
+    unet = precision.module(build_unet(cfg).to(dev))
+    forward = compile_module(unet) if compiled else unet
+    mods = StepModules(forward=lambda x: precision.run(forward, x), saliency=create_saliency("spectral").to(dev))
     opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
     x = torch.rand(args.batch, 3, args.size, args.size, device=dev)
-    if cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(0)
     times = []
     for i in range(args.warmup + args.steps):
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            loss = step_loss(cfg, forward, saliency, x, None, gen, (1 / 3, 1 / 3, 1 / 3)).float()
+        loss = step_loss(cfg, tcfg, mods, x, None, step_generator(0, i)).float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -68,6 +66,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--images", type=int, default=400, help="training images, for the 300-epoch projection")
+    p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (ear_stream.model.precision)")
+    p.add_argument("--simulate", type=float, default=0.5, help="share of images with a simulated defect")
     args = p.parse_args()
     name = (
         torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"

@@ -62,11 +62,21 @@ def poisoned_outputs():
         torch.ops.ear._set_poison(False)
 
 
-#: tests that talk to a real redis-server skip cleanly where none is installed
-needs_redis = pytest.mark.skipif(
-    not any(os.access(os.path.join(p, "redis-server"), os.X_OK) for p in os.environ.get("PATH", "").split(":")),
-    reason="redis-server is not installed (make test installs it)",
-)
+#: tests that talk to a real redis-server carry this marker; they skip cleanly where none is installed
+needs_redis = pytest.mark.redis
+HAS_REDIS = any(os.access(os.path.join(p, "redis-server"), os.X_OK) for p in os.environ.get("PATH", "").split(":"))
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # type: ignore[no-untyped-def]
+    """Markers decide what skips and why: ``redis`` without redis-server, ``cuda`` without a GPU."""
+    skips = {
+        "redis": None if HAS_REDIS else "redis-server is not installed (make test installs it)",
+        "cuda": None if torch.cuda.is_available() else "needs a CUDA device",
+    }
+    for item in items:
+        for marker, reason in skips.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="module")

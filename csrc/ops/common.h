@@ -28,7 +28,7 @@ EAR_HD int clamp_index(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? h
 // then score finite and pass a part as good. Scores must fail closed.
 EAR_HD float nan_max(float best, float v) { return (best != best) ? best : ((v != v || v > best) ? v : best); }
 
-// Q3 rule (SPEC §1 step 2): threshold = mean + 0.674 * population std, mean and variance
+// Q3 rule (docs/design.md, "Excision"): threshold = mean + 0.674 * population std, mean and variance
 // accumulated in double, then combined in float; S = A > threshold (strict). For constant
 // attention (std = 0) the double mean is exact, so threshold == A everywhere and S = 0:
 // nothing stands out, nothing is excised. The reference computes it the same way.

@@ -65,21 +65,20 @@ def score(
     with status 2 after scoring the rest.
     """
     from ..inspect.pipeline import Pipeline
+    from ..stream.protocol import check_product
 
+    product = check_product(product or model_dir.name)  # the partition and the column must say the same
     announce_backend(precision, device)
     from ..inspect.scoring import score_files
     from ..io.decode import list_images
 
-    try:
-        files = list_images(list(inputs))
-        pipe = Pipeline.from_artifact(
-            model_dir, device, dino_weights, tile, tile_overlap, threshold_override, precision, compile_
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    files = list_images(list(inputs))
+    pipe = Pipeline.from_artifact(
+        model_dir, device, dino_weights, tile, tile_overlap, threshold_override, precision, compile_
+    )
     if not files:
         raise click.ClickException("no images found in the given inputs")
-    report = score_files(pipe, files, out_dir, product or model_dir.name, batch_size, save_maps)
+    report = score_files(pipe, files, out_dir, product, batch_size, save_maps)
     click.echo(f"scored {report.scored} images into {len(report.written)} Parquet part(s) under {out_dir}")
     for _path, reason, message in report.rejected:
         click.echo(f"rejected [{reason}] {message}", err=True)

@@ -12,17 +12,7 @@ from pathlib import Path
 
 import click
 
-from ..inspect.evaluation import evaluate, write_report
-from ..inspect.pipeline import Pipeline
-from ..inspect.training import train_model
-from ..io.datasets import write_synthetic_category
-from ..io.decode import list_images
-from ..io.results import read_results, summarize
-from ..model.artifact import load_manifest
-from ..model.config import DEFAULT_PRECISION, ModelConfig, TrainConfig, default_keep_context, resolve_saliency
-from ..stream import queue as q
-from ..stream.redis_server import RedisServer, find_redis_server
-from ..stream.settings import WorkerConfig
+from ..model.config import DEFAULT_PRECISION
 from .options import PRECISION_OPTION
 
 PRODUCT = "synthetic"
@@ -33,6 +23,11 @@ DEMO_EPOCHS = 60
 
 def ensure_model(workdir: Path, epochs: int, image_size: int, precision: str = DEFAULT_PRECISION) -> Path:
     """Train the demo model once; later runs reuse it when its config matches."""
+    from ..inspect.training import train_model
+    from ..io.datasets import write_synthetic_category
+    from ..model.artifact import load_manifest
+    from ..model.config import ModelConfig, TrainConfig, default_keep_context, resolve_saliency
+
     data = workdir / "data"
     if not (data / PRODUCT).is_dir():
         write_synthetic_category(data, PRODUCT)
@@ -76,6 +71,15 @@ def run_demo(
     from workers.local import init_ray
     from workers.policy import ScalingPolicy
     from workers.supervisor import Supervisor
+
+    from ..inspect.evaluation import evaluate, write_report
+    from ..inspect.pipeline import Pipeline
+    from ..io.decode import list_images
+    from ..io.results import read_results, summarize
+    from ..model.artifact import load_manifest
+    from ..stream import queue as q
+    from ..stream.redis_server import RedisServer, find_redis_server
+    from ..stream.settings import WorkerConfig
 
     find_redis_server()  # before minutes of training, not after
     workdir = Path(workdir).resolve()
@@ -181,7 +185,7 @@ def run_demo(
     show_default=True,
     help="Training epochs for the demo model (enough that it recovers its textures: under half a flat image's error).",
 )
-@click.option("--image-size", default=64, show_default=True)
+@click.option("--image-size", default=64, show_default=True, help="Side of the demo model (a multiple of 32).")
 @click.option(
     "--copies",
     default=32,

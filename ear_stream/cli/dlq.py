@@ -42,6 +42,12 @@ def dlq() -> None:
     """
 
 
+def printable(text: str) -> str:
+    """A producer-chosen string safe to print on one line: control characters (a newline forging a row)
+    are shown escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @dlq.command("list")
 @_filters
 @click.option("--limit", default=50, show_default=True, help="Rows to print (all with --json).")
@@ -61,7 +67,7 @@ def list_cmd(redis_url, stream, dlq, reason, product, ids, limit, as_json) -> No
     for x in letters[:limit]:
         age = x.age_s()
         click.echo(
-            f"  {x.dlq_id}  {x.reason:<17} {x.product or '?':<12} {x.id or '?':<32} "
+            f"  {x.dlq_id}  {printable(x.reason):<17} {printable(x.product or '?'):<12} {printable(x.id or '?'):<32} "
             f"{'' if age is None else f'{age:8.0f}s ago'}  {'' if x.replayable else '[no payload]'}"
         )
 
@@ -69,19 +75,27 @@ def list_cmd(redis_url, stream, dlq, reason, product, ids, limit, as_json) -> No
 @dlq.command()
 @_filters
 @click.option("--max-backlog", default=10_000, show_default=True, help="Wait while the input stream is this full.")
-def replay(redis_url, stream, dlq, reason, product, ids, max_backlog) -> None:
+@click.option(
+    "--max-replays",
+    default=3,
+    show_default=True,
+    help="Refuse letters already replayed this often (a poison entry must not cycle forever).",
+)
+def replay(redis_url, stream, dlq, reason, product, ids, max_backlog, max_replays) -> None:
     """Move matching dead letters back to the input stream with their original fields.
 
-    Entries whose payload was not kept (larger than the image limit) are refused
-    and stay in the dead-letter stream; the exit status is then 2.
+    Entries whose payload was not kept (larger than the image limit), or that were
+    replayed --max-replays times already, are refused and stay in the dead-letter
+    stream; the exit status is then 2.
     """
     from ..stream import dlq as dead
 
     client, cfg, letters = _select(redis_url, stream, dlq, reason, product, ids)
-    replayed, refused = dead.replay(client, cfg, letters, max_backlog)
-    click.echo(f"replayed {replayed} entries to {stream}; refused {len(refused)} without a kept payload")
+    replayed, refused = dead.replay(client, cfg, letters, max_backlog, max_replays)
+    click.echo(f"replayed {replayed} entries to {stream}; refused {len(refused)}")
     for x in refused:
-        click.echo(f"refused {x.dlq_id} ({x.reason}, id {x.id or '?'}): payload not kept", err=True)
+        why = "payload not kept" if not x.replayable else f"replayed {dead.replays_of(x)} times already"
+        click.echo(f"refused {x.dlq_id} ({x.reason}, id {printable(x.id or '?')}): {why}", err=True)
     if refused:
         raise SystemExit(2)
 

@@ -248,60 +248,57 @@ def train(
         raise click.UsageError("--scale applies to native-resolution training: give --train-crop too")
     if (tile is not None or tile_overlap is not None) and train_crop is None:
         raise click.UsageError("--tile applies to native-resolution models: give --train-crop too")
-    try:
-        cfg = ModelConfig(
-            image_size=train_crop or image_size,
-            scale=(1.0 if scale is None else scale) if train_crop else None,
-            tile=tile,
-            tile_overlap=tile_overlap,
-            saliency=resolved,
-            kernel_size=int(kernel_size),
-            base_channels=base_channels,
-            method=method,
-            scoring=ScoringConfig(scales=scales, box=box, border=border, normal_map=normal_map),
-            saliency_params={"grid": grid} if grid and resolved not in ("dino", "binary", "none") else {},
-            keep_context=default_keep_context(resolved) if keep_context is None else keep_context,
-            head=head and method == "ear",
-            head_width=head_width,
-        )
-        if cfg.head and simulate <= 0:
-            raise click.UsageError("--head learns from simulated defects: give --simulate > 0 (or --no-head)")
-        tcfg = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            schedule=schedule,
-            seed=seed,
-            hflip=hflip,
-            vflip=vflip,
-            rot90=rot90,
-            jitter=jitter,
-            eval_every=eval_every,
-            patience=patience,
-            checkpoint_every=checkpoint_every,
-            checkpoint_minutes=checkpoint_minutes,
-            compile=compile_,
-            simulate=simulate,
-            defect_weight=defect_weight,
-            threshold_policy=threshold_policy,
-            precision=precision,
-        )
-        announce_backend(precision, device)
-        path = train_model(
-            data_root,
-            category,
-            out_dir,
-            cfg,
-            tcfg,
-            mosaic_scale=m,
-            dino_weights=dino_weights,
-            device=device,
-            max_steps=max_steps,
-            max_minutes=max_minutes,
-            resume=resume,
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    cfg = ModelConfig(
+        image_size=train_crop or image_size,
+        scale=(1.0 if scale is None else scale) if train_crop else None,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        saliency=resolved,
+        kernel_size=int(kernel_size),
+        base_channels=base_channels,
+        method=method,
+        scoring=ScoringConfig(scales=scales, box=box, border=border, normal_map=normal_map),
+        saliency_params={"grid": grid} if grid and resolved not in ("dino", "binary", "none") else {},
+        keep_context=default_keep_context(resolved) if keep_context is None else keep_context,
+        head=head and method == "ear",
+        head_width=head_width,
+    )
+    if cfg.head and simulate <= 0:
+        raise click.UsageError("--head learns from simulated defects: give --simulate > 0 (or --no-head)")
+    tcfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        schedule=schedule,
+        seed=seed,
+        hflip=hflip,
+        vflip=vflip,
+        rot90=rot90,
+        jitter=jitter,
+        eval_every=eval_every,
+        patience=patience,
+        checkpoint_every=checkpoint_every,
+        checkpoint_minutes=checkpoint_minutes,
+        compile=compile_,
+        simulate=simulate,
+        defect_weight=defect_weight,
+        threshold_policy=threshold_policy,
+        precision=precision,
+    )
+    announce_backend(precision, device)
+    path = train_model(
+        data_root,
+        category,
+        out_dir,
+        cfg,
+        tcfg,
+        mosaic_scale=m,
+        dino_weights=dino_weights,
+        device=device,
+        max_steps=max_steps,
+        max_minutes=max_minutes,
+        resume=resume,
+    )
     from ..model.artifact import load_manifest
 
     man = load_manifest(path)
@@ -367,18 +364,15 @@ def evaluate_cmd(
     from ..inspect.evaluation import evaluate, write_report
     from ..inspect.pipeline import Pipeline
 
-    try:
-        pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap, precision=precision)
-        if box is not None:
-            pipe.config.scoring.box = box
-        if median is not None:
-            pipe.config.scoring.median = median
-        if border is not None:
-            pipe.config.scoring.border = border
-        click.echo(f"saliency: {pipe.config.saliency} {pipe.config.saliency_params or ''}".rstrip(), err=True)
-        result, material = evaluate(pipe, data_root, category, batch_size=batch_size)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap, precision=precision)
+    if box is not None:
+        pipe.config.scoring.box = box
+    if median is not None:
+        pipe.config.scoring.median = median
+    if border is not None:
+        pipe.config.scoring.border = border
+    click.echo(f"saliency: {pipe.config.saliency} {pipe.config.saliency_params or ''}".rstrip(), err=True)
+    result, material = evaluate(pipe, data_root, category, batch_size=batch_size)
     pix = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"
     click.echo(
         f"{category}: image AUROC {result.image_auroc:.4f}, pixel AUROC {pix} "
@@ -408,13 +402,19 @@ def evaluate_cmd(
 @click.option("--category", required=True, help="Product folder with train/good and a labelled test/ set.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the trial models.")
 @click.option("--scales", default=",".join(map(str, MOSAIC_SCALES)), show_default=True, help="Candidate m values.")
-@click.option("--image-size", default=128, show_default=True)
-@click.option("--epochs", default=5, show_default=True)
+@click.option("--image-size", default=128, show_default=True, help="Side the images are resized to for the trials.")
+@click.option("--epochs", default=5, show_default=True, help="Training epochs of each trial model.")
 @click.option("--width", "base_channels", default=32, show_default=True, help="U-Net base channel count.")
-@click.option("--saliency", type=click.Choice(SALIENCY_VARIANTS), default="none", show_default=True)
+@click.option(
+    "--saliency",
+    type=click.Choice(SALIENCY_VARIANTS),
+    default="none",
+    show_default=True,
+    help="Saliency variant of the trial models (see train --help).",
+)
 @DINO_OPTION
 @DEVICE_OPTION
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of every trial (split, order, initialisation).")
 def mosaic_search(
     data_root, category, out_dir, scales, image_size, epochs, base_channels, saliency, dino_weights, device, seed
 ) -> None:

@@ -137,6 +137,8 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
     for name, w in st["workers"].items():
         click.echo(
             f"  {name}: scored {w.get('scored')}, dead letters {w.get('dead_letters')}, products {w.get('products')}"
+            + (f", redis_oom {w['redis_oom']} (Redis was full)" if w.get("redis_oom") not in (None, "0") else "")
+            + (f", warm-up {w['warmup_s']} s" if w.get("warmup_s") else "")
         )
         for product, d in json.loads(w.get("drift") or "{}").items():
             if "ratio" in d:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..inspect.thresholds import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
+from ..model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
 from .options import DEVICE_OPTION
 
 
@@ -66,10 +66,7 @@ def threshold(model_dir, policy, pixel_policy, data_root, category, show, as_jso
         }
         click.echo(json.dumps(info, indent=2) if as_json else _describe(info))
         return
-    try:
-        report = revise(model_dir, policy, pixel_policy, data_root, category, device)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = revise(model_dir, policy, pixel_policy, data_root, category, device)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

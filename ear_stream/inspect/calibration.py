@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..model.config import DEFAULT_IMAGE_POLICY
 from .simulate import simulate_defects
 from .thresholds import good_score_stats, image_threshold, parse_policy, pixel_quantile_grid
@@ -37,7 +38,7 @@ def calibrate_threshold(
     ``ear-stream threshold`` can apply another policy later.
     """
     if scores.size == 0:
-        raise ValueError("no held-out images to calibrate the threshold")
+        raise ConfigError("no held-out images to calibrate the threshold")
     threshold = image_threshold(parse_policy(policy), scores, simulated=simulated)
     stats = {"rule": f"policy {policy} on held-out normal scores", **good_score_stats(scores)}
     if simulated is not None and len(simulated):
@@ -54,13 +55,10 @@ def calibrate(pipe, held_images, policy: str = DEFAULT_IMAGE_POLICY, batch: int 
 
     Whole-image models also score the same images with a simulated defect each (``simf1``).
     """
-    scores, pixels = [], []
-    for i in range(0, len(held_images), batch):
-        res = pipe.score_images(held_images[i : i + batch], want_maps=True)
-        scores.append(res.scores)
-        pixels.extend(m.float().flatten().numpy() for m in res.maps)
+    scores, maps = pipe.score_batches(held_images, batch, want_maps=True)
+    pixels = [m.float().flatten().numpy() for m in maps]
     simulated = simulated_defect_scores(pipe, held_images, batch) if isinstance(held_images, torch.Tensor) else None
-    threshold, stats = calibrate_threshold(np.concatenate(scores), policy, simulated)
+    threshold, stats = calibrate_threshold(scores, policy, simulated)
     values = np.concatenate(pixels) if pixels else np.zeros(1)
     if values.size > MAX_CALIBRATION_PIXELS:
         values = np.random.default_rng(0).choice(values, MAX_CALIBRATION_PIXELS, replace=False)
@@ -72,9 +70,5 @@ def calibrate(pipe, held_images, policy: str = DEFAULT_IMAGE_POLICY, batch: int 
 
 def simulated_defect_scores(pipe, images: torch.Tensor, batch: int = 16) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Scores of the held-out good images with one simulated defect each (fixed seed)."""
-    gen = torch.Generator().manual_seed(SIMULATION_SEED)
-    scores = []
-    for i in range(0, images.shape[0], batch):
-        corrupted = simulate_defects(images[i : i + batch], gen, 1.0).images
-        scores.append(pipe.score_images(corrupted).scores)
-    return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+    corrupted = simulate_defects(images, torch.Generator().manual_seed(SIMULATION_SEED), 1.0).images
+    return pipe.score_batches(corrupted, batch)[0]

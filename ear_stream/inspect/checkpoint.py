@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
+from ..errors import EarStreamError
+
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(EarStreamError, RuntimeError):
     """No checkpoint to resume from, or one written for another configuration."""
 
 
@@ -40,4 +42,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--resume: no {path.name} in {path.parent} (train with --checkpoint-every first)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the file holds, never unpickle it
+        raise CheckpointError(
+            f"{path} is not a checkpoint ear-stream wrote (it holds objects that are not weights, or is corrupt: "
+            f"{type(exc).__name__}); it is never loaded with pickle. Delete it and train without --resume."
+        ) from None

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
-from tqdm import tqdm
 
+from ..errors import EarStreamError
 from ..io.datasets import Sample, load_mask, test_samples
 from .metrics import aupro, f1_max, rates_at
 from .pipeline import Images, Pipeline, load_images, select
@@ -22,7 +22,7 @@ from .visualize import contour_overlay, heatmap_overlay, histogram_png, image_rg
 MAX_PIXELS_FOR_AUROC = 20_000_000
 
 
-class NonFiniteScoreError(ValueError):
+class NonFiniteScoreError(EarStreamError, ValueError):
     """Some test image scored NaN/inf: metrics over such scores would be meaningless."""
 
 
@@ -85,14 +85,9 @@ def evaluate(
     samples = test_samples(data_root, category) if samples is None else samples
     if images is None:
         images = load_images(pipe.config, [s.path for s in samples], desc="loading test images", progress=progress)
-    scores, maps = [], []
     started = time.perf_counter()
-    for i in tqdm(range(0, len(samples), batch_size), desc="scoring", disable=not progress):
-        res = pipe.score_images(images[i : i + batch_size], want_maps=True)
-        scores.append(res.scores)
-        maps.extend(m.half() for m in res.maps)
+    score, maps = pipe.score_batches(images, batch_size, want_maps=True, progress=progress)
     elapsed = time.perf_counter() - started
-    score = np.concatenate(scores)
     bad = [samples[i].path.name for i in np.where(~np.isfinite(score))[0]]
     if bad:
         raise NonFiniteScoreError(

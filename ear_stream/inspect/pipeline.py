@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import SetupError
 from ..io.decode import to_model_input, to_native_input
 from ..model import ops
 from ..model.artifact import ArtifactError, load_artifact_parts, sha256_file
@@ -33,7 +34,7 @@ from .tiling import cut, pad_to_tile, paste, plan_tiles
 Images = torch.Tensor | list[torch.Tensor]
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(SetupError):
     """The device asked for is not there (no silent fallback: a plant sized for a GPU must know)."""
 
 
@@ -107,7 +108,7 @@ def build_saliency(
 def excise_for(
     config: ModelConfig, images: torch.Tensor, attention: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The variant's corruption I' of SPEC §1: ``none`` mosaics all, ``binary`` empties the mask."""
+    """The variant's corruption I' (docs/design.md, "Excision"): ``none`` mosaics all, ``binary`` empties the mask."""
     if config.saliency == "none":
         return ops.excise(images, None, config.mosaic_scale, True)
     if attention is None:
@@ -131,7 +132,7 @@ def paste_context(recon: torch.Tensor, images: torch.Tensor, mask: torch.Tensor 
 
 
 def excised_mask(attention: torch.Tensor | None, images: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    """S of SPEC §1 at image size, on the attention's device: the Q3 mask, all ones for ``none``, zeros for RIAD."""
+    """S (docs/design.md, "Excision") at image size, on the attention's device: the Q3 mask, all ones for ``none``, zeros for RIAD."""
     b, _, h, w = images.shape
     if config.method == "riad":
         return torch.zeros((b, 1, h, w))
@@ -356,7 +357,10 @@ class Pipeline:
 
     def apply_thresholds(self, manifest, override: float | None = None) -> None:  # type: ignore[no-untyped-def]
         """Take a manifest's thresholds and version (hot reload after ``ear-stream threshold``), or a per-run override."""
-        self.threshold = float(manifest.threshold if override is None else override)
+        threshold = float(manifest.threshold if override is None else override)
+        if not np.isfinite(threshold):
+            raise ArtifactError(f"threshold {threshold} is not a finite number (it would pass every image)")
+        self.threshold = threshold
         self.pixel_threshold = None if manifest.pixel_policy == "image" else manifest.pixel_threshold
         self.model_version = manifest.model_version
         self.calibration = manifest.calibration
@@ -436,6 +440,21 @@ class Pipeline:
             return self.score_tiled(images, want_maps, want_recon, want_regions, orig_sizes)
         return self.score_tensor(images, want_maps, want_recon, want_regions, orig_sizes)
 
+    def score_batches(
+        self, images: Images, batch: int = 16, want_maps: bool = False, progress: bool = False, desc: str = "scoring"
+    ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Score a whole set batch by batch: (scores [N] float32, maps as a list of [1, H, W] half tensors when
+        ``want_maps``). The one loop evaluation, calibration, threshold policies and studies share."""
+        from tqdm import tqdm
+
+        scores, maps = [], []
+        for i in tqdm(range(0, len(images), batch), desc=desc, disable=not progress):
+            res = self.score_images(images[i : i + batch], want_maps=want_maps)
+            scores.append(res.scores)
+            if want_maps:
+                maps.extend(m.half() for m in res.maps)  # type: ignore[union-attr]
+        return (np.concatenate(scores) if scores else np.zeros(0, np.float32)), maps
+
     @torch.no_grad()
     def score_tiled(
         self,
@@ -503,7 +522,7 @@ class Pipeline:
         return BatchResult(
             scores=scores_np,
             normalized=(scores_np / max(self.threshold, 1e-12)).astype(np.float32),
-            is_anomaly=(scores_np > self.threshold) | ~np.isfinite(scores_np),
+            is_anomaly=~(scores_np <= self.threshold),  # fail closed: NaN on either side is an anomaly
             mask_ratio=ratio.float().cpu().numpy().astype(np.float32),
             maps=maps,
             recon=recon,
@@ -560,9 +579,19 @@ class Pipeline:
             regions,
         )
 
+    @property
+    def decode_target(self) -> int | None:
+        """The side images are decoded towards (whole-image models; None: native resolution needs every pixel)."""
+        return None if self.config.native else self.config.image_size
+
     def score_arrays(
-        self, arrays: list[np.ndarray], want_maps: bool = False, want_regions: bool = False
+        self,
+        arrays: list[np.ndarray],
+        want_maps: bool = False,
+        want_regions: bool = False,
+        orig_sizes: list[tuple[int, int]] | None = None,
     ) -> BatchResult:
-        """Score decoded [H, W, 3] arrays of any size; region boxes in their own pixels."""
-        sizes = image_sizes(arrays)
+        """Score decoded [H, W, 3] arrays of any size; region boxes in ``orig_sizes`` pixels ((height, width) of
+        each image before a reduced decode), by default the arrays' own."""
+        sizes = orig_sizes or image_sizes(arrays)
         return self.score_images(self.prepare(arrays), want_maps=want_maps, want_regions=want_regions, orig_sizes=sizes)

@@ -11,10 +11,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..io.decode import ImageDecodeError, read_image_file
+from ..io.decode import ImageDecodeError, frame_issue, read_frame
 from ..io.results import ResultWriter, now_utc
 from ..model.config import NON_FINITE_SCORE
-from .pipeline import BatchResult, Pipeline, image_sizes
+from .pipeline import BatchResult, Pipeline
 from .visualize import contour_overlay, defect_mask_png, heatmap_overlay, to_png
 
 
@@ -34,7 +34,7 @@ def result_rows(
     extra: list[dict[str, Any]] | None = None,
     images=None,
 ) -> list[dict[str, Any]]:
-    """Parquet rows (SPEC §4) for one scored batch; ``extra`` adds per-row fields (stream ids, timestamps)."""
+    """Parquet rows (docs/design.md, "Parquet") for one scored batch; ``extra`` adds per-row fields (stream ids, timestamps)."""
     processed = now_utc()
     rows = []
     for i, ident in enumerate(ids):
@@ -57,11 +57,14 @@ def result_rows(
             "heatmap": None,
             "n_regions": None if res.regions is None else len(res.regions[i]),
             "regions": None if res.regions is None else res.regions[i],
+            "frame_check": None,
         }
         if res.maps is not None and images is not None:
             row["heatmap"] = to_png(heatmap_overlay(images[i], res.maps[i], vmax=pipe.threshold * 1.5))
         if extra:
             row.update(extra[i])
+        if row.get("frame_check"):  # a camera fault is never a good part
+            row["is_anomaly"] = True
         rows.append(row)
     return rows
 
@@ -69,7 +72,7 @@ def result_rows(
 def map_file_name(ident: str) -> str:
     """Heatmap file name: the image stem plus a short hash of its path (stems repeat across folders)."""
     digest = hashlib.sha1(ident.encode()).hexdigest()[:8]
-    return f"{Path(ident).stem}-{digest}_map.png"
+    return f"{Path(ident).stem[:100]}-{digest}_map.png"  # file systems cap names at 255 bytes
 
 
 def score_files(
@@ -88,19 +91,22 @@ def score_files(
     bar = tqdm(total=len(files), desc=f"scoring {product}", disable=not progress, file=sys.stderr)
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        arrays, ids = [], []
+        arrays, ids, sizes = [], [], []
         for path in chunk:
             try:
-                arrays.append(read_image_file(path))
+                arr, size = read_frame(path, target=pipe.decode_target)
+                arrays.append(arr)
+                sizes.append(size)
                 ids.append(str(path))
             except ImageDecodeError as exc:
                 report.rejected.append((str(path), exc.reason, str(exc)))
         if arrays:
             images = pipe.prepare(arrays)
-            res = pipe.score_images(
-                images, want_maps=save_maps is not None, want_regions=True, orig_sizes=image_sizes(arrays)
-            )
-            meta = [{"meta": json.dumps({"path": i})} for i in ids]
+            res = pipe.score_images(images, want_maps=save_maps is not None, want_regions=True, orig_sizes=sizes)
+            meta = [
+                {"meta": json.dumps({"path": i}), "frame_check": frame_issue(a)}
+                for i, a in zip(ids, arrays, strict=True)
+            ]
             rows = result_rows(pipe, res, ids, product, worker, meta, images if save_maps else None)
             for ident, score, ok in zip(ids, res.scores, res.finite, strict=True):
                 if not ok:  # fail closed: no verdict row for a NaN/inf score, listed as a failure

@@ -19,6 +19,7 @@ itself, so an image has regions exactly when its score flags it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,14 +27,22 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..model.artifact import Manifest, load_manifest, write_manifest
-from ..model.config import DEFAULT_IMAGE_POLICY
+from ..model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
 
-__all__ = ["DEFAULT_IMAGE_POLICY", "IMAGE_POLICIES", "PIXEL_POLICIES", "Policy", "image_threshold", "parse_policy"]
+__all__ = [
+    "DEFAULT_IMAGE_POLICY",
+    "DEFAULT_PIXEL_POLICY",
+    "IMAGE_POLICIES",
+    "PIXEL_POLICIES",
+    "Policy",
+    "image_threshold",
+    "parse_policy",
+]
 
 IMAGE_POLICIES = ("sigma", "quantile", "fpr", "f1", "simf1", "manual")
 PIXEL_POLICIES = ("image", "sigma", "quantile", "fpr", "manual")
-DEFAULT_PIXEL_POLICY = "image"
 #: points of the stored pixel quantile grid (0, 0.1 %, …, 100 %)
 PIXEL_GRID = 1001
 
@@ -52,20 +61,24 @@ def parse_policy(text: str, pixel: bool = False) -> Policy:
     allowed = PIXEL_POLICIES if pixel else IMAGE_POLICIES
     kind, _, raw = text.strip().partition(":")
     if kind not in allowed:
-        raise ValueError(f"unknown threshold policy {text!r}: use one of {', '.join(allowed)} (e.g. sigma:3, fpr:0.01)")
+        raise ConfigError(
+            f"unknown threshold policy {text!r}: use one of {', '.join(allowed)} (e.g. sigma:3, fpr:0.01)"
+        )
     if kind in ("f1", "simf1", "image"):
         if raw:
-            raise ValueError(f"policy {kind} takes no value, got {text!r}")
+            raise ConfigError(f"policy {kind} takes no value, got {text!r}")
         return Policy(kind)
     try:
         value = float(raw)
     except ValueError:
         example = {"sigma": "3", "quantile": "0.99", "fpr": "0.01", "manual": "0.5"}[kind]
-        raise ValueError(f"policy {kind} needs a number, e.g. {kind}:{example}, got {text!r}") from None
+        raise ConfigError(f"policy {kind} needs a number, e.g. {kind}:{example}, got {text!r}") from None
+    if not math.isfinite(value):  # NaN compares false with every score: it would pass every image
+        raise ConfigError(f"policy {kind} needs a finite number, got {text!r}")
     if kind in ("quantile", "fpr") and not 0.0 <= value <= 1.0:
-        raise ValueError(f"{kind} must be in [0, 1], got {value}")
+        raise ConfigError(f"{kind} must be in [0, 1], got {value}")
     if kind == "sigma" and value < 0:
-        raise ValueError(f"sigma must be >= 0, got {value}")
+        raise ConfigError(f"sigma must be >= 0, got {value}")
     return Policy(kind, value)
 
 
@@ -95,7 +108,7 @@ def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(threshold, F1) maximising F1 of ``score > threshold`` against ``labels`` (True = defective)."""
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
     if labels.all() or not labels.any():
-        raise ValueError("the f1 policy needs both good and defective images in the validation set")
+        raise ConfigError("the f1 policy needs both good and defective images in the validation set")
     order = np.argsort(-scores, kind="stable")
     s, y = scores[order], labels[order]
     tp = np.cumsum(y)
@@ -123,17 +136,17 @@ def image_threshold(
     if policy.kind == "simf1":
         sim = np.asarray([] if simulated is None else simulated, dtype=np.float64)
         if sim.size == 0 or good.size == 0:
-            raise ValueError(
+            raise ConfigError(
                 "the simf1 policy needs the simulated-defect scores of the held-out images, which this model "
                 "does not store (trained before they existed, or native-resolution): retrain, or use sigma/fpr"
             )
         return f1_optimal(np.r_[good, sim], np.r_[np.zeros(good.size, bool), np.ones(sim.size, bool)])[0]
     if policy.kind == "f1":
         if labelled is None:
-            raise ValueError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
+            raise ConfigError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
         return f1_optimal(*labelled)[0]
     if good.size == 0:
-        raise ValueError("no held-out good scores stored: pass --data ROOT --category C to rescore them")
+        raise ConfigError("no held-out good scores stored: pass --data ROOT --category C to rescore them")
     if policy.kind == "sigma":
         return max(float(good.mean() + policy.value * good.std()), float(good.max()))  # type: ignore[operator]
     if policy.kind == "quantile":
@@ -153,7 +166,7 @@ def pixel_threshold(policy: Policy, image_thr: float, calibration: dict[str, Any
         return float(policy.value)  # type: ignore[arg-type]
     grid = np.asarray(calibration.get("pixel_quantiles") or [], dtype=np.float64)
     if grid.size == 0:
-        raise ValueError("no pixel statistics stored in this model: pass --data ROOT --category C to rescore them")
+        raise ConfigError("no pixel statistics stored in this model: pass --data ROOT --category C to rescore them")
     qs = np.linspace(0, 1, grid.size)
     if policy.kind == "quantile":
         return float(np.interp(policy.value, qs, grid))
@@ -223,7 +236,7 @@ def labelled_scores(
     pipe = Pipeline.from_artifact(model_dir, device=device)
     samples = test_samples(data_root, category)
     images = load_images(pipe.config, [s.path for s in samples], progress=False)
-    scores = np.concatenate([pipe.score_images(images[i : i + 16]).scores for i in range(0, len(samples), 16)])
+    scores = pipe.score_batches(images, 16)[0]
     return scores, np.array([s.defect != "good" for s in samples])
 
 
@@ -251,11 +264,13 @@ def revise(
     labelled = None
     if img.kind == "f1":
         if data_root is None or category is None:
-            raise ValueError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
+            raise ConfigError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
         labelled = labelled_scores(model_dir, data_root, category, device)
     good = np.asarray(calibration.get("scores") or [], dtype=np.float64)
     threshold = image_threshold(img, good, labelled, calibration.get("simulated_scores"))
     pixel = pixel_threshold(pix, threshold, calibration)
+    if not (math.isfinite(threshold) and math.isfinite(pixel)):
+        raise ConfigError(f"policy {img} / {pix} gave a non-finite threshold ({threshold}, {pixel}): nothing written")
     changes.update(threshold=threshold, threshold_policy=str(img), pixel_threshold=pixel, pixel_policy=str(pix))
     note = {"policy_applied": str(img), "pixel_policy_applied": str(pix)}
     revised = revise_manifest(model_dir, changes, note)

@@ -1,4 +1,4 @@
-"""Training one product model on normal images only (SPEC §1 "Training").
+"""Training one product model on normal images only (docs/design.md, "Training").
 
 Attention maps are deterministic, so they are computed once per training image
 and cached for every epoch. Part of the normal images is held out to calibrate
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from ..io.datasets import train_images
 from ..model import riad
 from ..model.artifact import Manifest, build_unet, save_artifact, sha256_file
@@ -75,7 +76,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch
 
 
 def compute_attention(attention_model, images: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
-    """Attention maps for a whole image set, computed once (the cache of SPEC §1)."""
+    """Attention maps for a whole image set, computed once (the attention cache of docs/design.md, "Training")."""
     out = [attention_model(images[i : i + batch].to(device)).cpu() for i in range(0, images.shape[0], batch)]
     return torch.cat(out)
 
@@ -279,7 +280,7 @@ def train_model(
     on_cuda = dev.type == "cuda"
     precision = resolve_precision(train_cfg.precision, dev)
     if mosaic_scale is not None and mosaic_scale > max_mosaic_scale(model_cfg.image_size):
-        raise ValueError(
+        raise ConfigError(
             f"mosaic scale {mosaic_scale} leaves fewer than 4×4 cells at {model_cfg.image_size} px: "
             f"use at most {max_mosaic_scale(model_cfg.image_size)} (or auto)"
         )
@@ -330,7 +331,7 @@ def train_model(
     opt = torch.optim.Adam(net.parameters(), lr=train_cfg.lr)
     per_epoch = steps_per_epoch(len(train_idx), train_cfg.batch_size)
     if per_epoch == 0:
-        raise ValueError(f"{len(train_idx)} training image(s) after the hold-out: need at least 2")
+        raise ConfigError(f"{len(train_idx)} training image(s) after the hold-out: need at least 2")
     sched = make_scheduler(opt, train_cfg, per_epoch)
     total = train_cfg.epochs * per_epoch if max_steps is None else min(max_steps, train_cfg.epochs * per_epoch)
     held_out = data.fixed(hold_idx).to(dev)

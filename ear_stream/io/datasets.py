@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import DataError
 from .decode import IMAGE_SUFFIXES, read_image_file, to_model_input, to_native_input
 
 
@@ -33,14 +34,14 @@ def _images_in(folder: Path) -> list[Path]:
 def category_dir(root: str | Path, category: str) -> Path:
     path = Path(root) / category
     if not (path / "train" / "good").is_dir():
-        raise FileNotFoundError(f"{path} is not an MVTec-AD-layout category (no train/good folder)")
+        raise DataError(f"{path} is not an MVTec-AD-layout category (no train/good folder)")
     return path
 
 
 def train_images(root: str | Path, category: str) -> list[Path]:
     files = _images_in(category_dir(root, category) / "train" / "good")
     if not files:
-        raise FileNotFoundError(f"no training images in {Path(root) / category / 'train' / 'good'}")
+        raise DataError(f"no training images in {Path(root) / category / 'train' / 'good'}")
     return files
 
 
@@ -53,13 +54,15 @@ def test_samples(root: str | Path, category: str) -> list[Sample]:
             mask = cat / "ground_truth" / defect_dir.name / f"{path.stem}_mask.png"
             samples.append(Sample(path, defect_dir.name, mask if mask.is_file() else None))
     if not samples:
-        raise FileNotFoundError(f"no test images under {cat / 'test'}")
+        raise DataError(f"no test images under {cat / 'test'}")
     return samples
 
 
 def load_tensor(paths: list[Path], size: int, desc: str = "loading", progress: bool = True) -> torch.Tensor:
     """Decode and resize images to one [N, 3, size, size] float tensor."""
-    out = [to_model_input([read_image_file(p)], size) for p in tqdm(paths, desc=desc, disable=not progress)]
+    out = [
+        to_model_input([read_image_file(p, target=size)], size) for p in tqdm(paths, desc=desc, disable=not progress)
+    ]
     return torch.cat(out) if out else torch.zeros((0, 3, size, size))
 
 

@@ -4,3 +4,9 @@ from __future__ import annotations
 
 #: largest decoded image accepted (pixels); larger headers are refused before decoding
 DEFAULT_MAX_PIXELS = 40_000_000
+
+#: frame sanity (``ear_stream.io.decode.frame_issue``): a frame whose gray standard deviation is below this
+#: (in [0, 1] units, ~2.5 grey levels of 255) is near-constant: a lens cap, a dark or saturated camera
+FRAME_MIN_STD = 0.01
+#: ... or whose long side is more than this many times its short side (a torn line-scan read)
+FRAME_MAX_ASPECT = 20.0

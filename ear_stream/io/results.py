@@ -1,8 +1,15 @@
-"""Verdict rows as Parquet (SPEC §4): atomic part files in a Hive layout, read back de-duplicated.
+"""Verdict rows as Parquet (docs/design.md, "Parquet"): atomic part files in a Hive layout, read back de-duplicated.
 
 ``OUT/product=P/date=YYYY-MM-DD/part-<worker>-<seq>.parquet`` — written to a
 temporary name, fsynced, renamed and the folder fsynced, so a part is either
 absent or whole. The stream worker acknowledges entries only after this.
+
+The partition keys live in the path only: ``product`` is not repeated inside the files
+(:data:`FILE_SCHEMA`), so every reader's default call opens the tree — pandas,
+``pyarrow.parquet.read_table``, ``pyarrow.dataset`` and Polars with hive partitioning,
+DuckDB with ``hive_partitioning=true``, Spark — with ``product`` and ``date`` from the
+path. Trees written before (``product`` inside the files too) still read with
+:func:`read_results`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from ..errors import ConfigError
 
 UTC_MS = pa.timestamp("ms", tz="UTC")
 #: one defect region: box in the original image's pixels (inclusive), area in pixels, peak and mean MSGMS
@@ -54,8 +63,14 @@ SCHEMA = pa.schema(
         ("heatmap", pa.binary()),
         ("n_regions", pa.int32()),
         ("regions", pa.list_(REGION)),
+        # null for a frame that passed the sanity check; else why it cannot be a part (and is_anomaly is true)
+        ("frame_check", pa.string()),
     ]
 )
+#: what a part file holds: every column but the partition keys (product and date come from its path)
+FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "product"])
+#: the hive partition keys of a results tree, as strings
+PARTITIONING = pa.schema([("product", pa.string()), ("date", pa.string())])
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -101,7 +116,7 @@ class ResultWriter:
         self._seq += 1
         # time in the sequence keeps names unique across restarts of the same worker
         name = f"part-{safe_component(self.worker)}-{time.time_ns():019d}-{self._seq:06d}.parquet"
-        table = pa.Table.from_pylist([{f: r.get(f) for f in SCHEMA.names} for r in rows], schema=SCHEMA)
+        table = pa.Table.from_pylist([{f: r.get(f) for f in FILE_SCHEMA.names} for r in rows], schema=FILE_SCHEMA)
         if self._fs is not None:
             path = f"{self._base.rstrip('/')}/{partition}/{name}"
             self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -133,27 +148,36 @@ def now_utc() -> datetime:
 
 
 def read_results(out_dir: str | Path, dedupe: bool = True) -> pa.Table:
-    """Every part under ``out_dir``; duplicates of an ``id`` (at-least-once) keep the earliest row."""
+    """Every part under ``out_dir``; duplicates of a (product, id) (at-least-once) keep the earliest row."""
     if is_uri(out_dir):
         fs, base = pafs.FileSystem.from_uri(str(out_dir))
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
         files = sorted(i.path for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
     else:
-        fs, files = None, sorted(str(p) for p in Path(out_dir).rglob("part-*.parquet"))
+        fs, base = None, str(out_dir)
+        files = sorted(str(p) for p in Path(out_dir).rglob("part-*.parquet"))
     if not files:
         return SCHEMA.empty_table()
-    # parts written before the region columns existed read back with them null
-    table = ds.dataset(files, format="parquet", schema=SCHEMA, filesystem=fs).to_table()
+    # product from the path (older parts also hold it inside: the path's value is the same); parts written
+    # before a column existed read back with it null
+    dataset = ds.dataset(
+        files,
+        format="parquet",
+        schema=pa.schema([*SCHEMA, PARTITIONING.field("date")]),
+        filesystem=fs,
+        partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
+        partition_base_dir=base,
+    )
+    table = dataset.to_table(columns=SCHEMA.names)
     if not dedupe or table.num_rows == 0:
         return table
-    order = np.lexsort(
-        (
-            table["processed_at"].to_numpy(zero_copy_only=False).astype("int64"),
-            table["id"].to_numpy(zero_copy_only=False),
-        )
-    )
-    ids = table["id"].to_numpy(zero_copy_only=False)[order]
-    keep = order[np.concatenate([[True], ids[1:] != ids[:-1]])] if len(ids) else order
+    # an id is unique per product (two lines may reuse ids): duplicates are the same (product, id)
+    products = table["product"].to_numpy(zero_copy_only=False)
+    ids = table["id"].to_numpy(zero_copy_only=False)
+    order = np.lexsort((table["processed_at"].to_numpy(zero_copy_only=False).astype("int64"), ids, products))
+    key_p, key_i = products[order], ids[order]
+    first = np.concatenate([[True], (key_i[1:] != key_i[:-1]) | (key_p[1:] != key_p[:-1])]) if len(ids) else []
+    keep = order[first] if len(ids) else order
     return table.take(np.sort(keep))
 
 
@@ -189,7 +213,7 @@ def summarize_over_time(table: pa.Table, by: str = "hour") -> list[dict[str, Any
     What an operator reads to see a line drift: the anomaly rate and the median score hour by hour.
     """
     if by not in BUCKETS_MS:
-        raise ValueError(f"--by must be one of {', '.join(BUCKETS_MS)}, got {by!r}")
+        raise ConfigError(f"--by must be one of {', '.join(BUCKETS_MS)}, got {by!r}")
     if table.num_rows == 0:
         return []
     width = BUCKETS_MS[by]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import EarStreamError
 from .config import DEFAULT_IMAGE_POLICY, ModelConfig
 from .head import HEAD_PREFIX
 from .unet import UNet
@@ -28,7 +30,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class ArtifactError(ValueError):
+class ArtifactError(EarStreamError, ValueError):
     """A model directory is missing, incomplete or corrupt."""
 
 
@@ -147,7 +149,7 @@ def load_manifest(model_dir: str | Path) -> Manifest:
         raise ArtifactError(f"{model_dir} is not a model directory (no {MANIFEST_FILE})")
     try:
         data = json.loads(path.read_text())
-        return Manifest(
+        manifest = Manifest(
             config=ModelConfig.from_dict(data["config"]),
             threshold=float(data["threshold"]),
             calibration=data.get("calibration", {}),
@@ -163,8 +165,30 @@ def load_manifest(model_dir: str | Path) -> Manifest:
             threshold_revision=int(data.get("threshold_revision", 0)),
             threshold_history=list(data.get("threshold_history") or []),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc
+    check_manifest(manifest, path)
+    return manifest
+
+
+def check_manifest(manifest: Manifest, path: Path) -> None:
+    """Refuse values no model was trained with: a threshold that is not a number fails open (NaN passes every
+    image), a missing weights hash skips the integrity check, an absurd width exhausts memory."""
+    finite = [("threshold", manifest.threshold)]
+    if manifest.pixel_threshold is not None:
+        finite.append(("pixel_threshold", manifest.pixel_threshold))
+    for name, value in finite:
+        if not math.isfinite(value):
+            raise ArtifactError(f"{path}: {name} is {value}, not a finite number (thresholds must never fail open)")
+    if not manifest.weights_sha256 or len(manifest.weights_sha256) != 64:
+        raise ArtifactError(f"{path}: no valid weights_sha256 (the weights cannot be verified)")
+    for name, value, low, high in (
+        ("base_channels", manifest.config.base_channels, 4, 256),
+        ("image_size", manifest.config.image_size, 32, 4096),
+        ("mosaic_scale", manifest.config.mosaic_scale, 1, 1024),
+    ):
+        if not low <= int(value) <= high:
+            raise ArtifactError(f"{path}: {name} {value} is outside [{low}, {high}]")
 
 
 def load_artifact(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Manifest]:

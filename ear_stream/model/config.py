@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ConfigError, Reason
+
 #: weight-free variants (``ear_stream.model.weightfree``): no pretrained weights needed
 WEIGHT_FREE_SALIENCY = ("spectral", "stats", "self")
 #: what a trained model can record; ``auto`` is resolved at training time (see :func:`resolve_saliency`)
@@ -22,13 +24,15 @@ AUTO_WEIGHT_FREE = "spectral"
 AUTO_KEEP_CONTEXT = False
 MOSAIC_SCALES = (2, 4, 8, 16, 32, 64)
 #: failure reason when a model scores NaN/inf (stream DLQ and ``score`` alike): scores fail closed
-NON_FINITE_SCORE = "non_finite_score"
+NON_FINITE_SCORE = Reason.NON_FINITE_SCORE.value
 SCHEDULES = ("fixed", "warmup", "sgdr")
 #: what ``--precision`` accepts (``ear_stream.model.precision`` resolves ``auto`` per device)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
 DEFAULT_PRECISION = "auto"
 #: the image threshold policy training applies (chosen on validation data, BENCHMARKS.md)
 DEFAULT_IMAGE_POLICY = "sigma:3"
+#: which map pixels form defect regions by default: those above the image threshold itself
+DEFAULT_PIXEL_POLICY = "image"
 METHODS = ("ear", "riad")
 
 
@@ -37,7 +41,7 @@ def resolve_saliency(requested: str, has_dino_weights: bool) -> str:
     if requested == "auto":
         return "dino" if has_dino_weights else AUTO_WEIGHT_FREE
     if requested not in SALIENCY_VARIANTS:
-        raise ValueError(f"saliency must be one of {SALIENCY_CHOICES}, got {requested!r}")
+        raise ConfigError(f"saliency must be one of {SALIENCY_CHOICES}, got {requested!r}")
     return requested
 
 
@@ -76,7 +80,7 @@ def min_mosaic_scale(image_size: int, saliency: str) -> int:
 
 @dataclass
 class ScoringConfig:
-    """MSGMS scoring parameters (SPEC §1 step 5).
+    """MSGMS scoring parameters (docs/design.md, "MSGMS score").
 
     ``scales``/``box``/``border`` left as ``None`` follow the working resolution
     (:func:`default_scales`, :func:`default_box`, half the box); :meth:`resolved`
@@ -151,49 +155,49 @@ class ModelConfig:
         self.scoring = self.scoring.resolved(self.image_size)
 
         if self.saliency not in SALIENCY_VARIANTS:
-            raise ValueError(f"saliency must be one of {SALIENCY_VARIANTS}, got {self.saliency!r}")
+            raise ConfigError(f"saliency must be one of {SALIENCY_VARIANTS}, got {self.saliency!r}")
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.image_size < 32 or self.image_size % 32:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size must be a multiple of 32 (the U-Net halves it 5 times), got {self.image_size}"
             )
         if self.kernel_size not in (3, 5):
-            raise ValueError(f"kernel_size must be 3 or 5, got {self.kernel_size}")
+            raise ConfigError(f"kernel_size must be 3 or 5, got {self.kernel_size}")
         if self.mosaic_scale < 1:
-            raise ValueError(f"mosaic_scale must be >= 1, got {self.mosaic_scale}")
+            raise ConfigError(f"mosaic_scale must be >= 1, got {self.mosaic_scale}")
         if self.head and self.method != "ear":
-            raise ValueError("the learned head scores EAR reconstructions: it needs method 'ear'")
+            raise ConfigError("the learned head scores EAR reconstructions: it needs method 'ear'")
         if self.head and self.scoring.normal_map:
-            raise ValueError("the learned head and the normal map are two answers to one problem: pick one")
+            raise ConfigError("the learned head and the normal map are two answers to one problem: pick one")
         if not 4 <= int(self.head_width) <= 128:
-            raise ValueError(f"head_width must be in [4, 128], got {self.head_width}")
+            raise ConfigError(f"head_width must be in [4, 128], got {self.head_width}")
         self._check_tiling()
 
     def _check_tiling(self) -> None:
         if self.scale is None:
             if self.tile is not None:
-                raise ValueError("tiles need a native-resolution model (trained with --train-crop)")
+                raise ConfigError("tiles need a native-resolution model (trained with --train-crop)")
             return
         if not 0.0 < float(self.scale) <= 8.0:
-            raise ValueError(f"scale must be in (0, 8], got {self.scale}")
+            raise ConfigError(f"scale must be in (0, 8], got {self.scale}")
         if self.method != "ear":
-            raise ValueError("native-resolution training (--train-crop) supports method 'ear' only")
+            raise ConfigError("native-resolution training (--train-crop) supports method 'ear' only")
         if self.scoring.normal_map:
-            raise ValueError("a normal map is one image-sized map: it needs whole-image resizing, not --train-crop")
+            raise ConfigError("a normal map is one image-sized map: it needs whole-image resizing, not --train-crop")
         self.tile = self.image_size if self.tile is None else int(self.tile)
         if self.tile < 32 or self.tile % 32:
-            raise ValueError(f"tile must be a multiple of 32 (the U-Net halves it 5 times), got {self.tile}")
+            raise ConfigError(f"tile must be a multiple of 32 (the U-Net halves it 5 times), got {self.tile}")
         self.tile_overlap = self.tile // 4 if self.tile_overlap is None else int(self.tile_overlap)
         if not 0 <= self.tile_overlap < self.tile:
-            raise ValueError(f"tile overlap must be in [0, tile), got {self.tile_overlap} for tile {self.tile}")
+            raise ConfigError(f"tile overlap must be in [0, tile), got {self.tile_overlap} for tile {self.tile}")
 
     def with_tiling(self, tile: int | None, overlap: int | None) -> ModelConfig:
         """A copy with a per-run tile size/overlap (``None`` keeps the stored one)."""
         if tile is None and overlap is None:
             return self
         if not self.native:
-            raise ValueError("--tile applies to native-resolution models (trained with --train-crop) only")
+            raise ConfigError("--tile applies to native-resolution models (trained with --train-crop) only")
         return dataclasses.replace(
             self,
             tile=self.tile if tile is None else tile,
@@ -251,22 +255,22 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if abs(sum(self.loss_weights) - 1.0) > 1e-6:
-            raise ValueError(f"loss weights must sum to 1, got {self.loss_weights}")
+            raise ConfigError(f"loss weights must sum to 1, got {self.loss_weights}")
         if not 0.0 < self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if not 0.0 <= self.jitter < 0.5:
-            raise ValueError(f"jitter must be in [0, 0.5), got {self.jitter}")
+            raise ConfigError(f"jitter must be in [0, 0.5), got {self.jitter}")
         if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}")
+            raise ConfigError(f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}")
         if not 0.0 <= self.simulate <= 1.0:
-            raise ValueError(f"simulate must be in [0, 1], got {self.simulate}")
+            raise ConfigError(f"simulate must be in [0, 1], got {self.simulate}")
         if self.defect_weight < 0:
-            raise ValueError(f"defect_weight must be >= 0, got {self.defect_weight}")
+            raise ConfigError(f"defect_weight must be >= 0, got {self.defect_weight}")
         if self.patience is not None and not self.eval_every:
-            raise ValueError("--patience needs --eval-every (the held-out loss it watches)")
+            raise ConfigError("--patience needs --eval-every (the held-out loss it watches)")
         for name in ("eval_every", "patience", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise ConfigError(f"{name} must be >= 1, got {value}")

@@ -1,6 +1,6 @@
 """Plain-PyTorch reference of every EAR operator: the definition of the numerics.
 
-Everything here follows SPEC §1 literally and favours clarity over speed. The
+Everything here follows docs/design.md ("Numerics") literally and favours clarity over speed. The
 fused C++/CUDA operators in ``csrc/`` are tested against these functions, and
 :mod:`ear_stream.model.ops` falls back to them when the extension is not built.
 
@@ -182,7 +182,7 @@ def msgms_map_reference(
     median: bool = True,
     box: int = 21,
 ) -> torch.Tensor:
-    """Full-resolution MSGMS distance map [B, 1, H, W] (float32), SPEC §1 step 5."""
+    """Full-resolution MSGMS distance map [B, 1, H, W] (float32), docs/design.md, "MSGMS score"."""
     check_msgms_args(images, recon, scales, box)
     h, w = images.shape[-2:]
     total = images.new_zeros((images.shape[0], 1, h, w), dtype=torch.float32)

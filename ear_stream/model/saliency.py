@@ -1,4 +1,4 @@
-"""Saliency (excision masks) from DINO ViT-S/8 attention, SPEC §1 step 1.
+"""Saliency (excision masks) from DINO ViT-S/8 attention, docs/design.md, "Attention".
 
 Only the [CLS] row of the last block's attention is needed, so the last block
 is evaluated by hand: one query against all keys, never the N×N matrix.
@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 DINO_ARCH = "vit_small_patch8_224"
 DINO_INPUT = 224
 DINO_ENV = "EAR_DINO_WEIGHTS"
@@ -27,7 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _KEY_PREFIXES = ("module.", "backbone.", "teacher.", "student.", "model.")
 
 
-class DinoWeightsError(ValueError):
+class DinoWeightsError(ConfigError):
     """The DINO weights file is missing, unreadable or of an unknown layout."""
 
 

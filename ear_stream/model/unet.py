@@ -1,4 +1,4 @@
-"""The paper's reconstruction U-Net (RIAD-style), SPEC §1 step 4."""
+"""The paper's reconstruction U-Net (RIAD-style), docs/design.md, "Recovery"."""
 
 from __future__ import annotations
 

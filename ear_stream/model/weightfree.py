@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .reference import prewitt_magnitude, to_gray
 
 #: default side of the attention grid of the weight-free variants (DINO's is 28 at 224 px)
@@ -57,7 +58,7 @@ def weight_free_variants() -> tuple[str, ...]:
 def create_saliency(name: str, params: dict[str, Any] | None = None) -> WeightFreeSaliency:
     """Instantiate a registered variant with its manifest parameters (unknown keys are an error)."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown weight-free saliency {name!r}; known: {sorted(_REGISTRY)}")
+        raise ConfigError(f"unknown weight-free saliency {name!r}; known: {sorted(_REGISTRY)}")
     return _REGISTRY[name](**(params or {}))
 
 
@@ -76,7 +77,7 @@ class WeightFreeSaliency(nn.Module):
     def __init__(self, grid: int = DEFAULT_GRID) -> None:
         super().__init__()
         if grid < 2:
-            raise ValueError(f"saliency grid must be >= 2, got {grid}")
+            raise ConfigError(f"saliency grid must be >= 2, got {grid}")
         self.grid = int(grid)
 
     def params(self) -> dict[str, Any]:
@@ -162,7 +163,7 @@ class SelfSaliency(WeightFreeSaliency):
     def __init__(self, grid: int = DEFAULT_GRID, light_scale: int = 4) -> None:
         super().__init__(grid)
         if light_scale < 1:
-            raise ValueError(f"light_scale must be >= 1, got {light_scale}")
+            raise ConfigError(f"light_scale must be >= 1, got {light_scale}")
         self.light_scale = int(light_scale)
 
     def params(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from .protocol import MAX_REPLAYS
 from .queue import Producer, StreamConfig, _text
 
 #: the fields a replayed entry needs (meta is optional)
@@ -49,6 +50,7 @@ class DeadLetter:
             "age_s": None if self.age_s() is None else round(self.age_s(), 1),
             "message": self.message,
             "replayable": self.replayable,
+            "replays": replays_of(self),
         }
 
 
@@ -99,18 +101,35 @@ def iter_dead_letters(
         start = "(" + _text(rows[-1][0])
 
 
+def replays_of(letter: DeadLetter) -> int:
+    """How often this entry was replayed from the dead-letter stream already (its ``replays`` field)."""
+    try:
+        return int(_text(letter.fields.get("orig_replays", b"0")))
+    except (ValueError, UnicodeDecodeError):
+        return 0
+
+
 def replay(
-    client: redis.Redis, cfg: StreamConfig, letters: list[DeadLetter], max_backlog: int = 10_000
+    client: redis.Redis,
+    cfg: StreamConfig,
+    letters: list[DeadLetter],
+    max_backlog: int = 10_000,
+    max_replays: int = MAX_REPLAYS,
 ) -> tuple[int, list[DeadLetter]]:
-    """Move replayable letters back to the input stream (with backpressure); returns (replayed, refused)."""
+    """Move replayable letters back to the input stream (with backpressure); returns (replayed, refused).
+
+    Each replay counts in the entry's ``replays`` field; a letter replayed ``max_replays`` times already is
+    refused (a poison entry must not cycle forever), as is one whose payload was not kept.
+    """
     producer = Producer(client, cfg, max_backlog=max_backlog)
     replayed, refused = 0, []
     for letter in letters:
-        if not letter.replayable:
+        if not letter.replayable or replays_of(letter) >= max_replays:
             refused.append(letter)
             continue
         producer.wait_for_room()
         fields = {k[len("orig_") :]: v for k, v in letter.fields.items() if k.startswith("orig_")}
+        fields["replays"] = str(replays_of(letter) + 1).encode()
         pipe = client.pipeline(transaction=True)
         pipe.xadd(cfg.stream, fields)
         pipe.xdel(cfg.dlq, letter.dlq_id)

@@ -12,9 +12,29 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         labels = {"labelnames": ["worker"], "registry": self.registry}
         self.images = Counter("ear_images_scored", "Images scored and durably written", **labels).labels(worker)
-        self.dead_letters = Counter("ear_dead_letters", "Entries sent to the dead-letter stream", **labels).labels(
+        self._dead_letters = Counter(
+            "ear_dead_letters",
+            "Entries sent to the dead-letter stream, by reason",
+            labelnames=["worker", "reason"],
+            registry=self.registry,
+        )
+        self.worker = worker
+        self.up = Gauge("ear_worker_up", "1 while the worker runs (count them for the worker count)", **labels).labels(
             worker
         )
+        self.up.set(1)
+        self.latency = Histogram(
+            "ear_verdict_latency_seconds",
+            "Time from XADD (the stream id) to the verdict being scored",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            **labels,
+        ).labels(worker)
+        self.maxmemory = Gauge("ear_redis_maxmemory_bytes", "Redis maxmemory (0 = no limit)", **labels).labels(worker)
+        self.eviction_safe = Gauge(
+            "ear_redis_noeviction",
+            "1 when Redis' maxmemory-policy is noeviction (nothing accepted can be evicted)",
+            **labels,
+        ).labels(worker)
         self.batch_seconds = Histogram("ear_batch_seconds", "Wall time of one scored batch", **labels).labels(worker)
         self.lag = Gauge("ear_stream_lag", "Entries not yet delivered to the group", **labels).labels(worker)
         self.pending = Gauge("ear_stream_pending", "Entries delivered but not acknowledged", **labels).labels(worker)
@@ -22,6 +42,12 @@ class WorkerMetrics:
         self.used_memory = Gauge("ear_redis_used_memory_bytes", "Redis used_memory (INFO memory)", **labels).labels(
             worker
         )
+        self.redis_oom = Gauge(
+            "ear_redis_oom", "1 while Redis refuses writes (maxmemory reached, noeviction), else 0", **labels
+        ).labels(worker)
+        self.warmup_seconds = Gauge(
+            "ear_worker_warmup_seconds", "Model load and warm-up before the first read", **labels
+        ).labels(worker)
         self.stream_length = Gauge(
             "ear_stream_length", "XLEN of a stream", labelnames=["worker", "stream"], registry=self.registry
         )
@@ -37,6 +63,9 @@ class WorkerMetrics:
             labelnames=["worker", "product"],
             registry=self.registry,
         )
+
+    def dead_letters(self, reason: str, n: int = 1) -> None:
+        self._dead_letters.labels(self.worker, reason).inc(n)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -8,45 +8,36 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from datetime import datetime, timezone
 
-from ..model.config import NON_FINITE_SCORE as CONFIG_NON_FINITE_SCORE
+from ..errors import ConfigError, EarStreamError, Reason
 
-PRODUCT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: product names (used in paths, keys and partitions): matched whole with ``fullmatch`` (``$`` would accept "x\n")
+PRODUCT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: times a dead letter may be replayed before ``dlq replay`` refuses it (``--force`` overrides)
+MAX_REPLAYS = 3
 MAX_ID_BYTES = 256
 MAX_META_BYTES = 16 * 1024
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
 
 
-class DeadLetter(str, Enum):
-    """Why an entry went to the dead-letter stream: its ``reason`` field, machine-readable (the ``error``
-    field says the rest). docs/design.md lists when each is given."""
-
-    DECODE_ERROR = "decode_error"
-    UNKNOWN_PRODUCT = "unknown_product"
-    TOO_LARGE = "too_large"
-    TOO_SMALL = "too_small"
-    INVALID_FIELD = "invalid_field"
-    MAX_DELIVERIES = "max_deliveries"
-    MODEL_ERROR = "model_error"
-    NON_FINITE_SCORE = "non_finite_score"
-
-    def __str__(self) -> str:
-        return self.value
-
+#: why an entry went to the dead-letter stream (its ``reason`` field): one enum for the whole package
+DeadLetter = Reason
 
 # the reasons as plain names, as the rest of the code has always used them
-DECODE_ERROR = DeadLetter.DECODE_ERROR.value
-UNKNOWN_PRODUCT = DeadLetter.UNKNOWN_PRODUCT.value
-TOO_LARGE = DeadLetter.TOO_LARGE.value
-TOO_SMALL = DeadLetter.TOO_SMALL.value
-INVALID_FIELD = DeadLetter.INVALID_FIELD.value
-MAX_DELIVERIES = DeadLetter.MAX_DELIVERIES.value
-MODEL_ERROR = DeadLetter.MODEL_ERROR.value
-NON_FINITE_SCORE = DeadLetter.NON_FINITE_SCORE.value
-assert NON_FINITE_SCORE == CONFIG_NON_FINITE_SCORE  # the model wing names the same reason for ``score``
+DECODE_ERROR = Reason.DECODE_ERROR.value
+UNSUPPORTED_FORMAT = Reason.UNSUPPORTED_FORMAT.value
+UNKNOWN_PRODUCT = Reason.UNKNOWN_PRODUCT.value
+TOO_LARGE = Reason.TOO_LARGE.value
+TOO_SMALL = Reason.TOO_SMALL.value
+INVALID_FIELD = Reason.INVALID_FIELD.value
+MAX_DELIVERIES = Reason.MAX_DELIVERIES.value
+MODEL_ERROR = Reason.MODEL_ERROR.value
+NON_FINITE_SCORE = Reason.NON_FINITE_SCORE.value
 
 
+#: how far in the future a stream id's time may lie and still count as the enqueue time (clock skew)
+MAX_CLOCK_SKEW_S = 86_400.0
 RETAIN_CHOICES = ("none", "acked")
 STREAM_KEYS = ("input", "verdict", "dead-letter")
 
@@ -73,7 +64,7 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         if self.retain not in RETAIN_CHOICES:
-            raise ValueError(f"retain must be one of {RETAIN_CHOICES}, got {self.retain!r}")
+            raise ConfigError(f"retain must be one of {RETAIN_CHOICES}, got {self.retain!r}")
 
     @property
     def heartbeat_prefix(self) -> str:
@@ -90,9 +81,27 @@ class Entry:
     deliveries: int = 1
 
     @property
-    def enqueued_ms(self) -> int:
-        """Redis stream ids start with the server time of the XADD in ms."""
-        return int(self.stream_id.split("-", 1)[0])
+    def enqueued_ms(self) -> int | None:
+        """Redis stream ids start with the server time of the XADD in ms (None if the id has no number)."""
+        try:
+            return int(self.stream_id.split("-", 1)[0])
+        except ValueError:
+            return None
+
+    def enqueued_at(self, now: datetime) -> datetime | None:
+        """When the entry was added, from its id; None when the id is no plausible time.
+
+        A producer may choose ids itself (``XADD key <ms>-<seq>``), e.g. µs taken for ms: an id
+        later than ``now`` + :data:`MAX_CLOCK_SKEW_S` (or past year 9999) is accepted and scored,
+        its enqueue time and latency left empty, never a crash (docs/design.md, "Stream ids").
+        """
+        ms = self.enqueued_ms
+        if ms is None or ms < 0 or ms / 1000.0 > now.timestamp() + MAX_CLOCK_SKEW_S:
+            return None
+        try:
+            return datetime.fromtimestamp(ms / 1000.0, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
 
 
 @dataclass
@@ -111,7 +120,16 @@ class ValidEntry:
     meta: str | None = None
 
 
-class ValidationError(ValueError):
+def check_product(product: str) -> str:
+    """A product name as used in model folders, stream entries and result partitions, or a clear error."""
+    if not PRODUCT_RE.fullmatch(product or ""):
+        raise ValidationError(
+            INVALID_FIELD, f"product {product!r} must be 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)"
+        )
+    return product
+
+
+class ValidationError(EarStreamError, ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason

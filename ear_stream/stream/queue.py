@@ -1,4 +1,4 @@
-"""Redis Streams protocol of SPEC §3: producer, consumer group, claims, dead letters, status.
+"""Redis Streams protocol of docs/design.md: producer, consumer group, claims, dead letters, status.
 
 Entries of the input stream carry ``id`` (producer-unique), ``product``,
 ``image`` (encoded bytes) and optional ``meta`` (JSON). Workers read them with
@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from ..errors import EarStreamError, SetupError
 from .protocol import (  # noqa: F401 - the protocol's names, re-exported: q.StreamConfig, q.DECODE_ERROR, …
     DECODE_ERROR,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -33,18 +34,20 @@ from .protocol import (  # noqa: F401 - the protocol's names, re-exported: q.Str
     TOO_LARGE,
     TOO_SMALL,
     UNKNOWN_PRODUCT,
+    UNSUPPORTED_FORMAT,
     DeadLetter,
     Entry,
     Rejection,
     StreamConfig,
     ValidationError,
     ValidEntry,
+    check_product,
 )
 
 log = logging.getLogger("ear_stream.stream.queue")
 
 
-class RedisSetupError(RuntimeError):
+class RedisSetupError(SetupError):
     """Redis cannot be used as configured (unreachable, wrong or missing password): retrying will not fix it."""
 
 
@@ -52,8 +55,35 @@ def describe_url(url: str) -> str:
     """host:port/db of a Redis URL, never the password (for messages and logs)."""
     from urllib.parse import urlparse
 
+    try:
+        u = urlparse(url)
+        return f"{u.scheme}://{u.hostname or 'localhost'}:{u.port or 6379}{u.path or '/0'}"
+    except ValueError:
+        return "the Redis URL"
+
+
+_SPECIAL = "percent-encode / # ? @ in the password (%2F %23 %3F %40)"
+
+
+def check_url(url: str) -> None:
+    """Refuse a Redis URL that would be misread, before anything connects (messages never show the password).
+
+    A password with ``/``, ``#`` or ``?`` unencoded moves part of it into the path, fragment or query,
+    and the client would then connect somewhere else with a piece of the password as host or database.
+    """
+    from urllib.parse import urlparse
+
     u = urlparse(url)
-    return f"{u.scheme}://{u.hostname or 'localhost'}:{u.port or 6379}{u.path or '/0'}"
+    if u.scheme not in ("redis", "rediss", "unix"):
+        raise RedisSetupError(f"a Redis URL starts with redis://, rediss:// or unix://, not {u.scheme or 'nothing'}://")
+    if u.fragment or "@" in u.path or "@" in u.query:
+        raise RedisSetupError(f"the Redis URL cannot be read as host, port and database: {_SPECIAL}")
+    if u.scheme != "unix" and u.path not in ("", "/") and not u.path[1:].isdigit():
+        raise RedisSetupError(f"the Redis URL's database must be a number (/0); if the password has /, {_SPECIAL}")
+    try:
+        u.port  # noqa: B018 - raises for a port outside 0..65535
+    except ValueError:
+        raise RedisSetupError(f"the Redis URL's port is not a number in 1..65535 ({describe_url(url)})") from None
 
 
 def connect(url: str, verify: bool = False, **kwargs: Any) -> redis.Redis:
@@ -62,8 +92,12 @@ def connect(url: str, verify: bool = False, **kwargs: Any) -> redis.Redis:
     ``verify`` pings once and turns the two set-up mistakes, an unreachable
     server and refused credentials, into :class:`RedisSetupError` with the fix.
     """
+    check_url(url)
     options = {"socket_timeout": 30, "socket_connect_timeout": 5, "health_check_interval": 15, **kwargs}
-    client = redis.Redis.from_url(url, **options)
+    try:
+        client = redis.Redis.from_url(url, **options)
+    except ValueError as exc:  # redis-py's message may quote the URL: say what is wrong without it
+        raise RedisSetupError(f"{describe_url(url)} is not a usable Redis URL ({type(exc).__name__})") from None
     if verify:
         verify_connection(client, url)
     return client
@@ -82,6 +116,8 @@ def verify_connection(client: redis.Redis, url: str) -> None:
         if "auth" not in str(exc).lower():
             raise
         raise RedisSetupError(f"Redis at {where} needs a password ({exc}): redis://:PASSWORD@host:port/0") from exc
+    except ValueError as exc:
+        raise RedisSetupError(f"{where} is not a usable Redis URL ({type(exc).__name__})") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise RedisSetupError(
             f"cannot reach Redis at {where} ({exc}): start redis-server there or correct --redis / EAR_REDIS_URL"
@@ -98,8 +134,7 @@ def validate_fields(product: str, ident: str, image: bytes, meta: str | None, ma
     """The producer-side and worker-side checks of one entry's fields."""
     if not ident or len(ident.encode()) > MAX_ID_BYTES:
         raise ValidationError(INVALID_FIELD, f"id must be 1..{MAX_ID_BYTES} bytes")
-    if not PRODUCT_RE.match(product or ""):
-        raise ValidationError(INVALID_FIELD, f"product {product!r} must match {PRODUCT_RE.pattern}")
+    check_product(product)
     if not image:
         raise ValidationError(DECODE_ERROR, "image field is empty")
     if len(image) > max_image_bytes:
@@ -147,7 +182,7 @@ def push(
     return _text(client.xadd(cfg.stream, fields))
 
 
-class BackpressureError(RuntimeError):
+class BackpressureError(EarStreamError, RuntimeError):
     """The input stream's backlog stayed above the producer's limit for its whole wait: workers are behind."""
 
 
@@ -208,8 +243,24 @@ class Producer:
 
 
 # --------------------------------------------------------------------------- consumer side
+def permission_error(exc: redis.ResponseError, what: str) -> RedisSetupError:
+    """An ACL refusal (NOPERM) as a set-up error that says which rights the worker's user needs."""
+    return RedisSetupError(
+        f"the Redis user may not {what} ({exc}): grant it the stream commands, e.g. "
+        "ACL SETUSER <user> +@stream +@read +@write +eval +evalsha +info +config|get ~ear:*"
+    )
+
+
 def ensure_group(client: redis.Redis, cfg: StreamConfig) -> None:
-    """Create the consumer group (and the stream) if needed; start from the beginning of the stream."""
+    """Create the consumer group (and the stream) if needed; start from the beginning of the stream.
+
+    Looked up first (a read): a full Redis refuses XGROUP CREATE even for a group that exists.
+    """
+    try:
+        if any(_text(g["name"]) == cfg.group for g in client.xinfo_groups(cfg.stream)):
+            return
+    except redis.ResponseError:  # no such stream yet
+        pass
     try:
         client.xgroup_create(cfg.stream, cfg.group, id="0", mkstream=True)
     except redis.ResponseError as exc:
@@ -292,13 +343,15 @@ def ack(client: redis.Redis, cfg: StreamConfig, stream_ids: list[str]) -> None:
     """Acknowledge entries whose results are durable, and delete them from the input stream in the same step.
 
     ``XACKDEL`` where the server has it (Redis ≥ 8.2, Valkey ≥ 9.2; detected once per client), else
-    XACK + XDEL in one MULTI/EXEC (``retain="acked"``: an atomic script deletes only the entries every
+    XACK + XDEL in one atomic script (``retain="acked"``: a script that deletes only the entries every
     group has acknowledged). Ids already acknowledged and deleted (a re-scored duplicate after a
     crash) are no-ops: nothing is deleted twice.
     """
     if not stream_ids:
         return
-    pipe = client.pipeline(transaction=True)
+    # not MULTI/EXEC: Redis refuses a transaction when memory is full, while XACK, XDEL and a script
+    # made of them still run, and acknowledging is what frees the memory (docs/design.md, "Redis full")
+    pipe = client.pipeline(transaction=False)
     _queue_ack_delete(client, pipe, cfg, stream_ids)
     pipe.execute()
 
@@ -340,7 +393,14 @@ for i = 2, #ARGV do
   end
   if free then deleted = deleted + redis.call('XDEL', KEYS[1], id) end
 end
-return acked
+return {acked, deleted}
+"""
+
+#: retain="none" without XACKDEL: XACK + XDEL atomically (a script, not MULTI: it runs when memory is full)
+_ACK_DELETE = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+local deleted = redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+return {acked, deleted}
 """
 
 
@@ -351,8 +411,7 @@ def _queue_ack_delete(client: redis.Redis, pipe, cfg: StreamConfig, ids: list[st
     elif cfg.retain == "acked":
         pipe.eval(_ACK_DELETE_ACKED, 1, cfg.stream, cfg.group, *ids)
     else:
-        pipe.xack(cfg.stream, cfg.group, *ids)
-        pipe.xdel(cfg.stream, *ids)
+        pipe.eval(_ACK_DELETE, 1, cfg.stream, cfg.group, *ids)
 
 
 def _largest_box(regions: list[dict[str, Any]] | None) -> str:

@@ -1,7 +1,7 @@
 """A real ``redis-server`` on a free loopback port, for the demo, the tests and the benchmarks.
 
 With no Redis URL configured, ear-stream starts its own server bound to
-127.0.0.1 and stops it afterwards (SPEC §5 "embedded defaults").
+127.0.0.1 and stops it afterwards (docs/design.md, "Embedded defaults").
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import redis
 
+from ..errors import SetupError
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -22,7 +24,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class RedisServerMissing(RuntimeError):
+class RedisServerMissing(SetupError):
     """No ``redis-server`` executable to start the embedded server with."""
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io.limits import DEFAULT_MAX_PIXELS
+from ..io.limits import DEFAULT_MAX_PIXELS, FRAME_MAX_ASPECT, FRAME_MIN_STD
 from ..model.config import DEFAULT_PRECISION
 from .protocol import StreamConfig
 
@@ -54,6 +54,10 @@ class WorkerConfig:
     decode_threads: int = 2
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 8
+    #: frame sanity (``ear_stream.io.decode.frame_issue``): near-constant and absurdly thin frames are written
+    #: with ``frame_check`` set and never pass as ``ok``; 0 turns a check off
+    frame_min_std: float = FRAME_MIN_STD
+    frame_max_aspect: float = FRAME_MAX_ASPECT
     exit_when_idle_s: float | None = None
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""The stream worker loop (SPEC §3): one process, used by ``ear-stream worker`` and the Ray actors.
+"""The stream worker loop (docs/design.md, "Redis protocol"): one process, used by ``ear-stream worker`` and the Ray actors.
 
 Per iteration: reclaim idle entries (XAUTOCLAIM) from time to time, read new ones
 (XREADGROUP), validate and decode them on a thread pool while the device scores
@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+import torch
 
+from ..errors import EarStreamError
 from ..inspect.pipeline import Pipeline
 from ..inspect.scoring import result_rows
-from ..io.decode import ImageDecodeError, decode_image
+from ..io.decode import ImageDecodeError, decode_frame, frame_issue
 from ..io.results import ResultWriter
 from ..model.artifact import MANIFEST_FILE, ArtifactError, load_manifest
 from ..model.config import DEFAULT_PRECISION
@@ -64,8 +66,18 @@ class Prepared:
     items: list[tuple[q.ValidEntry, Any]] = field(default_factory=list)
 
 
-class UnknownProduct(LookupError):
+class UnknownProduct(EarStreamError, LookupError):
     pass
+
+
+@dataclass
+class Frame:
+    """One decoded entry: its pixels ([1, 3, S, S] tensor for whole-image models, the [H, W, 3] array for
+    native ones), the image's own (height, width), and why it cannot be a part (None when it can)."""
+
+    pixels: Any
+    size: tuple[int, int]
+    issue: str | None = None
 
 
 class ModelRegistry:
@@ -183,7 +195,21 @@ class Worker:
         self._alerting: set[str] = set()
         self.writer = ResultWriter(cfg.out_dir, cfg.name)
         self.metrics = WorkerMetrics(cfg.name)
-        self.stats = {"scored": 0, "dead_letters": 0, "batches": 0, "flushes": 0, "reconnects": 0}
+        self.stats = {
+            "scored": 0,
+            "dead_letters": 0,
+            "batches": 0,
+            "flushes": 0,
+            "reconnects": 0,
+            "redis_oom": 0,
+            "results_skipped_oom": 0,
+        }
+        self._oom = False
+        #: the last scoring error per pending stream id: a max_deliveries dead letter says what went wrong
+        self._last_errors: dict[str, str] = {}
+        self._parked: list[q.Rejection] = []  # dead letters a full Redis refused, retried from the main loop
+        self._parked_lock = threading.Lock()
+        self._last_parked_try = 0.0
         self._rows: list[dict[str, Any]] = []
         self._unacked: list[str] = []
         self._first_buffered: float | None = None
@@ -213,8 +239,26 @@ class Worker:
             log.warning("fault injection: SIGKILL at %s", point)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _redis(self, fn: Callable[[], T], what: str) -> T:
-        """Run a Redis call, reconnecting with exponential backoff; recreates a lost consumer group."""
+    def _note_oom(self, what: str, exc: Exception) -> None:
+        """Redis is full (noeviction at maxmemory): say so once per episode, count it, expose it."""
+        if not self._oom:
+            log.warning("redis is full during %s (%s): backing off; nothing is dropped", what, exc)
+        self._oom = True
+        self.stats["redis_oom"] += 1
+        self.metrics.redis_oom.set(1)
+
+    def _oom_cleared(self) -> None:
+        if self._oom:
+            log.info("redis accepts writes again")
+        self._oom = False
+        self.metrics.redis_oom.set(0)
+
+    def _redis(self, fn: Callable[[], T], what: str, raise_oom: bool = False) -> T:
+        """Run a Redis call, reconnecting with exponential backoff; recreates a lost consumer group.
+
+        A full Redis (``OOM command not allowed``) is waited out the same way, unless ``raise_oom``:
+        the caller then keeps what it wanted to write (dead letters are parked, see :meth:`_dead_letter`).
+        """
         delay = 0.1
         while True:
             try:
@@ -225,6 +269,12 @@ class Worker:
                 if self._stop.is_set() and delay > 2.0:
                     raise
                 log.warning("redis unavailable during %s (%s); retrying in %.1fs", what, exc, delay)
+            except redis.OutOfMemoryError as exc:
+                if raise_oom:
+                    raise
+                self._note_oom(what, exc)
+            except redis.exceptions.NoPermissionError as exc:
+                raise q.permission_error(exc, what) from None
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -239,12 +289,16 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
         q.verify_connection(self.client, self.cfg.redis_url)  # set-up mistakes fail now, in one line
-        q.check_eviction_policy(self.client, self.cfg.allow_eviction)
+        try:
+            q.check_eviction_policy(self.client, self.cfg.allow_eviction)
+        except redis.exceptions.NoPermissionError as exc:
+            raise q.permission_error(exc, "read the server's configuration (CONFIG GET)") from None
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
         self._redis(lambda: q.ensure_group(self.client, self.scfg), "group creation")
         self.stats["warmup_s"] = round(self.models.warm_up(self.cfg.batch_size), 3)
         self.stats["startup_s"] = round(process_age_s(), 3)
+        self.metrics.warmup_seconds.set(self.stats["warmup_s"])
         log.info(
             "worker %s ready after %.1fs (model warm-up %.1fs)", self.cfg.name, self.stats["startup_s"],
             self.stats["warmup_s"],
@@ -269,8 +323,9 @@ class Worker:
                 if entries:
                     idle_since = time.monotonic()
                 self._maybe_flush()
+                self._retry_parked()
                 self._maybe_heartbeat()
-                if self._stop.is_set() and in_flight is None:
+                if self._stop.is_set() and in_flight is None and not self._parked:
                     break
                 idle_for = time.monotonic() - idle_since
                 if (
@@ -286,6 +341,7 @@ class Worker:
             self._maybe_heartbeat(force=True)
             self._decode_pool.shutdown(wait=True)
             self._prefetch.shutdown(wait=True)
+        self.metrics.up.set(0)
         log.info("worker %s stopped: %s", self.cfg.name, self.stats)
         return dict(self.stats)
 
@@ -341,7 +397,9 @@ class Worker:
         valid: list[q.ValidEntry] = []
         for e in entries:
             if e.deliveries > self.scfg.max_deliveries:
-                rejections.append(q.Rejection(e, q.MAX_DELIVERIES, f"delivered {e.deliveries} times"))
+                last = self._last_errors.pop(e.stream_id, None)
+                message = f"delivered {e.deliveries} times" + (f"; last error: {last}" if last else "")
+                rejections.append(q.Rejection(e, q.MAX_DELIVERIES, message))
                 continue
             try:
                 ve = q.parse_entry(e, self.scfg.max_image_bytes)
@@ -351,8 +409,10 @@ class Worker:
                 rejections.append(q.Rejection(e, exc.reason, str(exc)))
             except UnknownProduct as exc:
                 rejections.append(q.Rejection(e, q.UNKNOWN_PRODUCT, str(exc)))
-            except (ArtifactError, ValueError, OSError) as exc:
-                rejections.append(q.Rejection(e, q.MODEL_ERROR, f"model for {e.fields.get('product')!r}: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - any failure to build a model is model_error, never a crash
+                rejections.append(
+                    q.Rejection(e, q.MODEL_ERROR, f"model for {e.fields.get('product')!r}: {type(exc).__name__}: {exc}")
+                )
         decoded = list(self._decode_pool.map(self._decode, valid))
         prepared = Prepared()
         for ve, result in zip(valid, decoded, strict=True):
@@ -367,21 +427,51 @@ class Worker:
         """DLQ (with the original fields and the reason) and XACK in one step, in the queue module."""
         if not rejections:
             return
-        self._redis(lambda: q.dead_letter(self.client, self.scfg, rejections, self.cfg.name), "dead letter")
+        try:
+            self._redis(
+                lambda: q.dead_letter(self.client, self.scfg, rejections, self.cfg.name), "dead letter", raise_oom=True
+            )
+        except redis.OutOfMemoryError as exc:
+            # Redis is full: the entries stay pending and held here, their dead letters parked until it has
+            # room again (retried from the main loop); never dead-lettered as max_deliveries for the server's fault
+            self._note_oom("dead letter", exc)
+            with self._parked_lock:
+                self._parked.extend(rejections)
+            return
         self._held.difference_update(r.entry.stream_id for r in rejections)
         self.stats["dead_letters"] += len(rejections)
-        self.metrics.dead_letters.inc(len(rejections))
+        for r in rejections:
+            self.metrics.dead_letters(str(r.reason))
 
-    def _decode(self, ve: q.ValidEntry) -> Any:
+    def _retry_parked(self) -> None:
+        """Write the dead letters a full Redis refused, at most once a second."""
+        now = time.monotonic()
+        if not self._parked or now - self._last_parked_try < 1.0:
+            return
+        self._last_parked_try = now
+        with self._parked_lock:
+            parked, self._parked = self._parked, []
+        self._dead_letter(parked)
+        if not self._parked:
+            self._oom_cleared()
+
+    def _decode(self, ve: q.ValidEntry) -> Frame | q.Rejection:
+        """Decode one entry on the pool, guarded: whatever goes wrong is this entry's dead letter.
+
+        Whole-image models get the frame decoded towards their size and resized here, so a batch holds
+        [3, S, S] tensors, not full-size pixels (docs/design.md, "Decoding").
+        """
         try:
-            arr = decode_image(ve.image, self.cfg.max_pixels)
+            pipe = self.models.get(ve.product)
+            arr, size = decode_frame(ve.image, self.cfg.max_pixels, pipe.decode_target)
+            if min(size) < self.cfg.min_side:
+                return q.Rejection(ve.entry, q.TOO_SMALL, f"image is {size[1]}x{size[0]}, min side {self.cfg.min_side}")
+            issue = frame_issue(arr, self.cfg.frame_min_std, self.cfg.frame_max_aspect)
+            return Frame(arr if pipe.config.native else pipe.prepare([arr]), size, issue)
         except ImageDecodeError as exc:
             return q.Rejection(ve.entry, exc.reason, str(exc))
-        if min(arr.shape[:2]) < self.cfg.min_side:
-            return q.Rejection(
-                ve.entry, q.TOO_SMALL, f"image is {arr.shape[1]}x{arr.shape[0]}, min side {self.cfg.min_side}"
-            )
-        return arr
+        except Exception as exc:  # noqa: BLE001 - one entry never stops the loop
+            return q.Rejection(ve.entry, q.DECODE_ERROR, f"cannot prepare image: {type(exc).__name__}: {exc}")
 
     def _score(self, prepared: Prepared) -> None:
         if not prepared.items:
@@ -393,27 +483,40 @@ class Worker:
         for ve, arr in prepared.items:
             by_product.setdefault(ve.product, []).append((ve, arr))
         for product, items in by_product.items():
+            frames: list[Frame] = [f for _, f in items]
             try:
                 pipe = self.models.get(product)
-                res = pipe.score_arrays([arr for _, arr in items], want_regions=True)
-            except Exception:  # noqa: BLE001 - left pending: reclaimed later, dead-lettered after max_deliveries
+                sizes = [f.size for f in frames]
+                if pipe.config.native:
+                    res = pipe.score_arrays([f.pixels for f in frames], want_regions=True, orig_sizes=sizes)
+                else:
+                    res = pipe.score_images(torch.cat([f.pixels for f in frames]), want_regions=True, orig_sizes=sizes)
+            except Exception as exc:  # noqa: BLE001 - left pending: reclaimed later, dead-lettered after max_deliveries
                 log.exception("scoring %d %s images failed; they stay pending", len(items), product)
+                for ve, _ in items:  # kept for the dead letter if they never succeed (bounded: oldest dropped)
+                    self._last_errors[ve.entry.stream_id] = f"{type(exc).__name__}: {exc}"[:500]
+                while len(self._last_errors) > 10_000:
+                    self._last_errors.pop(next(iter(self._last_errors)))
                 self._held.difference_update(ve.entry.stream_id for ve, _ in items)
                 continue
             processed = datetime.now(timezone.utc)
             extras = []
-            for ve, _ in items:
-                enqueued = datetime.fromtimestamp(ve.entry.enqueued_ms / 1000, tz=timezone.utc)
+            for ve, frame in items:
+                enqueued = ve.entry.enqueued_at(processed)
                 extras.append(
                     {
                         "stream_id": ve.entry.stream_id,
                         "enqueued_at": enqueued,
                         "processed_at": processed,
-                        "latency_ms": (processed - enqueued).total_seconds() * 1000,
+                        "latency_ms": None if enqueued is None else (processed - enqueued).total_seconds() * 1000,
                         "meta": ve.meta,
+                        "frame_check": frame.issue,
                     }
                 )
             rows = result_rows(pipe, res, [ve.id for ve, _ in items], product, self.cfg.name, extras)
+            for extra in extras:
+                if extra["latency_ms"] is not None:
+                    self.metrics.latency.observe(extra["latency_ms"] / 1000.0)
             finite = res.finite
             self._dead_letter(
                 [
@@ -475,7 +578,11 @@ class Worker:
         try:
             self._redis(lambda: q.ack(self.client, self.scfg, ids), "ack")
             self._held.difference_update(ids)
-            self._redis(lambda: q.publish_results(self.client, self.scfg, rows), "result stream")
+            try:
+                self._redis(lambda: q.publish_results(self.client, self.scfg, rows), "result stream", raise_oom=True)
+            except redis.OutOfMemoryError as exc:  # a notification copy; the rows are durable in Parquet
+                self._note_oom("result stream", exc)
+                self.stats["results_skipped_oom"] += len(rows)
         except redis.RedisError as exc:  # only when stopping with Redis gone: entries will be re-scored
             log.error("could not acknowledge %d entries (%s); they will be scored again", len(ids), exc)
         self.stats["scored"] += len(rows)
@@ -502,7 +609,10 @@ class Worker:
             lag, pending = q.backlog(self.client, self.scfg)
             self.metrics.lag.set(lag)
             self.metrics.pending.set(pending)
-            self.metrics.used_memory.set(q.redis_memory(self.client)["used_memory"])
+            mem = q.redis_memory(self.client)
+            self.metrics.used_memory.set(mem["used_memory"])
+            self.metrics.maxmemory.set(mem["maxmemory"])
+            self.metrics.eviction_safe.set(1 if mem["maxmemory_policy"] == "noeviction" else 0)
             for name, length in q.stream_lengths(self.client, self.scfg).items():
                 self.metrics.stream_length.labels(self.cfg.name, name).set(length)
         except redis.RedisError as exc:  # the heartbeat never stops the worker

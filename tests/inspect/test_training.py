@@ -40,6 +40,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "weights.safetensors"))
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_way_and_resumed_reaches_the_uninterrupted_weights(synthetic_root, tmp_path):
     steps = "60"
     subprocess.run(_train_cmd(synthetic_root, tmp_path / "straight", "--max-steps", steps), env=_env(), check=True,
@@ -176,7 +177,7 @@ def test_compiled_training_matches_eager_closely(synthetic_root, tmp_path, monke
     assert json.loads((compiled / "manifest.json").read_text())["training"]["compile"] is True
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bf16 autocast + channels_last path)")
+@pytest.mark.cuda
 def test_cuda_training_uses_bf16_and_channels_last(synthetic_root, tmp_path):
     cfg = ModelConfig(image_size=64, saliency="spectral", base_channels=8)
     out = train_model(synthetic_root, "synthetic", tmp_path / "g", cfg, TrainConfig(epochs=1, batch_size=4),

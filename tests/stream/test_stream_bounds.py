@@ -167,7 +167,7 @@ def test_dlq_list_replay_and_purge(redis_server, models_dir, scfg, payload, tmp_
     client = q.connect(redis_server.url)
     for i in range(3):
         q.push(client, "laterproduct", payload, f"late-{i}", {"i": i}, scfg)
-    client.xadd(scfg.stream, {"id": "broken-0", "product": "synthetic", "image": b"not an image"})
+    client.xadd(scfg.stream, {"id": "broken-0", "product": "synthetic", "image": b"\x89PNG, but not an image"})
     run_worker(redis_server, models_dir, tmp_path / "out", scfg)
     opts = ["--redis", redis_server.url, "--stream", scfg.stream, "--dlq", scfg.dlq]
     runner = CliRunner()
@@ -206,9 +206,10 @@ def test_dlq_replay_refuses_entries_without_a_payload(redis_server, scfg):
     assert client.xlen(scfg.dlq) == 1 and client.xlen(scfg.stream) == 0
 
 
+@pytest.mark.slow
 def test_soak_holds_a_steady_state(models_dir, tmp_path):
     """30 s of 256×256 PNGs at a fixed rate through benchmarks/soak.py: nothing lost, memory flat."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "soak"
     proc = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "soak.py"), "--seconds", "30", "--rate", "12", "--warmup", "5",

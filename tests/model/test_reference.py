@@ -1,4 +1,4 @@
-"""The reference ops against independent hand derivations (SPEC §1)."""
+"""The reference ops against independent hand derivations (docs/design.md, "Numerics")."""
 
 from __future__ import annotations
 

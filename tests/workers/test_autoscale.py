@@ -22,10 +22,12 @@ from workers.fake_cluster import autoscaler_config, namespace_unavailable, run_i
 from workers.policy import resource_bundles
 from workers.supervisor import gpu_offer, node_types_with_gpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "workers" / "cluster.yaml"
 KUBERAY_YAML = ROOT / "workers" / "kuberay.yaml"
 KUBERAY_SCHEMA = ROOT / "workers" / "schemas" / "raycluster-v1.schema.json"
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _no_namespace() -> str | None:

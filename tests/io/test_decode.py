@@ -1,4 +1,4 @@
-"""Decoding: every supported format/depth, and clear errors for bad bytes (SPEC §1, §3 reasons)."""
+"""Decoding: every supported format/depth, and clear errors for bad bytes (docs/design.md, "Decoding" and the dead-letter reasons)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ear_stream.io.decode import ImageDecodeError, decode_image, list_images, to_model_input
+from ear_stream.io.decode import ImageDecodeError, as_float, decode_image, list_images, to_model_input
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -21,8 +21,9 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
 def test_formats_decode_to_rgb_unit_range(fmt):
     rgb = Image.fromarray((np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8))
     arr = decode_image(_encode(rgb, fmt))
-    assert arr.shape == (20, 30, 3) and arr.dtype == np.float32
-    assert arr.min() >= 0.0 and arr.max() <= 1.0
+    assert arr.shape == (20, 30, 3) and arr.dtype == np.uint8  # uint8 until the resize: a quarter of float32
+    unit = as_float(arr)
+    assert unit.dtype == np.float32 and unit.min() >= 0.0 and unit.max() <= 1.0
 
 
 def test_gray_16bit_and_rgba():
@@ -31,17 +32,20 @@ def test_gray_16bit_and_rgba():
     assert arr.shape == (8, 9, 3) and np.allclose(arr, 1.0)
     rgba = Image.new("RGBA", (5, 4), (255, 0, 0, 10))
     arr = decode_image(_encode(rgba, "PNG"))
-    assert arr.shape == (4, 5, 3) and np.allclose(arr[..., 0], 1.0)
+    assert arr.shape == (4, 5, 3) and np.allclose(as_float(arr)[..., 0], 1.0)
     cmyk = Image.new("CMYK", (6, 6), (0, 0, 0, 0))
     assert decode_image(_encode(cmyk, "JPEG")).shape == (6, 6, 3)
 
 
 def test_truncated_corrupt_and_empty_inputs_raise_decode_error():
     png = _encode(Image.new("RGB", (64, 64), (10, 20, 30)), "PNG")
-    for bad in (png[: len(png) // 2], b"\x89PNG garbage", b"", np.random.default_rng(1).bytes(500)):
+    for bad in (png[: len(png) // 2], b"\x89PNG garbage", b""):
         with pytest.raises(ImageDecodeError) as err:
             decode_image(bad)
         assert err.value.reason == "decode_error"
+    with pytest.raises(ImageDecodeError) as err:  # bytes of no accepted format at all
+        decode_image(np.random.default_rng(1).bytes(500))
+    assert err.value.reason == "unsupported_format"
 
 
 def test_pixel_limit_rejects_before_decoding():

@@ -144,7 +144,7 @@ def test_isolated_build_without_torch_fails_with_the_fix(tmp_path):
     fake = tmp_path / "site"
     (fake / "torch").mkdir(parents=True)
     (fake / "torch" / "__init__.py").write_text("raise ImportError('No module named torch (isolated build)')\n")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         [sys.executable, "setup.py", "--name"],
         cwd=root,

@@ -1,4 +1,4 @@
-"""Fused ops (extension) against the reference on many random cases (SPEC §2)."""
+"""Fused ops (extension) against the reference on many random cases (docs/design.md, "Fused operators")."""
 
 from __future__ import annotations
 

@@ -101,8 +101,12 @@ def test_missing_kernel_image_falls_back_to_the_reference_once():
 
 
 def test_backend_is_described():
+    """The description names what actually runs: the extension when it loaded, else the reference and why."""
     desc = ops.backend_description()
-    assert desc.startswith("extension (cpu") or desc.startswith("reference (")
+    if ops.backend() == "extension":
+        assert desc.startswith("extension (cpu") and ("cuda" in desc) == ops.extension_has_cuda()
+    else:
+        assert desc == f"reference ({ops.extension_error()})"
 
 
 # ----------------------------------------------------------------------------- a diverged model

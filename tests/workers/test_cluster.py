@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.ray
 def test_actors_score_everything_and_survive_a_kill(local_ray, tiny_model, synthetic_root, tmp_path):
     from ear_stream.io.results import read_results
     from ear_stream.stream import queue as q
@@ -116,3 +118,54 @@ def test_actors_score_everything_and_survive_a_kill(local_ray, tiny_model, synth
         table = read_results(tmp_path / "out")
         assert sorted(table["id"].to_pylist()) == sorted(ids)
         assert set(table["worker"].to_pylist()) <= {"ear-actor-0", "ear-actor-1"}
+
+
+def _descendants(pid: int) -> set[int]:
+    """pid and every process below it (from /proc), so that only this test's Ray is inspected."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+@pytest.mark.ray
+def test_local_ray_listens_on_loopback_only(local_ray):
+    """Every TCP listener of the local Ray (GCS, raylet, workers, agents) is on 127.0.0.1, none on *."""
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    if not shutil.which("ss"):
+        pytest.skip("ss (iproute2) is not installed")
+
+    @local_ray.remote
+    class Probe:
+        def pid(self) -> int:
+            return os.getpid()
+
+    probe = Probe.remote()
+    local_ray.get(probe.pid.remote())  # an actor exists: its worker's server listens too
+    ours = _descendants(os.getpid())
+    listeners = []
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines():
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if pids & ours:
+            listeners.append(line.split()[3])
+    assert len(listeners) >= 3, listeners  # GCS, raylet, worker at least
+    loopback = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+    assert all(addr.startswith(loopback) for addr in listeners), listeners
+    local_ray.kill(probe)

@@ -221,7 +221,14 @@ def test_fuzz_malformed_entries_go_to_dlq(redis_server, models_dir, stream_cfg, 
     def bad_entries(i: int) -> list[tuple[dict, str]]:
         base = {"id": f"bad-{i}", "product": "synthetic"}
         return [
-            ({**base, "id": f"bad-rand-{i}", "image": rng.bytes(int(rng.integers(1, 3000)))}, q.DECODE_ERROR),
+            (
+                {**base, "id": f"bad-rand-{i}", "image": b"\x89PNG" + rng.bytes(int(rng.integers(1, 3000)))},
+                q.DECODE_ERROR,
+            ),
+            (
+                {**base, "id": f"bad-noise-{i}", "image": b"\x00" + rng.bytes(int(rng.integers(1, 3000)))},
+                q.UNSUPPORTED_FORMAT,
+            ),
             (
                 {**base, "id": f"bad-tpng-{i}", "image": good_png[: int(rng.integers(8, len(good_png) - 8))]},
                 q.DECODE_ERROR,

@@ -13,27 +13,9 @@ from __future__ import annotations
 import glob
 import os
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-INSTALL_REQUIRES = [
-    "torch==2.14.1",
-    "torchvision==0.29.1",
-    "timm>=1.0",
-    "numpy>=1.26",
-    "pillow>=10",
-    "safetensors>=0.4",
-    "pyarrow>=15",
-    "click>=8.1",
-    "tqdm>=4.66",
-    "scikit-learn>=1.4",
-    "scipy>=1.11",
-    "pyyaml>=6",
-    "jsonschema>=4",
-    "redis>=5",
-    "ray>=2.40",
-    "prometheus-client>=0.20",
-]
 
 
 def _sources(*patterns: str) -> list[str]:
@@ -100,16 +82,5 @@ def extension_modules() -> tuple[list, dict]:
 
 ext_modules, cmdclass = extension_modules()
 
-setup(
-    name="ear-stream",
-    version="0.1.0",
-    description="EAR (Excision And Recovery) visual defect detection: fused ops, Redis stream workers, Ray.",
-    packages=find_packages(include=["ear_stream", "ear_stream.*", "workers", "workers.*"]),
-    python_requires=">=3.10",
-    install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest>=8", "ruff>=0.5"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-    entry_points={"console_scripts": ["ear-stream=ear_stream.cli:main"]},
-    zip_safe=False,
-)
+# project metadata, dependencies and the console script live in pyproject.toml; this file builds the extension
+setup(ext_modules=ext_modules, cmdclass=cmdclass, zip_safe=False)

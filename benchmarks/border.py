@@ -7,7 +7,7 @@ that band's share of the scored area; then the mean map per row and column.
     python benchmarks/border.py ../shared/data --category magnetic_tile runs/study/spectral runs/study/none
     python benchmarks/border.py --toy     # the controlled case: a U-Net of a uniform texture, 64 px
 
-``--toy`` trains the small U-Net of ``tests/test_weightfree.py`` on a generated uniform texture and
+``--toy`` trains the small U-Net of ``tests/model/test_weightfree.py`` on a generated uniform texture and
 reports the same shares for box 5 without a band and with the default band (box // 2), and with
 no box filter at all: the box filter's replicate padding is what moves the max to the edge.
 """

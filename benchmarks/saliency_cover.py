@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import split_of  # noqa: E402
+from study import split_of
 
-from ear_stream.io.datasets import load_mask, load_tensor, test_samples, train_images  # noqa: E402
-from ear_stream.model.reference import saliency_mask  # noqa: E402
-from ear_stream.model.weightfree import create_saliency  # noqa: E402
+from ear_stream.io.datasets import load_mask, load_tensor, test_samples, train_images
+from ear_stream.model.reference import saliency_mask
+from ear_stream.model.weightfree import create_saliency
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ def realistic_pngs(n: int = 8, size: int = 256, seed: int = 0) -> list[bytes]:
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        _yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         base = 0.45 + 0.1 * np.sin(xx / rng.uniform(3, 7)) + rng.normal(0, 0.08, (size, size))
         buf = io.BytesIO()
         Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)).convert("RGB").save(buf, format="PNG")

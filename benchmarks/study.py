@@ -175,8 +175,9 @@ def run_child(args: argparse.Namespace) -> None:
     candidates = []
     base_sc = pipe.config.scoring
     grid = scoring_candidates(args.image_size) if attention_ok else [{}]
-    if cfg.head:  # a head model scores its own map: the normal map does not apply
+    if cfg.head:  # a head model scores its own map: the normal map does not apply; its map may be logits
         grid = [c for c in grid if not c.get("normal_map")]
+        grid += [{**c, "head_map": "logit"} for c in grid]
     for cand in grid:
         sc = dataclasses.replace(base_sc, **cand)
         if attention_ok:

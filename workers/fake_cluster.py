@@ -78,7 +78,7 @@ def autoscaler_config(node_types: dict[str, dict[str, Any]], idle_timeout_minute
             "use_node_id_as_ip": True,
             "disable_launch_config_check": True,
             "disable_node_updaters": True,
-        },  # fmt: skip
+        },
         "auth": {},
         "available_node_types": types,
         "head_node_type": HEAD_TYPE,

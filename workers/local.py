@@ -5,7 +5,7 @@ address, Ray (2.x on Linux) still swaps it for the machine's outward address and
 GCS, raylet and workers listen on every interface; with cluster mode off
 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, what Ray itself does on a laptop) the node
 address stays loopback and every server binds 127.0.0.1 — checked with ``ss -ltnp``
-over the whole process tree in ``tests/test_cluster.py``. Ray's token authentication is
+over the whole process tree in ``tests/workers/test_cluster.py``. Ray's token authentication is
 on by default in the pinned version. To reach a cluster from elsewhere, start it
 deliberately (``ray start --head --node-ip-address=<ip>``) and pass ``--address``.
 """

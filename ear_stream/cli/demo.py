@@ -17,7 +17,7 @@ from .options import PRECISION_OPTION
 
 PRODUCT = "synthetic"
 #: epochs of the demo model: 48 images, 360 steps, about a minute on 2 cores (its recovery error on
-#: held-out good images is then well under half a flat image's, asserted in tests/test_demo.py)
+#: held-out good images is then well under half a flat image's, asserted in tests/cli/test_demo.py)
 DEMO_EPOCHS = 60
 
 

@@ -43,7 +43,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"--resume: no {path.name} in {path.parent} (train with --checkpoint-every first)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)  # noqa: TID251 - the one loader
     except Exception as exc:  # noqa: BLE001 - whatever the file holds, never unpickle it
         raise CheckpointError(
             f"{path} is not a checkpoint ear-stream wrote (it holds objects that are not weights, or is corrupt: "

@@ -1,7 +1,7 @@
 """Metrics inspection engineers use beyond AUROC: F1-max, false-reject and escape rates, pixel F1, AUPRO.
 
 Pure numpy (and scipy's labelling for ground-truth components), each checked
-against a small hand-computed case in ``tests/test_metrics.py``.
+against a small hand-computed case in ``tests/inspect/test_metrics.py``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from ..io.decode import to_model_input, to_native_input
 from ..model import ops
 from ..model.artifact import ArtifactError, load_artifact_parts, sha256_file
 from ..model.config import ModelConfig, ScoringConfig
-from ..model.head import HEAD_PREFIX, AnomalyHead, head_inputs, smoothed_probability
+from ..model.head import HEAD_PREFIX, AnomalyHead, head_inputs, smoothed_map
 from ..model.precision import DEFAULT_PRECISION, Precision, compile_module, resolve_precision
 from ..model.reference import saliency_mask
 from ..model.saliency import DinoAttention, build_dino, resolve_dino_weights
@@ -415,7 +415,7 @@ class Pipeline:
         if pad_h or pad_w:
             inputs = F.pad(inputs, (0, pad_w, 0, pad_h), mode="replicate")
         logits = self.precision.run(self.head, inputs)[..., :h, :w]
-        return banded_max(smoothed_probability(logits, sc.box), sc.border, want_map)
+        return banded_max(smoothed_map(logits, sc.box, sc.head_map), sc.border, want_map)
 
     def prepare(self, arrays: list[np.ndarray]) -> Images:
         """Decoded [H, W, 3] arrays → what :meth:`score_images` takes: resized, or resampled by ``scale``."""

@@ -15,6 +15,7 @@ so a resumed run simulates exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -87,7 +88,7 @@ def curve_region(h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
     pix = torch.stack([yy, xx], dim=-1)  # [h, w, 2]
     dist = torch.full((h, w), float("inf"))
-    for a, b in zip(points[:-1], points[1:], strict=True):
+    for a, b in itertools.pairwise(points):
         ab = b - a
         t = (((pix - a) @ ab) / max(float(ab @ ab), 1e-6)).clamp(0.0, 1.0)
         dist = torch.minimum(dist, (pix - (a + t[..., None] * ab)).norm(dim=-1))

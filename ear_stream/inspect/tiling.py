@@ -13,6 +13,7 @@ owned region.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,7 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 def owned_spans(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
     """The pixels each tile writes: boundaries sit at the middle of each overlap."""
     bounds = [0]
-    for a, b in zip(starts, starts[1:], strict=False):
+    for a, b in itertools.pairwise(starts):
         bounds.append((b + a + tile) // 2)
     bounds.append(length)
     return [(bounds[i], bounds[i + 1]) for i in range(len(starts))]

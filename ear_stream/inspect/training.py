@@ -493,8 +493,8 @@ def train_model(
         training={
             **{k: v for k, v in asdict(train_cfg).items()},
             "category": category,
-            "n_train": int(len(train_idx)),
-            "n_holdout": int(len(hold_idx)),
+            "n_train": len(train_idx),
+            "n_holdout": len(hold_idx),
             "steps": step,
             "stop_reason": stop_reason,
             "max_minutes": max_minutes,

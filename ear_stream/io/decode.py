@@ -85,7 +85,7 @@ def decode_frame(
             return _to_rgb(img), (h, w)
     except ImageDecodeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
+    except Exception as exc:
         raise ImageDecodeError("decode_error", f"cannot decode image: {exc}") from exc
 
 
@@ -103,6 +103,18 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     elif mode != "RGB":
         img = img.convert("RGB")
     return np.array(img, dtype=np.uint8)  # writable (torch.from_numpy warns on read-only buffers)
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from the image header without decoding a pixel; None when the header is unreadable
+    (decoding then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w, h = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).size
+        return h, w
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_frame reports the reason
+        return None
 
 
 def frame_issue(arr: np.ndarray, min_std: float = FRAME_MIN_STD, max_aspect: float = FRAME_MAX_ASPECT) -> str | None:

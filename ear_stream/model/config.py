@@ -26,6 +26,8 @@ MOSAIC_SCALES = (2, 4, 8, 16, 32, 64)
 #: failure reason when a model scores NaN/inf (stream DLQ and ``score`` alike): scores fail closed
 NON_FINITE_SCORE = Reason.NON_FINITE_SCORE.value
 SCHEDULES = ("fixed", "warmup", "sgdr")
+#: what a learned head's score map holds (``ScoringConfig.head_map``)
+HEAD_MAPS = ("probability", "logit")
 #: what ``--precision`` accepts (``ear_stream.model.precision`` resolves ``auto`` per device)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
 DEFAULT_PRECISION = "auto"
@@ -101,6 +103,9 @@ class ScoringConfig:
     #: subtract the per-pixel mean map of the good training images (stored with the weights) before
     #: the max: what is *normally* hard to recover there (the tile edges of a crop) stops scoring
     normal_map: bool = False
+    #: what a head model's map holds: ``probability`` (sigmoid, in [0, 1]) or ``logit`` (unbounded: a
+    #: saturated probability ties every confident spot at 1.0, a logit keeps ranking them)
+    head_map: str = "probability"
 
     def resolved(self, image_size: int) -> ScoringConfig:
         box = default_box(image_size) if self.box is None else int(self.box)
@@ -111,6 +116,7 @@ class ScoringConfig:
             box=box,
             border=max(0, box // 2) if self.border is None else int(self.border),
             normal_map=bool(self.normal_map),
+            head_map=self.head_map,
         )
 
 
@@ -166,6 +172,8 @@ class ModelConfig:
             raise ConfigError(f"kernel_size must be 3 or 5, got {self.kernel_size}")
         if self.mosaic_scale < 1:
             raise ConfigError(f"mosaic_scale must be >= 1, got {self.mosaic_scale}")
+        if self.scoring.head_map not in HEAD_MAPS:
+            raise ConfigError(f"head_map must be one of {HEAD_MAPS}, got {self.scoring.head_map!r}")
         if self.head and self.method != "ear":
             raise ConfigError("the learned head scores EAR reconstructions: it needs method 'ear'")
         if self.head and self.scoring.normal_map:

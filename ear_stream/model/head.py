@@ -71,12 +71,13 @@ def head_inputs(images: torch.Tensor, recon: torch.Tensor, sc: ScoringConfig) ->
     return torch.cat([images.float(), recon.float(), dmap], dim=1)
 
 
-def smoothed_probability(logits: torch.Tensor, box: int) -> torch.Tensor:
-    """sigmoid(logits) averaged over a box×box window (edge windows average what lies inside)."""
-    prob = torch.sigmoid(logits.float())
+def smoothed_map(logits: torch.Tensor, box: int, kind: str = "probability") -> torch.Tensor:
+    """The head's score map: sigmoid(logits) (``probability``) or the logits themselves (``logit``), averaged
+    over a box×box window (edge windows average what lies inside)."""
+    values = torch.sigmoid(logits.float()) if kind == "probability" else logits.float()
     if box <= 1:
-        return prob
-    return F.avg_pool2d(prob, box, stride=1, padding=box // 2, count_include_pad=False)
+        return values
+    return F.avg_pool2d(values, box, stride=1, padding=box // 2, count_include_pad=False)
 
 
 def focal_dice_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:

@@ -59,8 +59,8 @@ def read_dino_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file for the user
+            state = torch.load(str(path), map_location="cpu", weights_only=True)  # noqa: TID251 - weights only
+    except Exception as exc:
         raise DinoWeightsError(f"cannot read DINO weights {path}: {exc}") from exc
     for wrapper in ("teacher", "model", "state_dict", "student"):
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
@@ -136,7 +136,7 @@ def fetch_dino_weights(dest: str | os.PathLike) -> Path:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
-    urllib.request.urlretrieve(DINO_URL, tmp)  # noqa: S310 - fixed https URL
+    urllib.request.urlretrieve(DINO_URL, tmp)
     tmp.replace(dest)
     return dest
 

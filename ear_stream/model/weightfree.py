@@ -84,7 +84,7 @@ class WeightFreeSaliency(nn.Module):
         """Constructor arguments, recorded in the manifest."""
         return {"grid": self.grid}
 
-    def fit(self, images: torch.Tensor) -> None:  # noqa: B027 - optional hook
+    def fit(self, images: torch.Tensor) -> None:
         """Learn statistics from normal training images (no-op for unfitted variants)."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

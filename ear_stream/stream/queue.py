@@ -407,7 +407,7 @@ return {acked, deleted}
 def _queue_ack_delete(client: redis.Redis, pipe, cfg: StreamConfig, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
     if server_has_xackdel(client):
         policy = "ACKED" if cfg.retain == "acked" else "KEEPREF"
-        pipe.execute_command("XACKDEL", cfg.stream, cfg.group, policy, "IDS", len(ids), *ids)
+        pipe.xackdel(cfg.stream, cfg.group, *ids, ref_policy=policy)
     elif cfg.retain == "acked":
         pipe.eval(_ACK_DELETE_ACKED, 1, cfg.stream, cfg.group, *ids)
     else:

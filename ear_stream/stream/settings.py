@@ -54,6 +54,9 @@ class WorkerConfig:
     decode_threads: int = 2
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 8
+    #: decoded pixels one batch may hold: entries past it wait (still pending, held here) for the next
+    #: batch, so memory follows pixels, not entries (a whole-image model counts its reduced decode)
+    max_batch_pixels: int = 64_000_000
     #: frame sanity (``ear_stream.io.decode.frame_issue``): near-constant and absurdly thin frames are written
     #: with ``frame_check`` set and never pass as ``ok``; 0 turns a check off
     frame_min_std: float = FRAME_MIN_STD

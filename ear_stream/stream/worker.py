@@ -29,7 +29,7 @@ import torch
 from ..errors import EarStreamError
 from ..inspect.pipeline import Pipeline
 from ..inspect.scoring import result_rows
-from ..io.decode import ImageDecodeError, decode_frame, frame_issue
+from ..io.decode import ImageDecodeError, decode_frame, frame_issue, header_size
 from ..io.results import ResultWriter
 from ..model.artifact import MANIFEST_FILE, ArtifactError, load_manifest
 from ..model.config import DEFAULT_PRECISION
@@ -207,6 +207,7 @@ class Worker:
         self._oom = False
         #: the last scoring error per pending stream id: a max_deliveries dead letter says what went wrong
         self._last_errors: dict[str, str] = {}
+        self._deferred: list[q.ValidEntry] = []  # validated entries past the batch's pixel budget, next in line
         self._parked: list[q.Rejection] = []  # dead letters a full Redis refused, retried from the main loop
         self._parked_lock = threading.Lock()
         self._last_parked_try = 0.0
@@ -309,9 +310,9 @@ class Worker:
         try:
             while True:
                 # with a batch in flight, only take what is already there: blocking would delay its verdicts
-                entries = [] if self._stop.is_set() else self._fetch(may_block=in_flight is None)
+                entries = [] if self._stop.is_set() else self._fetch(may_block=in_flight is None and not self._deferred)
                 # decode the next batch on the pool while the device scores the previous one
-                next_batch = self._prefetch.submit(self._prepare, entries) if entries else None
+                next_batch = self._prefetch.submit(self._prepare, entries) if entries or self._deferred else None
                 if in_flight is not None:
                     prepared = in_flight.result()
                     # flush first when the deadline would pass while this batch is scored: the
@@ -325,13 +326,14 @@ class Worker:
                 self._maybe_flush()
                 self._retry_parked()
                 self._maybe_heartbeat()
-                if self._stop.is_set() and in_flight is None and not self._parked:
+                if self._stop.is_set() and in_flight is None and not self._parked and not self._deferred:
                     break
                 idle_for = time.monotonic() - idle_since
                 if (
                     self.cfg.exit_when_idle_s is not None
                     and in_flight is None
                     and not self._rows
+                    and not self._deferred
                     and idle_for >= self.cfg.exit_when_idle_s
                     and self._drained()
                 ):
@@ -413,6 +415,7 @@ class Worker:
                 rejections.append(
                     q.Rejection(e, q.MODEL_ERROR, f"model for {e.fields.get('product')!r}: {type(exc).__name__}: {exc}")
                 )
+        valid = self._within_pixel_budget(self._deferred + valid)
         decoded = list(self._decode_pool.map(self._decode, valid))
         prepared = Prepared()
         for ve, result in zip(valid, decoded, strict=True):
@@ -422,6 +425,29 @@ class Worker:
                 prepared.items.append((ve, result))
         self._dead_letter(rejections)
         return prepared
+
+    def _pixels(self, ve: q.ValidEntry) -> int:
+        """Pixels decoding this entry will hold: its header's, or a whole-image model's reduced decode."""
+        size = header_size(ve.image)
+        if size is None:
+            return 0
+        pipe = self.models.get(ve.product)
+        if pipe.decode_target is None:
+            return int(size[0] * size[1] * float(pipe.config.scale or 1.0) ** 2)
+        return min(size[0] * size[1], (8 * pipe.decode_target) ** 2)
+
+    def _within_pixel_budget(self, valid: list[q.ValidEntry]) -> list[q.ValidEntry]:
+        """The entries to decode now (at least one); the rest wait in ``_deferred`` for the next batch."""
+        total, keep = 0, []
+        for i, ve in enumerate(valid):
+            pixels = self._pixels(ve)
+            if keep and total + pixels > self.cfg.max_batch_pixels:
+                self._deferred = valid[i:]
+                return keep
+            keep.append(ve)
+            total += pixels
+        self._deferred = []
+        return keep
 
     def _dead_letter(self, rejections: list[q.Rejection]) -> None:
         """DLQ (with the original fields and the reason) and XACK in one step, in the queue module."""
@@ -491,7 +517,7 @@ class Worker:
                     res = pipe.score_arrays([f.pixels for f in frames], want_regions=True, orig_sizes=sizes)
                 else:
                     res = pipe.score_images(torch.cat([f.pixels for f in frames]), want_regions=True, orig_sizes=sizes)
-            except Exception as exc:  # noqa: BLE001 - left pending: reclaimed later, dead-lettered after max_deliveries
+            except Exception as exc:
                 log.exception("scoring %d %s images failed; they stay pending", len(items), product)
                 for ve, _ in items:  # kept for the dead letter if they never succeed (bounded: oldest dropped)
                     self._last_errors[ve.entry.stream_id] = f"{type(exc).__name__}: {exc}"[:500]

@@ -92,11 +92,11 @@ def test_missing_kernel_image_falls_back_to_the_reference_once():
     ops._REFERENCE_DEVICES.discard(7)
     with pytest.raises(RuntimeError, match="no kernel image"):  # on the CPU it is a real error
         ops._guarded(no_image, torch.device("cpu"))
+
+    def other():
+        raise RuntimeError("other failure")
+
     with pytest.raises(RuntimeError, match="other"):
-
-        def other():
-            raise RuntimeError("other failure")
-
         ops._guarded(other, torch.device("cuda", 0))
 
 

@@ -42,7 +42,7 @@ def test_policies_by_hand():
 
 @pytest.mark.parametrize("bad", ["sigmas:3", "fpr:2", "quantile:x", "f1:3", "image", "sigma:-1", ""])
 def test_bad_policies_are_refused_clearly(bad):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"policy|must|number|takes no value"):
         parse_policy(bad)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -29,14 +30,14 @@ def native_model(synthetic_root, tmp_path_factory):
                        mosaic_scale=8, max_steps=4, progress=False)  # fmt: skip
 
 
-@pytest.mark.parametrize("tile,overlap", [(32, 0), (64, 16), (64, 63), (96, 32)])
+@pytest.mark.parametrize(("tile", "overlap"), [(32, 0), (64, 16), (64, 63), (96, 32)])
 def test_tiles_cover_every_pixel_once(tile, overlap):
     for length in [1, 5, 31, 32, 33, 64, 95, 96, 97, 200, 1023]:
         starts = tile_starts(length, tile, overlap)
         assert starts[0] == 0 and (starts[-1] + tile >= length)
         spans = owned_spans(starts, tile, length)
         assert spans[0][0] == 0 and spans[-1][1] == length
-        for (a, b), (c, _d) in zip(spans, spans[1:], strict=False):
+        for (a, b), (c, _d) in itertools.pairwise(spans):
             assert b == c and a < b
         for (a, b), s in zip(spans, starts, strict=True):  # a tile only writes pixels it saw
             assert s <= a and b <= s + tile
@@ -150,8 +151,10 @@ def test_cli_trains_on_crops_and_scores_with_tiles(synthetic_root, tmp_path):
 
 
 @needs_redis
-def test_stream_worker_scores_native_images_of_mixed_sizes(native_model, redis_server, stream_cfg, tmp_path):
-    """The worker goes through Pipeline like the CLI: mixed sizes in one batch, one row each, nothing left."""
+@pytest.mark.parametrize("budget", [64_000_000, 20_000])
+def test_stream_worker_scores_native_images_of_mixed_sizes(native_model, redis_server, stream_cfg, tmp_path, budget):
+    """The worker goes through Pipeline like the CLI: mixed sizes in one batch, one row each, nothing left.
+    With a pixel budget of 20,000 decoded pixels the read batch is scored in waves that each fit it."""
     import io
 
     from PIL import Image
@@ -170,8 +173,9 @@ def test_stream_worker_scores_native_images_of_mixed_sizes(native_model, redis_s
         q.push(client, "synthetic", buf.getvalue(), ids[-1], {}, stream_cfg)
     cfg = WorkerConfig(redis_url=redis_server.url, models_dir=native_model.parent, out_dir=tmp_path / "out",
                        stream=stream_cfg, device="cpu", batch_size=8, flush_seconds=0.2, block_ms=100,
-                       exit_when_idle_s=0.5, tile=64, tile_overlap=32)  # fmt: skip
+                       exit_when_idle_s=0.5, tile=64, tile_overlap=32, max_batch_pixels=budget)  # fmt: skip
     stats = Worker(cfg).run()
     assert stats["scored"] == 4 and stats["dead_letters"] == 0
+    assert stats["batches"] == (1 if budget > 100_000 else 3)  # 12000 | 12288 + 1089 | 17500 pixels
     assert sorted(read_results(tmp_path / "out")["id"].to_pylist()) == ids
     assert q.backlog(client, stream_cfg) == (0, 0)

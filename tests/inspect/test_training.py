@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ear_stream.inspect import training
 from ear_stream.inspect.augment import augment, batches_of, epoch_order, step_generator, steps_per_epoch
-from ear_stream.inspect.checkpoint import CHECKPOINT_NAME, CheckpointError
+from ear_stream.inspect.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from ear_stream.inspect.training import train_model
 from ear_stream.model.config import ModelConfig, TrainConfig
 
@@ -61,7 +61,7 @@ def test_a_run_killed_mid_way_and_resumed_reaches_the_uninterrupted_weights(synt
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    ck = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    ck = load_checkpoint(out / CHECKPOINT_NAME)
     assert 0 < ck["step"] < int(steps)
     assert not (out / "weights.safetensors").exists()
 
@@ -82,7 +82,7 @@ def test_a_run_killed_mid_way_and_resumed_reaches_the_uninterrupted_weights(synt
 
 def test_resume_refuses_a_missing_or_foreign_checkpoint(synthetic_root, tmp_path):
     cfg = ModelConfig(image_size=32, saliency="none", base_channels=8)
-    with pytest.raises(CheckpointError, match="no checkpoint.pt"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint\.pt"):
         train_model(synthetic_root, "synthetic", tmp_path / "m", cfg, TrainConfig(), max_steps=2, progress=False,
                     resume=True)  # fmt: skip
     train_model(synthetic_root, "synthetic", tmp_path / "m", cfg, TrainConfig(epochs=1, batch_size=4,

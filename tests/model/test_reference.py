@@ -123,7 +123,7 @@ def test_losses_are_bounded_and_zero_for_identity():
 
 
 @pytest.mark.parametrize(
-    "args, match",
+    ("args", "match"),
     [
         ((torch.rand(3, 8, 8), None, 2), "rank"),
         ((torch.rand(1, 3, 8, 8), None, 0), "m must be >= 1"),

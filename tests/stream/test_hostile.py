@@ -343,7 +343,7 @@ def test_a_crafted_checkpoint_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "url, expect",
+    ("url", "expect"),
     [
         ("redis://:se/cret@127.0.0.1:6379/0", "percent-encode"),
         ("redis://:se#cret@127.0.0.1:6379/0", "percent-encode"),
@@ -386,3 +386,45 @@ def test_a_redis_user_without_stream_rights_gets_one_line(redis_server, models_d
     res = CliRunner().invoke(main, ["worker", "--redis", url, "--models", str(models_dir), "--out", str(tmp_path),
                                     "--exit-when-idle", "0.1", "--device", "cpu"])  # fmt: skip
     assert res.exit_code == 1 and "may not" in res.output and "Traceback" not in res.output
+
+
+@needs_redis
+def test_a_poison_entry_dead_letters_with_its_last_error(redis_server, models_dir, stream_cfg, payloads, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    """Scoring fails every time: after max_deliveries the dead letter says what failed, not only how often."""
+    from ear_stream.inspect.pipeline import Pipeline
+
+    def broken(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("tensor shapes disagree in layer 3")
+
+    monkeypatch.setattr(Pipeline, "score_images", broken)
+    client = q.connect(redis_server.url)
+    q.push(client, "synthetic", payloads[0], "poison", None, stream_cfg)
+    stream_cfg.max_deliveries = 2
+    cfg = _cfg(redis_server, models_dir, tmp_path / "out", stream_cfg, exit_when_idle_s=None, claim_every_s=0.1)
+    worker = Worker(cfg)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while client.xlen(stream_cfg.dlq) == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker.stop()
+    thread.join(30)
+    (entry,) = client.xrange(stream_cfg.dlq)
+    assert entry[1][b"reason"] == b"max_deliveries"
+    assert b"last error: RuntimeError: tensor shapes disagree" in entry[1][b"message"]
+
+
+def test_a_hot_reload_to_a_nan_threshold_keeps_the_old_one(tiny_model, tmp_path):
+    import shutil
+
+    from ear_stream.stream.worker import ModelRegistry
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model, models / "synthetic")
+    registry = ModelRegistry(models, "cpu", None, reload_every_s=0.0)
+    before = registry.get("synthetic").threshold
+    data = json.loads((models / "synthetic" / "manifest.json").read_text())
+    data["threshold"] = float("nan")
+    (models / "synthetic" / "manifest.json").write_text(json.dumps(data) + " ")  # a new size: a new stat
+    assert registry.get("synthetic").threshold == before

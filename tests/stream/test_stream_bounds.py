@@ -155,7 +155,7 @@ def test_worker_refuses_an_evicting_redis(redis_server, models_dir, scfg, tmp_pa
     client = q.connect(redis_server.url)
     client.config_set("maxmemory-policy", "allkeys-lru")
     try:
-        with pytest.raises(q.RedisSetupError, match="allkeys-lru.*--allow-eviction"):
+        with pytest.raises(q.RedisSetupError, match=r"allkeys-lru.*--allow-eviction"):
             run_worker(redis_server, models_dir, tmp_path / "out", scfg)
         stats = run_worker(redis_server, models_dir, tmp_path / "out", scfg, allow_eviction=True)
         assert stats["scored"] == 0

@@ -7,6 +7,7 @@ before the namespace's first process leaves (the kernel kills any survivor then)
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -81,7 +82,7 @@ def test_a_backlog_brings_nodes_whose_actors_drain_it_then_the_nodes_leave(model
     nodes = [s["nodes"] for s in r["timeline"]]
     assert nodes[0] == 0 and max(nodes) == 2 and nodes[-1] == 0, nodes  # rose, then back to the minimum
     peak = nodes.index(2)
-    assert all(a <= b for a, b in zip(nodes[:peak], nodes[1 : peak + 1], strict=True))
+    assert all(a <= b for a, b in itertools.pairwise(nodes[: peak + 1]))
     assert r["placements"] and all(node != r["head"] for node in r["placements"].values())  # on the new nodes
     assert len(set(r["placements"].values())) == 2
     assert r["drains"] and all(d["returned"] and d["pending_at_kill"] == 0 for d in r["drains"])

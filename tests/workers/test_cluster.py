@@ -44,7 +44,7 @@ def test_policy_respects_scale_up_cooldown_and_bounds():
     assert p.desired(0, 0, 0, now=0) == 2  # below min: start min
     assert p.desired(2, 1000, 0, now=1) == 3
     assert p.desired(3, 10**5, 0, now=2) == 3
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_workers"):
         ScalingPolicy(min_workers=3, max_workers=2)
 
 

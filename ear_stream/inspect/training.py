@@ -8,6 +8,7 @@ default), never below their maximum — stored with the statistics in the manife
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -243,6 +244,354 @@ def _comparable(cfg: ModelConfig | TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))
 
 
+@dataclass
+class RunLimits:
+    """What bounds a run beyond its epochs, and what it reports on the way (``train_model``'s knobs)."""
+
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    curve_every_minutes: float | None = None
+    on_curve: Callable[[dict, Pipeline], dict | None] | None = None
+    progress: bool = True
+
+
+class Trainer:
+    """One training run: :meth:`setup` (data, saliency, mosaic scale, networks, resume) → :meth:`step` until a
+    limit → :meth:`evaluate` (learning curve, best weights) and :meth:`checkpoint` on the way → :meth:`finalize`
+    (calibration, recovery check, artifact). The caller's configs are never mutated: the trainer works on copies
+    (``dataclasses.replace``) and the artifact records the resolved ones.
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        category: str,
+        out_dir: str | Path,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        mosaic_scale: int | None = None,
+        dino_weights: str | os.PathLike | None = None,
+        device: str = "auto",
+        limits: RunLimits | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.data_root, self.category, self.out_dir = data_root, category, Path(out_dir)
+        self.model_cfg, self.train_cfg = dataclasses.replace(model_cfg), train_cfg
+        self.mosaic_scale, self.dino_weights, self.resume = mosaic_scale, dino_weights, resume
+        self.limits = limits or RunLimits()
+        self.dev = resolve_device(device)
+        self.precision = resolve_precision(train_cfg.precision, self.dev)
+        if mosaic_scale is not None and mosaic_scale > max_mosaic_scale(model_cfg.image_size):
+            raise ConfigError(
+                f"mosaic scale {mosaic_scale} leaves fewer than 4×4 cells at {model_cfg.image_size} px: "
+                f"use at most {max_mosaic_scale(model_cfg.image_size)} (or auto)"
+            )
+        self.step_count, self.losses, self.elapsed_before = 0, [], 0.0
+        self.best: dict | None = None  # {"loss", "step", "state"}: the weights early stopping keeps
+        self.since_best = 0
+        self.stop_reason: str | None = None
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> Trainer:
+        torch.manual_seed(self.train_cfg.seed)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._setup_data()
+        self._setup_saliency()
+        self._setup_mosaic_scale()
+        self._setup_networks()
+        self._setup_state()
+        return self
+
+    def _setup_data(self) -> None:
+        cfg, tcfg = self.model_cfg, self.train_cfg
+        files = train_images(self.data_root, self.category)
+        self.train_idx, self.hold_idx = split_holdout(len(files), tcfg.holdout_fraction, tcfg.seed)
+        images = load_images(cfg, files, desc="loading train images", progress=self.limits.progress)
+        self.data = TrainingSet(images, cfg.image_size)
+        if self.dev.type == "cuda":  # images stay on the device: no host→device copy per step
+            d = self.data
+            d.images = [i.to(self.dev) for i in d.images] if d.native else d.images.to(self.dev)  # type: ignore[union-attr]
+        self.fixed_train = self.data.fixed(self.train_idx)
+
+    def _setup_saliency(self) -> None:
+        self.saliency = build_saliency(self.model_cfg, self.dino_weights, self.dev)
+        if isinstance(self.saliency, WeightFreeSaliency):
+            self.model_cfg.saliency_params = self.saliency.params()
+            if self.saliency.fitted:
+                self.saliency.fit(self.fixed_train.to(self.dev))
+        self.plain_saliency = self.saliency is not None and not isinstance(self.saliency, SelfSaliency)
+        changes_images = bool(augmentations(self.train_cfg)) or self.train_cfg.simulate > 0
+        if self.plain_saliency and not self.data.native and not changes_images:  # nothing changes an image: cache
+            self.data.attention = compute_attention(self.saliency, self.data.images, self.dev)  # type: ignore[arg-type]
+
+    def _setup_mosaic_scale(self) -> None:
+        """m given, or estimated from the training images between the floor and S/4."""
+        self.estimated: dict = {}
+        cfg = self.model_cfg
+        if self.mosaic_scale is None:
+            floor = min_mosaic_scale(cfg.image_size, cfg.saliency)
+            att = None
+            if self.plain_saliency:
+                cached = self.data.attention
+                att = cached[self.train_idx] if cached is not None else compute_attention(
+                    self.saliency, self.fixed_train, self.dev
+                )  # fmt: skip
+            est = MosaicEstimator()
+            m, r10_value = estimate_mosaic_scale(self.fixed_train.cpu(), att, est, floor)
+            self.estimated = {"r10": r10_value, "estimator": asdict(est), "floor": floor}
+            self.mosaic_scale = m
+        cfg.mosaic_scale = int(self.mosaic_scale)  # type: ignore[arg-type]
+
+    def _setup_networks(self) -> None:
+        cfg, tcfg, precision = self.model_cfg, self.train_cfg, self.precision
+        self.unet = precision.module(build_unet(cfg).to(self.dev))
+        self.head = precision.module(AnomalyHead(cfg.head_width).to(self.dev)) if cfg.head else None
+        self.net = torch.nn.ModuleDict({"unet": self.unet, **({"head": self.head} if self.head is not None else {})})
+        compiled = compile_module(self.unet) if tcfg.compile else self.unet
+        head = self.head
+        self.mods = StepModules(
+            forward=lambda x: precision.run(compiled, x),
+            saliency=self.saliency,
+            head=None if head is None else (lambda x: precision.run(head, x)),
+        )
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=tcfg.lr)
+        self.per_epoch = steps_per_epoch(len(self.train_idx), tcfg.batch_size)
+        if self.per_epoch == 0:
+            raise ConfigError(f"{len(self.train_idx)} training image(s) after the hold-out: need at least 2")
+        self.sched = make_scheduler(self.opt, tcfg, self.per_epoch)
+        bound = tcfg.epochs * self.per_epoch
+        self.total = bound if self.limits.max_steps is None else min(self.limits.max_steps, bound)
+        self.held_out = self.data.fixed(self.hold_idx).to(self.dev)
+        sal = self.saliency
+        self.held_att = compute_attention(sal, self.held_out, self.dev).to(self.dev) if self.plain_saliency else None  # type: ignore[arg-type]
+
+    def _setup_state(self) -> None:
+        """A fresh run, or the state of ``checkpoint.pt`` (``--resume``); the learning curve to append to."""
+        self.curve_path, self.ckpt_path = self.out_dir / "curve.jsonl", self.out_dir / CHECKPOINT_NAME
+        if not self.resume:
+            self.curve_path.unlink(missing_ok=True)
+            self.ckpt_path.unlink(missing_ok=True)
+        else:
+            ck = load_checkpoint(self.ckpt_path)
+            if ck["model_config"] != _comparable(self.model_cfg) or ck["train_config"] != _comparable(self.train_cfg):
+                raise CheckpointError(
+                    f"{self.ckpt_path} was written for another configuration: resume with the same options as the "
+                    "killed run"
+                )
+            self.net.load_state_dict(ck["unet"])
+            self.opt.load_state_dict(ck["optimizer"])
+            if self.sched is not None:
+                self.sched.load_state_dict(ck["scheduler"])
+            torch.set_rng_state(ck["torch_rng"])
+            self.step_count, self.losses, self.elapsed_before = (
+                int(ck["step"]),
+                list(ck["losses"]),
+                float(ck["elapsed"]),
+            )
+            self.best, self.since_best = ck["best"], int(ck["since_best"])
+            kept = [r for r in _read_curve(self.curve_path) if r["step"] <= self.step_count]  # the rest is redone
+            self.curve_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.curve = _read_curve(self.curve_path)
+
+    # ------------------------------------------------------------------ the loop
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def pipeline(self) -> Pipeline:
+        """The networks as an inference pipeline (threshold 1 until calibrated)."""
+        return Pipeline(
+            self.model_cfg, self.unet, 1.0, self.dev, self.saliency, precision=self.precision, head=self.head
+        )  # type: ignore[arg-type]
+
+    def step(self) -> float:
+        """One optimisation step; every random draw comes from the (seed, step) generator (resumable)."""
+        tcfg, step = self.train_cfg, self.step_count
+        epoch, position = divmod(step, self.per_epoch)
+        if epoch != getattr(self, "_order_epoch", -1):
+            self._order_epoch = epoch
+            self._order = batches_of(epoch_order(len(self.train_idx), tcfg.seed, epoch), tcfg.batch_size)
+        gen = step_generator(tcfg.seed, step)
+        x, att = self.data.batch(torch.from_numpy(self.train_idx)[self._order[position]], gen)
+        x = augment(x, tcfg, gen).to(self.dev, non_blocking=True)
+        att = None if att is None else att.to(self.dev)
+        loss = step_loss(self.model_cfg, tcfg, self.mods, x, att, gen).float()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        self.losses = [*self.losses[-19:], loss.item()]
+        self.step_count += 1
+        return self.losses[-1]
+
+    def evaluate(self) -> dict:
+        """A learning-curve record: held-out loss, recovery check, the caller's fields (``on_curve``)."""
+        net = self.net
+        rec = {
+            "step": self.step_count,
+            "minutes": round(self.elapsed() / 60.0, 3),
+            "train_loss": float(np.mean(self.losses[-20:])) if self.losses else None,
+            "heldout_loss": heldout_loss(
+                self.model_cfg, self.train_cfg, self.mods, list(net.values()), self.held_out, self.held_att
+            ),
+            "lr": self.opt.param_groups[0]["lr"],
+        }
+        net.eval()
+        pipe = self.pipeline()
+        rec.update(recovery_check(pipe, self.held_out).curve_fields())
+        if self.limits.on_curve is not None:
+            rec.update(self.limits.on_curve(rec, pipe) or {})
+        net.train()
+        self.curve.append(rec)
+        with open(self.curve_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        write_curve_png(self.curve, self.out_dir / "curve.png")
+        return rec
+
+    def keep_if_best(self, rec: dict) -> None:
+        """Keep a copy of the weights when the held-out loss improves; count evaluations since it last did."""
+        if self.best is None or rec["heldout_loss"] < self.best["loss"]:
+            state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+            self.best, self.since_best = {"loss": rec["heldout_loss"], "step": self.step_count, "state": state}, 0
+        else:
+            self.since_best += 1
+
+    def checkpoint(self) -> None:
+        save_checkpoint(
+            self.ckpt_path,
+            {
+                "step": self.step_count,
+                "unet": self.net.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": None if self.sched is None else self.sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "losses": self.losses[-20:],
+                "elapsed": self.elapsed(),
+                "best": self.best,
+                "since_best": self.since_best,
+                "model_config": _comparable(self.model_cfg),
+                "train_config": _comparable(self.train_cfg),
+            },
+        )
+
+    def _limit_reached(self) -> str | None:
+        lim = self.limits
+        if self.step_count >= self.total:
+            return "max_steps" if lim.max_steps is not None and self.step_count >= lim.max_steps else "epochs"
+        if lim.max_minutes is not None and self.elapsed() >= 60.0 * lim.max_minutes:
+            return "max_minutes"
+        return None
+
+    def _progress_bar(self):  # type: ignore[no-untyped-def]
+        """Under a time budget the bar counts minutes, not the epoch bound's steps (an ETA of hours is a lie)."""
+        lim = self.limits
+        self._timed = lim.max_minutes is not None and lim.max_steps is None
+        return tqdm(
+            total=round(lim.max_minutes, 1) if self._timed else self.total,  # type: ignore[arg-type]
+            initial=round(self.elapsed() / 60, 1) if self._timed else self.step_count,
+            desc=f"training {self.category}",
+            unit="min" if self._timed else "step",
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min {postfix}" if self._timed else None,
+            disable=not lim.progress,
+        )
+
+    def _after_step(self, bar, next_curve: float | None, next_ckpt: float | None) -> tuple[float | None, float | None]:  # type: ignore[no-untyped-def]
+        tcfg, lim = self.train_cfg, self.limits
+        bar.update(round(self.elapsed() / 60, 1) - bar.n if self._timed else 1)
+        bar.set_postfix(loss=f"{self.losses[-1]:.4f}", step=self.step_count)
+        if tcfg.eval_every and self.step_count % tcfg.eval_every == 0:
+            self.keep_if_best(self.evaluate())
+            if tcfg.patience and self.since_best >= tcfg.patience:
+                self.stop_reason = "patience"
+        elif next_curve is not None and self.elapsed() >= next_curve:
+            self.evaluate()
+            next_curve = self.elapsed() + 60.0 * lim.curve_every_minutes  # type: ignore[operator]
+        if (tcfg.checkpoint_every and self.step_count % tcfg.checkpoint_every == 0) or (
+            next_ckpt is not None and self.elapsed() >= next_ckpt
+        ):
+            self.checkpoint()
+            if next_ckpt is not None:
+                next_ckpt = self.elapsed() + 60.0 * tcfg.checkpoint_minutes  # type: ignore[operator]
+        return next_curve, next_ckpt
+
+    def run(self) -> Path:
+        """Step until a limit, then finalize; returns the model directory."""
+        lim, tcfg = self.limits, self.train_cfg
+        next_curve = self.elapsed() + 60.0 * lim.curve_every_minutes if lim.curve_every_minutes else None
+        next_ckpt = self.elapsed() + 60.0 * tcfg.checkpoint_minutes if tcfg.checkpoint_minutes else None
+        bar = self._progress_bar()
+        self.net.train()
+        while self.stop_reason is None:
+            self.stop_reason = self._limit_reached()
+            if self.stop_reason is not None:
+                break
+            self.step()
+            next_curve, next_ckpt = self._after_step(bar, next_curve, next_ckpt)
+        bar.close()
+        if (lim.curve_every_minutes or tcfg.eval_every) and (
+            not self.curve or self.curve[-1]["step"] != self.step_count
+        ):
+            rec = self.evaluate()
+            if tcfg.eval_every:  # the last weights compete with the best ones too
+                self.keep_if_best(rec)
+        return self.finalize()
+
+    # ------------------------------------------------------------------ the artifact
+    def finalize(self) -> Path:
+        """Best weights, normal map, calibration, recovery check; writes the artifact."""
+        if self.best is not None:  # early stopping keeps the best held-out weights, not the last ones
+            self.net.load_state_dict(self.best["state"])
+        self.net.eval()
+        pipe = self.pipeline()
+        extras: dict[str, torch.Tensor] = {}
+        if self.model_cfg.scoring.normal_map:  # from training images only: the held-out ones calibrate
+            pipe.normal_map = fit_normal_map(pipe, self.data.images[self.train_idx[:NORMAL_MAP_IMAGES]])  # type: ignore[index]
+            extras[NORMAL_MAP_KEY] = pipe.normal_map
+        threshold, stats = calibrate(pipe, select(self.data.images, self.hold_idx), self.train_cfg.threshold_policy)
+        recovery = recovery_check(pipe, self.held_out)
+        dino_path = resolve_dino_weights(self.dino_weights) if needs_dino(self.model_cfg) else None
+        manifest = Manifest(
+            config=self.model_cfg,
+            threshold=threshold,
+            calibration=stats,
+            training=self._training_record(recovery),
+            dino_weights_sha256=sha256_file(dino_path) if dino_path else None,
+            threshold_policy=self.train_cfg.threshold_policy,
+        )
+        if isinstance(self.saliency, WeightFreeSaliency):
+            extras.update({f"saliency.{k}": v for k, v in self.saliency.state_dict().items()})
+        if self.head is not None:
+            extras.update({f"{HEAD_PREFIX}{k}": v for k, v in self.head.state_dict().items()})
+        return save_artifact(self.out_dir, self.unet.cpu(), manifest, extras)  # type: ignore[arg-type]
+
+    def _training_record(self, recovery) -> dict:  # type: ignore[no-untyped-def]
+        best, lim = self.best, self.limits
+        return {
+            **asdict(self.train_cfg),
+            "category": self.category,
+            "n_train": len(self.train_idx),
+            "n_holdout": len(self.hold_idx),
+            "steps": self.step_count,
+            "stop_reason": self.stop_reason,
+            "max_minutes": lim.max_minutes,
+            "max_steps": lim.max_steps,
+            "augmentations": augmentations(self.train_cfg),
+            "best_step": None if best is None else best["step"],
+            "best_heldout_loss": None if best is None else best["loss"],
+            "resumed": bool(self.resume),
+            "final_loss": self.losses[-1] if self.losses else None,
+            "final_heldout_loss": self.curve[-1]["heldout_loss"] if self.curve else None,
+            "seconds": round(self.elapsed(), 1),
+            "device": str(self.dev),
+            "threads": torch.get_num_threads(),
+            "precision": self.precision.to_json(),
+            "mosaic_estimate": self.estimated,
+            "recovery": recovery.to_json(),
+            "degenerate": recovery.degenerate,
+        }
+
+
 def train_model(
     data_root: str | Path,
     category: str,
@@ -259,10 +608,10 @@ def train_model(
     on_curve: Callable[[dict, Pipeline], dict | None] | None = None,
     resume: bool = False,
 ) -> Path:
-    """Train, calibrate and save one model directory; returns its path.
+    """Train, calibrate and save one model directory; returns its path (a :class:`Trainer` run).
 
     ``mosaic_scale=None`` estimates m from the training images (``--mosaic-scale auto``),
-    never below :func:`min_mosaic_scale`. Training stops at the first of
+    between :func:`min_mosaic_scale` and S/4. Training stops at the first of
     ``train_cfg.epochs``, ``max_steps``, ``max_minutes`` (a wall-clock budget, so
     that variants of different cost per step can be compared at equal time) and
     ``train_cfg.patience`` evaluations without a better held-out loss (the best
@@ -275,252 +624,10 @@ def train_model(
     ``resume=True`` continues from ``checkpoint.pt`` to the same weights an
     uninterrupted run reaches (bit-identical on CPU with the same thread count).
     """
-    torch.manual_seed(train_cfg.seed)
-    dev = resolve_device(device)
-    on_cuda = dev.type == "cuda"
-    precision = resolve_precision(train_cfg.precision, dev)
-    if mosaic_scale is not None and mosaic_scale > max_mosaic_scale(model_cfg.image_size):
-        raise ConfigError(
-            f"mosaic scale {mosaic_scale} leaves fewer than 4×4 cells at {model_cfg.image_size} px: "
-            f"use at most {max_mosaic_scale(model_cfg.image_size)} (or auto)"
-        )
-    started = time.time()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = train_images(data_root, category)
-    train_idx, hold_idx = split_holdout(len(files), train_cfg.holdout_fraction, train_cfg.seed)
-    data = TrainingSet(
-        load_images(model_cfg, files, desc="loading train images", progress=progress), model_cfg.image_size
-    )
-    if on_cuda:  # images stay on the device: no host→device copy per step
-        data.images = [i.to(dev) for i in data.images] if data.native else data.images.to(dev)
-    fixed_train = data.fixed(train_idx)
-
-    saliency = build_saliency(model_cfg, dino_weights, dev)
-    if isinstance(saliency, WeightFreeSaliency):
-        model_cfg.saliency_params = saliency.params()
-        if saliency.fitted:
-            saliency.fit(fixed_train.to(dev))
-    plain_saliency = saliency is not None and not isinstance(saliency, SelfSaliency)
-    changes_images = bool(augmentations(train_cfg)) or train_cfg.simulate > 0
-    if plain_saliency and not data.native and not changes_images:  # nothing changes an image: cache
-        data.attention = compute_attention(saliency, data.images, dev)
-
-    estimated: dict = {}
-    floor = min_mosaic_scale(model_cfg.image_size, model_cfg.saliency)
-    if mosaic_scale is None:
-        fixed_att = None
-        if plain_saliency:
-            cached = data.attention
-            fixed_att = cached[train_idx] if cached is not None else compute_attention(saliency, fixed_train, dev)
-        est = MosaicEstimator()
-        m, r10_value = estimate_mosaic_scale(fixed_train.cpu(), None if fixed_att is None else fixed_att, est, floor)
-        estimated = {"r10": r10_value, "estimator": asdict(est), "floor": floor}
-        mosaic_scale = m
-    model_cfg.mosaic_scale = int(mosaic_scale)
-
-    unet = precision.module(build_unet(model_cfg).to(dev))
-    head = precision.module(AnomalyHead(model_cfg.head_width).to(dev)) if model_cfg.head else None
-    net = torch.nn.ModuleDict({"unet": unet, **({"head": head} if head is not None else {})})
-    compiled = compile_module(unet) if train_cfg.compile else unet
-    mods = StepModules(
-        forward=lambda x: precision.run(compiled, x),
-        saliency=saliency,
-        head=None if head is None else (lambda x: precision.run(head, x)),
-    )
-    opt = torch.optim.Adam(net.parameters(), lr=train_cfg.lr)
-    per_epoch = steps_per_epoch(len(train_idx), train_cfg.batch_size)
-    if per_epoch == 0:
-        raise ConfigError(f"{len(train_idx)} training image(s) after the hold-out: need at least 2")
-    sched = make_scheduler(opt, train_cfg, per_epoch)
-    total = train_cfg.epochs * per_epoch if max_steps is None else min(max_steps, train_cfg.epochs * per_epoch)
-    held_out = data.fixed(hold_idx).to(dev)
-    held_att = compute_attention(saliency, held_out, dev).to(dev) if plain_saliency else None
-    curve_path, ckpt_path = out_dir / "curve.jsonl", out_dir / CHECKPOINT_NAME
-
-    step, losses, elapsed_before = 0, [], 0.0
-    best: dict | None = None  # {"loss", "step", "state"}: the weights early stopping keeps
-    since_best = 0
-    if resume:
-        ck = load_checkpoint(ckpt_path)
-        if ck["model_config"] != _comparable(model_cfg) or ck["train_config"] != _comparable(train_cfg):
-            raise CheckpointError(
-                f"{ckpt_path} was written for another configuration: resume with the same options as the killed run"
-            )
-        net.load_state_dict(ck["unet"])
-        opt.load_state_dict(ck["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["torch_rng"])
-        step, losses, elapsed_before = int(ck["step"]), list(ck["losses"]), float(ck["elapsed"])
-        best, since_best = ck["best"], int(ck["since_best"])
-        kept = [r for r in _read_curve(curve_path) if r["step"] <= step]  # what the killed run wrote after is redone
-        curve_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    else:
-        curve_path.unlink(missing_ok=True)
-        ckpt_path.unlink(missing_ok=True)
-    curve = _read_curve(curve_path)
-
-    def elapsed() -> float:
-        return elapsed_before + time.time() - started
-
-    def record_curve() -> dict:
-        rec = {
-            "step": step,
-            "minutes": round(elapsed() / 60.0, 3),
-            "train_loss": float(np.mean(losses[-20:])) if losses else None,
-            "heldout_loss": heldout_loss(model_cfg, train_cfg, mods, list(net.values()), held_out, held_att),
-            "lr": opt.param_groups[0]["lr"],
-        }
-        net.eval()
-        pipe = Pipeline(model_cfg, unet, 1.0, dev, saliency, precision=precision, head=head)
-        rec.update(recovery_check(pipe, held_out).curve_fields())
-        if on_curve is not None:
-            rec.update(on_curve(rec, pipe) or {})
-        net.train()
-        curve.append(rec)
-        with open(curve_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        write_curve_png(curve, out_dir / "curve.png")
-        return rec
-
-    def keep_if_best(rec: dict) -> None:
-        """Keep a copy of the weights when the held-out loss improves; count evaluations since it last did."""
-        nonlocal best, since_best
-        if best is None or rec["heldout_loss"] < best["loss"]:
-            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-            best, since_best = {"loss": rec["heldout_loss"], "step": step, "state": state}, 0
-        else:
-            since_best += 1
-
-    def checkpoint() -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "step": step,
-                "unet": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": None if sched is None else sched.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "losses": losses[-20:],
-                "elapsed": elapsed(),
-                "best": best,
-                "since_best": since_best,
-                "model_config": _comparable(model_cfg),
-                "train_config": _comparable(train_cfg),
-            },
-        )
-
-    deadline = None if max_minutes is None else 60.0 * max_minutes
-    next_curve = elapsed() + 60.0 * curve_every_minutes if curve_every_minutes else None
-    next_ckpt = elapsed() + 60.0 * train_cfg.checkpoint_minutes if train_cfg.checkpoint_minutes else None
-    order_epoch, order = -1, []
-    stop_reason = None
-    # under a time budget the bar counts minutes, not the epoch bound's steps (an ETA of hours is a lie)
-    timed = deadline is not None and max_steps is None
-    bar = tqdm(
-        total=round(max_minutes, 1) if timed else total,  # type: ignore[arg-type]
-        initial=round(elapsed() / 60, 1) if timed else step,
-        desc=f"training {category}",
-        unit="min" if timed else "step",
-        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min {postfix}" if timed else None,
-        disable=not progress,
-    )
-    net.train()
-    while stop_reason is None:
-        if step >= total:
-            stop_reason = "max_steps" if max_steps is not None and step >= max_steps else "epochs"
-            break
-        if deadline is not None and elapsed() >= deadline:
-            stop_reason = "max_minutes"
-            break
-        epoch, position = divmod(step, per_epoch)
-        if epoch != order_epoch:
-            order_epoch, order = (
-                epoch,
-                batches_of(epoch_order(len(train_idx), train_cfg.seed, epoch), train_cfg.batch_size),
-            )
-        gen = step_generator(train_cfg.seed, step)
-        idx = torch.from_numpy(train_idx)[order[position]]
-        x, att = data.batch(idx, gen)
-        x = augment(x, train_cfg, gen).to(dev, non_blocking=True)
-        att = None if att is None else att.to(dev)
-        loss = step_loss(model_cfg, train_cfg, mods, x, att, gen).float()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
-        losses = [*losses[-19:], loss.item()]
-        step += 1
-        bar.update(round(elapsed() / 60, 1) - bar.n if timed else 1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", step=step)
-        if train_cfg.eval_every and step % train_cfg.eval_every == 0:
-            keep_if_best(record_curve())
-            if train_cfg.patience and since_best >= train_cfg.patience:
-                stop_reason = "patience"
-        elif next_curve is not None and elapsed() >= next_curve:
-            record_curve()
-            next_curve = elapsed() + 60.0 * curve_every_minutes
-        ckpt_due = train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0
-        if ckpt_due or (next_ckpt is not None and elapsed() >= next_ckpt):
-            checkpoint()
-            if next_ckpt is not None:
-                next_ckpt = elapsed() + 60.0 * train_cfg.checkpoint_minutes
-    bar.close()
-    if (curve_every_minutes or train_cfg.eval_every) and (not curve or curve[-1]["step"] != step):
-        rec = record_curve()
-        if train_cfg.eval_every:  # the last weights compete with the best ones too
-            keep_if_best(rec)
-    if best is not None:  # early stopping keeps the best held-out weights, not the last ones
-        net.load_state_dict(best["state"])
-    net.eval()
-
-    pipe = Pipeline(model_cfg, unet, 1.0, dev, saliency, precision=precision, head=head)
-    extras: dict[str, torch.Tensor] = {}
-    if model_cfg.scoring.normal_map:  # from training images only: the held-out ones calibrate the threshold
-        pipe.normal_map = fit_normal_map(pipe, data.images[train_idx[:NORMAL_MAP_IMAGES]])
-        extras[NORMAL_MAP_KEY] = pipe.normal_map
-    held_images = select(data.images, hold_idx)
-    threshold, stats = calibrate(pipe, held_images, train_cfg.threshold_policy)
-    recovery = recovery_check(pipe, held_out)
-
-    dino_path = resolve_dino_weights(dino_weights) if needs_dino(model_cfg) else None
-    manifest = Manifest(
-        config=model_cfg,
-        threshold=threshold,
-        calibration=stats,
-        training={
-            **{k: v for k, v in asdict(train_cfg).items()},
-            "category": category,
-            "n_train": len(train_idx),
-            "n_holdout": len(hold_idx),
-            "steps": step,
-            "stop_reason": stop_reason,
-            "max_minutes": max_minutes,
-            "max_steps": max_steps,
-            "augmentations": augmentations(train_cfg),
-            "best_step": None if best is None else best["step"],
-            "best_heldout_loss": None if best is None else best["loss"],
-            "resumed": bool(resume),
-            "final_loss": losses[-1] if losses else None,
-            "final_heldout_loss": curve[-1]["heldout_loss"] if curve else None,
-            "seconds": round(elapsed(), 1),
-            "device": str(dev),
-            "threads": torch.get_num_threads(),
-            "precision": precision.to_json(),
-            "mosaic_estimate": estimated,
-            "recovery": recovery.to_json(),
-            "degenerate": recovery.degenerate,
-        },
-        dino_weights_sha256=sha256_file(dino_path) if dino_path else None,
-        threshold_policy=train_cfg.threshold_policy,
-    )
-    if isinstance(saliency, WeightFreeSaliency):
-        extras.update({f"saliency.{k}": v for k, v in saliency.state_dict().items()})
-    if head is not None:
-        extras.update({f"{HEAD_PREFIX}{k}": v for k, v in head.state_dict().items()})
-    return save_artifact(out_dir, unet.cpu(), manifest, extras)
+    limits = RunLimits(max_steps, max_minutes, curve_every_minutes, on_curve, progress)
+    trainer = Trainer(data_root, category, out_dir, model_cfg, train_cfg, mosaic_scale, dino_weights, device, limits,
+                      resume)  # fmt: skip
+    return trainer.setup().run()
 
 
 def _read_curve(path: Path) -> list[dict]:

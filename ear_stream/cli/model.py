@@ -38,10 +38,25 @@ from .options import (
 @click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--category", required=True, help="Product folder under DATA_ROOT (MVTec AD layout: CAT/train/good).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
-@click.option("--image-size", default=256, show_default=True, help="Side the images are resized to (multiple of 32).")
-@click.option("--epochs", default=20, show_default=True, help="Passes over the training images.")
-@click.option("--batch-size", default=8, show_default=True, help="Images per optimisation step.")
-@click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--image-size",
+    default=default_of(ModelConfig, "image_size"),
+    show_default=True,
+    help="Side the images are resized to (multiple of 32).",
+)
+@click.option(
+    "--epochs",
+    default=default_of(TrainConfig, "epochs"),
+    show_default=True,
+    help="Passes over the training images (an upper bound: --max-minutes usually stops first).",
+)
+@click.option(
+    "--batch-size",
+    default=default_of(TrainConfig, "batch_size"),
+    show_default=True,
+    help="Images per optimisation step.",
+)
+@click.option("--lr", default=default_of(TrainConfig, "lr"), show_default=True, help="Adam learning rate.")
 @click.option(
     "--schedule",
     type=click.Choice(SCHEDULES),
@@ -50,7 +65,13 @@ from .options import (
     help="Learning-rate schedule: fixed, linear warm-up, or SGDR (cosine with restarts).",
 )
 @click.option("--kernel-size", type=click.Choice(["3", "5"]), default="3", show_default=True, help="U-Net conv kernel.")
-@click.option("--width", "base_channels", default=32, show_default=True, help="U-Net base channel count.")
+@click.option(
+    "--width",
+    "base_channels",
+    default=default_of(ModelConfig, "base_channels"),
+    show_default=True,
+    help="U-Net base channel count.",
+)
 @click.option(
     "--saliency",
     type=click.Choice(SALIENCY_CHOICES),

@@ -48,6 +48,11 @@ def test_help_explains_every_flag(path):
 
 # click option → (dataclass, field): the defaults a verb shows must be the one definition's
 DEFAULTS = {
+    ("train", "image_size"): ("ModelConfig", "image_size"),
+    ("train", "base_channels"): ("ModelConfig", "base_channels"),
+    ("train", "epochs"): ("TrainConfig", "epochs"),
+    ("train", "batch_size"): ("TrainConfig", "batch_size"),
+    ("train", "lr"): ("TrainConfig", "lr"),
     ("train", "simulate"): ("TrainConfig", "simulate"),
     ("train", "defect_weight"): ("TrainConfig", "defect_weight"),
     ("train", "threshold_policy"): ("TrainConfig", "threshold_policy"),

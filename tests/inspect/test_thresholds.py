@@ -20,6 +20,7 @@ from ear_stream.inspect.thresholds import (
     pixel_threshold,
 )
 from ear_stream.model.artifact import load_manifest
+from ear_stream.model.config import DEFAULT_IMAGE_POLICY
 from ear_stream.stream.worker import ModelRegistry
 
 GOOD = np.array([0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, 0.90, 1.00])
@@ -65,7 +66,8 @@ def test_training_keeps_what_policies_need(tiny_model):
     m = load_manifest(tiny_model)
     assert len(m.calibration["scores"]) == m.calibration["n"] > 0
     assert len(m.calibration["pixel_quantiles"]) == 1001
-    assert m.threshold_policy == "sigma:3" and m.pixel_policy == "image" and m.threshold_revision == 0
+    assert m.threshold_policy == DEFAULT_IMAGE_POLICY and m.pixel_policy == "image" and m.threshold_revision == 0
+    assert m.threshold == image_threshold(parse_policy(DEFAULT_IMAGE_POLICY), np.array(m.calibration["scores"]))
 
 
 def test_threshold_verb_rewrites_the_manifest_with_history(model_copy, synthetic_root):

@@ -22,7 +22,7 @@ from ear_stream.model.config import ModelConfig, TrainConfig
 
 TRAIN_ARGS = [
     "--image-size", "32", "--width", "8", "--batch-size", "4", "--lr", "1e-3", "--epochs", "100",
-    "--saliency", "spectral", "--hflip", "--jitter", "0.05", "--mosaic-scale", "8",
+    "--saliency", "spectral", "--hflip", "--jitter", "0.05", "--mosaic-scale", "8", "--simulate", "0.5", "--head",
 ]  # fmt: skip
 
 

@@ -54,6 +54,8 @@ def process_age_s() -> float:
 
 
 _IMPORTED_AT = time.monotonic()
+#: frames above this many pixels are decoded one at a time (a PNG is decoded at full size before reduction)
+HUGE_FRAME_PIXELS = 16_000_000
 T = TypeVar("T")
 #: test hook: SIGKILL this process at a named point (before_score, before_flush, before_ack)
 FAULT_POINT_ENV, FAULT_AFTER_ENV = "EAR_FAULT_POINT", "EAR_FAULT_AFTER"
@@ -207,6 +209,7 @@ class Worker:
         self._oom = False
         #: the last scoring error per pending stream id: a max_deliveries dead letter says what went wrong
         self._last_errors: dict[str, str] = {}
+        self._huge_decode = threading.Lock()
         self._deferred: list[q.ValidEntry] = []  # validated entries past the batch's pixel budget, next in line
         self._parked: list[q.Rejection] = []  # dead letters a full Redis refused, retried from the main loop
         self._parked_lock = threading.Lock()
@@ -489,7 +492,12 @@ class Worker:
         """
         try:
             pipe = self.models.get(ve.product)
-            arr, size = decode_frame(ve.image, self.cfg.max_pixels, pipe.decode_target)
+            header = header_size(ve.image)
+            if header is not None and header[0] * header[1] > HUGE_FRAME_PIXELS:
+                with self._huge_decode:  # one giant frame decoded at a time: its full-size pixels are the peak
+                    arr, size = decode_frame(ve.image, self.cfg.max_pixels, pipe.decode_target)
+            else:
+                arr, size = decode_frame(ve.image, self.cfg.max_pixels, pipe.decode_target)
             if min(size) < self.cfg.min_side:
                 return q.Rejection(ve.entry, q.TOO_SMALL, f"image is {size[1]}x{size[0]}, min side {self.cfg.min_side}")
             issue = frame_issue(arr, self.cfg.frame_min_std, self.cfg.frame_max_aspect)

@@ -1,10 +1,11 @@
 """Defect regions: the pixels of an MSGMS map above the pixel threshold, grouped into connected components.
 
 Computed on the device that holds the maps, for the whole batch at once, with one
-host transfer of the final region table (no per-image round trip on a GPU):
+host transfer of the final region table (no per-image round trip on a GPU): on a GPU,
 labels start as each pixel's flat index and spread by a 3×3 max-pool restricted to
-the mask until they stop changing (8-connectivity), then per-region statistics are
-scatter-reduced. Boxes are reported in the *original* image's pixel coordinates.
+the mask until they stop changing (8-connectivity); on a CPU scipy's C labelling gives
+the same ids much faster. Per-region statistics are then scatter-reduced. Boxes are
+reported in the *original* image's pixel coordinates.
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ def label_components(mask: torch.Tensor) -> torch.Tensor:
     Ids are unique across the batch (the largest flat index ``b·H·W + y·W + x + 1`` of the
     component), not consecutive.
     """
-    b, h, w = mask.shape
     if mask.numel() == 0:
         return torch.zeros_like(mask, dtype=torch.int64)
+    return label_on_cpu(mask) if mask.device.type == "cpu" else label_by_propagation(mask)
+
+
+def label_by_propagation(mask: torch.Tensor) -> torch.Tensor:
+    """:func:`label_components` on any device: ids spread by a 3×3 max-pool restricted to the mask."""
+    b, h, w = mask.shape
     ids = torch.arange(1, b * h * w + 1, device=mask.device, dtype=torch.float64).view(b, 1, h, w)
     m = mask.view(b, 1, h, w).to(torch.float64)
     labels = ids * m
@@ -36,6 +42,25 @@ def label_components(mask: torch.Tensor) -> torch.Tensor:
             break
         labels = labels_next
     return labels.view(b, h, w).to(torch.int64)
+
+
+def label_on_cpu(mask: torch.Tensor) -> torch.Tensor:
+    """The same labels as the propagation, from scipy's C labelling: on a CPU the max-pool propagation
+    took a fifth of a stream worker's time (one pass per pixel of a component's diameter)."""
+    import numpy as np
+    from scipy import ndimage
+
+    b, h, w = mask.shape
+    m = mask.cpu().numpy()
+    flat = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    out = np.zeros((b, h, w), dtype=np.int64)
+    eight = np.ones((3, 3), dtype=bool)
+    for i in range(b):
+        lab, n = ndimage.label(m[i], structure=eight)
+        if n:
+            largest = np.asarray(ndimage.maximum(flat, lab, index=np.arange(1, n + 1)), dtype=np.int64)
+            out[i] = np.concatenate([[0], i * h * w + largest + 1])[lab]
+    return torch.from_numpy(out)
 
 
 def region_table(

@@ -8,7 +8,7 @@ import torch
 from scipy import ndimage
 
 from ear_stream.inspect.pipeline import Pipeline
-from ear_stream.inspect.regions import label_components, region_table
+from ear_stream.inspect.regions import label_by_propagation, label_components, label_on_cpu, region_table
 from ear_stream.io.results import read_results
 
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -22,12 +22,13 @@ def _same_partition(ours: np.ndarray, ref: np.ndarray) -> bool:
     return len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
 
 
+@pytest.mark.parametrize("label", [label_by_propagation, label_on_cpu, label_components])
 @pytest.mark.parametrize("shape", [(0, 5, 5), (1, 1, 1), (1, 7, 13), (3, 31, 17), (2, 64, 64)])
 @pytest.mark.parametrize("density", [0.2, 0.45, 0.7])
-def test_components_match_scipy(shape, density):
+def test_components_match_scipy(shape, density, label):
     rng = np.random.default_rng(sum(shape) + int(density * 100))
     mask = rng.random(shape) < density
-    labels = label_components(torch.from_numpy(mask)).numpy()
+    labels = (label(torch.from_numpy(mask)) if mask.size else label_components(torch.from_numpy(mask))).numpy()
     assert labels.shape == shape
     for b in range(shape[0]):
         ref, _ = ndimage.label(mask[b], structure=EIGHT)
@@ -37,13 +38,18 @@ def test_components_match_scipy(shape, density):
         assert all(not (ids[i] & ids[j]) for i in range(len(ids)) for j in range(i + 1, len(ids)))
 
 
+def test_the_device_propagation_and_the_cpu_labelling_give_the_same_ids():
+    mask = torch.from_numpy(np.random.default_rng(3).random((3, 40, 33)) < 0.5)
+    assert torch.equal(label_by_propagation(mask), label_on_cpu(mask))
+
+
 def test_a_spiral_converges():
     """A long snake needs many propagation steps: the loop must run until it stops changing."""
     m = np.zeros((1, 21, 21), dtype=bool)
     m[0, ::2, :] = True
     m[0, 1::4, -1] = True
     m[0, 3::4, 0] = True
-    labels = label_components(torch.from_numpy(m)).numpy()
+    labels = label_by_propagation(torch.from_numpy(m)).numpy()
     assert len(np.unique(labels[labels > 0])) == 1
 
 

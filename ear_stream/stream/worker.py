@@ -71,6 +71,8 @@ def return_large_frees_to_the_os(threshold: int = 8 << 20) -> bool:
         return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return False
+
+
 #: frames above this many pixels are decoded one at a time (a PNG is decoded at full size before reduction)
 HUGE_FRAME_PIXELS = 16_000_000
 T = TypeVar("T")

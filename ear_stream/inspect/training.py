@@ -290,6 +290,7 @@ class Trainer:
         self.best: dict | None = None  # {"loss", "step", "state"}: the weights early stopping keeps
         self.since_best = 0
         self.stop_reason: str | None = None
+        self._order_epoch, self._order = -1, []  # the current epoch's batches (a function of seed and epoch)
         self.started = time.time()
 
     # ------------------------------------------------------------------ setup
@@ -408,7 +409,7 @@ class Trainer:
         """One optimisation step; every random draw comes from the (seed, step) generator (resumable)."""
         tcfg, step = self.train_cfg, self.step_count
         epoch, position = divmod(step, self.per_epoch)
-        if epoch != getattr(self, "_order_epoch", -1):
+        if epoch != self._order_epoch:
             self._order_epoch = epoch
             self._order = batches_of(epoch_order(len(self.train_idx), tcfg.seed, epoch), tcfg.batch_size)
         gen = step_generator(tcfg.seed, step)

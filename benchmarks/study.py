@@ -1,8 +1,10 @@
 """Quality and speed study: saliency variants vs ``none`` vs RIAD at the same *training time*.
 
 Every variant trains the same U-Net (size, width, seed, batch, lr) for the same
-wall-clock budget on ``--threads`` threads (a variant that costs more per step
-gets fewer steps), ``--parallel`` variants at a time, each in its own process.
+budget on ``--threads`` threads — CPU minutes of its own process by default
+(``--clock cpu``), so that variants sharing a busy machine still get equal
+compute — (a variant that costs more per step gets fewer steps), ``--parallel``
+variants at a time, each in its own process.
 The test set is split once, deterministically by SHA-1 of the file name, into a
 small labelled **validation** subset (``--val-fraction``) and the **reported**
 test subset. Post-processing choices (box filter, border band) are selected per
@@ -86,7 +88,7 @@ def run_child(args: argparse.Namespace) -> None:
     from ear_stream.inspect.calibration import split_holdout
     from ear_stream.inspect.evaluation import compute_metrics, evaluate, write_report
     from ear_stream.inspect.pipeline import Pipeline, fit_normal_map, select
-    from ear_stream.inspect.training import NORMAL_MAP_IMAGES, train_model
+    from ear_stream.inspect.training import NORMAL_MAP_IMAGES, RunLimits, Trainer
     from ear_stream.io.datasets import load_tensor, test_samples, train_images
     from ear_stream.model.config import ModelConfig, TrainConfig
 
@@ -135,7 +137,7 @@ def run_child(args: argparse.Namespace) -> None:
     model = (
         out
         if args.rescore
-        else train_model(
+        else Trainer(
             args.data_root,
             args.category,
             out,
@@ -143,11 +145,16 @@ def run_child(args: argparse.Namespace) -> None:
             tcfg,
             mosaic_scale=int(fixed_m) if fixed_m else (None if args.mosaic_scale == "auto" else int(args.mosaic_scale)),
             device="cpu",
-            progress=False,
-            max_minutes=args.minutes,
-            curve_every_minutes=args.curve_every,
-            on_curve=on_curve,
+            limits=RunLimits(
+                max_minutes=args.minutes,
+                curve_every_minutes=args.curve_every,
+                on_curve=on_curve,
+                progress=False,
+                clock=args.clock,
+            ),
         )
+        .setup()
+        .run()
     )
     pipe = Pipeline.from_artifact(model, device="cpu")
     manifest = json.loads((Path(model) / "manifest.json").read_text())
@@ -294,7 +301,7 @@ def write_summary(args: argparse.Namespace, variants: list[str]) -> None:
     rows = [json.loads((args.out / f"{v}.json").read_text()) for v in variants if (args.out / f"{v}.json").is_file()]
     lines = [
         f"Category `{args.category}`, {args.image_size} px, width {args.width}, batch {args.batch_size}, lr {args.lr}, "
-        f"seed {args.seed}, **{args.minutes} min of training on {args.threads} thread(s) each**, {args.parallel} at a "
+        f"seed {args.seed}, **{args.minutes} {args.clock} min of training on {args.threads} thread(s) each**, {args.parallel} at a "
         f"time; validation subset {rows[0]['n_val'] if rows else '?'} test images (SHA-1 split, fraction "
         f"{args.val_fraction}), reported subset {rows[0]['n_test'] if rows else '?'} images.",
         "",
@@ -360,7 +367,13 @@ def main() -> None:
         default="none,spectral,stats,self,riad",
         help="comma-separated; '+keep' adds keep_context, '@mN' fixes the mosaic scale (a sweep)",
     )
-    p.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget per variant")
+    p.add_argument("--minutes", type=float, default=30.0, help="training budget per variant (see --clock)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="cpu",
+        help="budget in the process's CPU minutes (equal compute on a shared machine) or wall-clock minutes",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads per variant")
     p.add_argument("--parallel", type=int, default=2, help="variants trained at the same time")
     p.add_argument("--curve-every", type=float, default=5.0, help="minutes between learning-curve points")

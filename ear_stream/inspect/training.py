@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -253,6 +254,12 @@ class RunLimits:
     curve_every_minutes: float | None = None
     on_curve: Callable[[dict, Pipeline], dict | None] | None = None
     progress: bool = True
+    #: "wall" (what an operator waits for) or "cpu" (this process's CPU seconds): a study that shares its cores
+    #: with other work budgets CPU time, so every variant gets the same compute however busy the machine was.
+    clock: Literal["wall", "cpu"] = "wall"
+
+    def now(self) -> float:
+        return time.process_time() if self.clock == "cpu" else time.time()
 
 
 class Trainer:
@@ -291,7 +298,7 @@ class Trainer:
         self.since_best = 0
         self.stop_reason: str | None = None
         self._order_epoch, self._order = -1, []  # the current epoch's batches (a function of seed and epoch)
-        self.started = time.time()
+        self.started = self.limits.now()
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> Trainer:
@@ -397,7 +404,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def elapsed(self) -> float:
-        return self.elapsed_before + time.time() - self.started
+        return self.elapsed_before + self.limits.now() - self.started
 
     def pipeline(self) -> Pipeline:
         """The networks as an inference pipeline (threshold 1 until calibrated)."""
@@ -576,6 +583,7 @@ class Trainer:
             "steps": self.step_count,
             "stop_reason": self.stop_reason,
             "max_minutes": lim.max_minutes,
+            "clock": lim.clock,
             "max_steps": lim.max_steps,
             "augmentations": augmentations(self.train_cfg),
             "best_step": None if best is None else best["step"],

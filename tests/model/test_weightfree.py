@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ear_stream.inspect.pipeline import Pipeline, build_saliency, score_maps
-from ear_stream.inspect.training import estimate_mosaic_scale, train_model
+from ear_stream.inspect.training import RunLimits, Trainer, estimate_mosaic_scale, train_model
 from ear_stream.model import ops
 from ear_stream.model.artifact import ArtifactError, load_artifact_parts, load_manifest, save_artifact
 from ear_stream.model.config import (
@@ -152,6 +152,18 @@ def test_max_minutes_budget_stops_training(tmp_path, synthetic_root):
     )
     man = load_manifest(path)
     assert man.training["stop_reason"] == "max_minutes" and man.training["seconds"] < 30
+    assert man.training["clock"] == "wall"
+
+
+def test_a_cpu_clock_budget_counts_this_process_cpu_time(tmp_path, synthetic_root):
+    """A study on a shared machine budgets CPU seconds: time spent waiting for a core does not count."""
+    cfg = ModelConfig(image_size=64, saliency="spectral", base_channels=8)
+    limits = RunLimits(max_minutes=0.02, progress=False, clock="cpu")
+    trainer = Trainer(synthetic_root, "synthetic", tmp_path / "m", cfg, TrainConfig(epochs=1000), device="cpu",
+                      limits=limits)  # fmt: skip
+    man = load_manifest(trainer.setup().run())
+    assert man.training["stop_reason"] == "max_minutes" and man.training["clock"] == "cpu"
+    assert 1.2 <= man.training["seconds"] < 30
 
 
 def test_a_model_of_a_uniform_texture_has_no_border_dominated_maps():

@@ -13,7 +13,7 @@ export TORCH_CUDA_ARCH_LIST
 export MAX_JOBS ?= 2
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: install build demo test lint format cmake-test redis promtool bench clean
+.PHONY: install build demo test lint format cmake-test redis promtool browser bench clean
 
 $(VENV)/.deps: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,21 +39,25 @@ redis:
 promtool:
 	@command -v promtool >/dev/null || { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null || echo "promtool not installed: its test will skip"; }
 
+# the review station's browser test drives Debian's chromium through chromium-driver (it skips without them)
+browser:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null || echo "chromium not installed: the browser test will skip"; }
+
 demo: install redis
 	$(VENV)/bin/ear-stream demo
 
 lint: $(VENV)/.deps
-	$(VENV)/bin/ruff check ear_stream workers tests benchmarks setup.py
-	$(VENV)/bin/ruff format --check ear_stream workers tests benchmarks setup.py
+	$(VENV)/bin/ruff check ear_stream workers tests benchmarks tools setup.py
+	$(VENV)/bin/ruff format --check ear_stream workers tests benchmarks tools setup.py
 
 format: $(VENV)/.deps
-	$(VENV)/bin/ruff check --fix ear_stream workers tests benchmarks setup.py
-	$(VENV)/bin/ruff format ear_stream workers tests benchmarks setup.py
+	$(VENV)/bin/ruff check --fix ear_stream workers tests benchmarks tools setup.py
+	$(VENV)/bin/ruff format ear_stream workers tests benchmarks tools setup.py
 
 cmake-test: $(VENV)/.deps
 	source $(VENV)/bin/activate && cmake -S . -B build/cmake -G Ninja >/dev/null && cmake --build build/cmake -j$(MAX_JOBS) && ctest --test-dir build/cmake --output-on-failure
 
-test: install redis promtool lint cmake-test
+test: install redis promtool browser lint cmake-test
 	$(PY) -m pytest -q
 
 bench: install

@@ -1,8 +1,9 @@
-"""Shared fixtures: generated and real data, a tiny trained model, a poisoned-output switch."""
+"""Shared fixtures: generated and real data, a tiny trained model, a poisoned-output switch, a review station."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,49 @@ def stream_cfg():
     return q.StreamConfig(
         stream=f"t:{tag}:in", group="g", dlq=f"t:{tag}:dlq", results=f"t:{tag}:out", claim_idle_ms=300
     )
+
+
+@pytest.fixture
+def line(tmp_path, tiny_model, synthetic_root) -> dict:
+    """What a line leaves behind (the review station's tests): models/synthetic (a private copy), results with heatmaps, the images."""
+    from ear_stream.inspect.pipeline import Pipeline
+    from ear_stream.inspect.scoring import score_files
+    from ear_stream.io.datasets import test_samples
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_model, models / "synthetic")
+    samples = test_samples(synthetic_root, "synthetic")
+    pipe = Pipeline.from_artifact(models / "synthetic", device="cpu")
+    results = tmp_path / "results"
+    score_files(pipe, [s.path for s in samples], results, "synthetic", save_maps=tmp_path / "maps", progress=False)
+    truth = {str(s.path): s.defect != "good" for s in samples}
+    labels = results.with_name("results-labels")  # the station's default: next to the results tree
+    return {"models": models, "results": results, "labels": labels, "images": synthetic_root, "truth": truth}
+
+
+@pytest.fixture
+def station(line):
+    """Serve a station factory: ``station(**overrides)`` starts one with the line's folders."""
+    from ear_stream.review.config import ReviewConfig
+    from ear_stream.review.serve import BackgroundStation
+    from ear_stream.stream.redis_server import free_port
+
+    started = []
+
+    def start(**overrides) -> BackgroundStation:  # type: ignore[no-untyped-def]
+        options = {
+            "results": line["results"],
+            "models": line["models"],
+            "images": (line["images"],),
+            "port": free_port(),
+            "passed_sample": 1.0,
+            "reviewer": "tester",
+            **overrides,
+        }
+        served = BackgroundStation(ReviewConfig(**options)).__enter__()
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.__exit__(None, None, None)

@@ -22,7 +22,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import batch, bench, demo, dlq, model, stream, threshold
+    from . import batch, bench, demo, dlq, model, review, stream, threshold
 
     for command in (
         model.train,
@@ -31,6 +31,7 @@ def _register() -> None:
         threshold.threshold,
         batch.score,
         batch.results,
+        review.review,
         stream.push,
         stream.worker,
         stream.status,

@@ -35,10 +35,18 @@ from .options import DEVICE_OPTION
     "--category scores the labelled validation set the f1 policy needs.",
 )
 @click.option("--category", default=None, help="Labelled category under --data (test/<defect>/) for f1.")
+@click.option(
+    "--labels",
+    "labels_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Labels people gave in `ear-stream review`: f1 then uses the reviewed items judged by this model's "
+    "weights (their stored scores; no dataset, no rescoring).",
+)
 @click.option("--show", is_flag=True, help="Print the current thresholds and their history; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @DEVICE_OPTION
-def threshold(model_dir, policy, pixel_policy, data_root, category, show, as_json, device) -> None:
+def threshold(model_dir, policy, pixel_policy, data_root, category, labels_dir, show, as_json, device) -> None:
     """Recompute MODEL_DIR's thresholds from its stored calibration scores and rewrite its manifest atomically.
 
     The previous thresholds go to the manifest's threshold_history with a
@@ -49,6 +57,7 @@ def threshold(model_dir, policy, pixel_policy, data_root, category, show, as_jso
     \b
       ear-stream threshold models/tile --policy fpr:0.01          # at most 1 % false rejects
       ear-stream threshold models/tile --policy f1 --data DATA --category tile
+      ear-stream threshold models/tile --policy f1 --labels results-labels   # from reviewed rejects
       ear-stream threshold models/tile --pixel-policy quantile:0.999
     """
     from ..inspect.thresholds import revise
@@ -66,7 +75,7 @@ def threshold(model_dir, policy, pixel_policy, data_root, category, show, as_jso
         }
         click.echo(json.dumps(info, indent=2) if as_json else _describe(info))
         return
-    report = revise(model_dir, policy, pixel_policy, data_root, category, device)
+    report = revise(model_dir, policy, pixel_policy, data_root, category, device, labels_dir)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -78,9 +87,12 @@ def threshold(model_dir, policy, pixel_policy, data_root, category, show, as_jso
     )
     frr = report["false_reject_rate_on_calibration"]
     click.echo(f"false-reject rate on the held-out good images: {frr:.1%}")
-    if "escape_rate_on_validation" in report:
+    if "operating_point" in report:
+        before, after = report["operating_point_before"], report["operating_point"]
+        where = "the reviewed items" if report["labelled_from"] == "review" else "the validation set"
         click.echo(
-            f"F1 {report['f1']:.3f}, escape rate on the validation set {report['escape_rate_on_validation']:.1%}"
+            f"F1 {report['f1']:.3f} on {where} ({after['items']}): escapes {before['escapes']} -> {after['escapes']}, "
+            f"false alarms {before['false_alarms']} -> {after['false_alarms']}"
         )
 
 

@@ -7,7 +7,7 @@ policy can be re-applied later (``ear-stream threshold``). A policy is a string:
 * ``sigma:K``   — max(mean + K·std, max) of held-out good scores (the training default, K = 3)
 * ``quantile:Q`` — the Q-quantile of held-out good scores
 * ``fpr:F``     — the lowest threshold whose false-reject rate on held-out good images is ≤ F
-* ``f1``        — the F1-optimal threshold on a labelled validation set (``--data``)
+* ``f1``        — the F1-optimal threshold on labelled items (``--labels`` from review, or ``--data``)
 * ``simf1``     — the F1-optimal threshold between the held-out good images and the same images with
   a simulated defect each (``calibration.simulated_scores``): labelled without one real defect
 * ``manual:T``  — T as given
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..io.labels import LabelStore
 from ..model.artifact import Manifest, load_manifest, write_manifest
 from ..model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
 
@@ -143,7 +144,9 @@ def image_threshold(
         return f1_optimal(np.r_[good, sim], np.r_[np.zeros(good.size, bool), np.ones(sim.size, bool)])[0]
     if policy.kind == "f1":
         if labelled is None:
-            raise ConfigError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
+            raise ConfigError(
+                "the f1 policy needs a labelled validation set: pass --labels DIR or --data ROOT --category C"
+            )
         return f1_optimal(*labelled)[0]
     if good.size == 0:
         raise ConfigError("no held-out good scores stored: pass --data ROOT --category C to rescore them")
@@ -179,6 +182,24 @@ def pixel_threshold(policy: Policy, image_thr: float, calibration: dict[str, Any
 def false_reject_rate(good: np.ndarray, threshold: float) -> float:
     good = np.asarray(good)
     return float((good > threshold).mean()) if good.size else float("nan")
+
+
+def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+    """What ``score > threshold`` does on labelled items (True = defect): the counts a line manager reads."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    flagged = scores > threshold
+    good, bad = int((~labels).sum()), int(labels.sum())
+    false_alarms, escapes = int((flagged & ~labels).sum()), int((~flagged & labels).sum())
+    return {
+        "threshold": float(threshold),
+        "items": int(labels.size),
+        "defects": bad,
+        "caught": bad - escapes,
+        "escapes": escapes,
+        "false_alarms": false_alarms,
+        "escape_rate": escapes / bad if bad else None,
+        "false_reject_rate": false_alarms / good if good else None,
+    }
 
 
 def revise_manifest(model_dir: str | Path, changes: dict[str, Any], note: dict[str, Any]) -> Manifest:
@@ -226,11 +247,28 @@ def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = 
     return calibrate(pipe, held)[1]
 
 
+def reviewed_scores(labels_dir: str | Path, model_version: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels (True = defect) of the items people reviewed (``ear-stream review``) under these weights."""
+    scores, labels, other = LabelStore(labels_dir).scores_for(model_version)
+    if labels.size == 0:
+        raise ConfigError(
+            f"no reviewed labels for the weights of {model_version} in {labels_dir}"
+            + (f" ({other} labels judge other weights: their scores are not comparable)" if other else "")
+        )
+    return scores, labels
+
+
 def labelled_scores(
-    model_dir: str | Path, data_root: str | Path, category: str, device: str = "auto"
+    model_dir: str | Path, data_root: str | Path | None, category: str | None, device: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores and labels (True = defective) of a labelled MVTec-layout set, for the ``f1`` policy."""
     from ..io.datasets import test_samples
+
+    if data_root is None or category is None:
+        raise ConfigError(
+            "the f1 policy needs labelled items: reviewed labels (--labels DIR) or a labelled set "
+            "(--data ROOT --category C)"
+        )
     from .pipeline import Pipeline, load_images
 
     pipe = Pipeline.from_artifact(model_dir, device=device)
@@ -247,11 +285,13 @@ def revise(
     data_root: str | Path | None = None,
     category: str | None = None,
     device: str = "auto",
+    labels_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Apply threshold policies to a model directory without retraining; returns what changed.
 
     ``data_root`` (+ ``category`` for ``f1``) lets it rescore the held-out good images of an
-    older model and score a labelled validation set.
+    older model and score a labelled validation set; ``labels_dir`` gives ``f1`` the items
+    people reviewed instead (their stored scores, no rescoring).
     """
     manifest = load_manifest(model_dir)
     img = parse_policy(image_policy or manifest.threshold_policy)
@@ -263,9 +303,11 @@ def revise(
         changes["calibration"] = calibration
     labelled = None
     if img.kind == "f1":
-        if data_root is None or category is None:
-            raise ConfigError("the f1 policy needs a labelled validation set: pass --data ROOT --category C")
-        labelled = labelled_scores(model_dir, data_root, category, device)
+        labelled = (
+            reviewed_scores(labels_dir, manifest.model_version)
+            if labels_dir is not None
+            else labelled_scores(model_dir, data_root, category, device)
+        )
     good = np.asarray(calibration.get("scores") or [], dtype=np.float64)
     threshold = image_threshold(img, good, labelled, calibration.get("simulated_scores"))
     pixel = pixel_threshold(pix, threshold, calibration)
@@ -287,4 +329,7 @@ def revise(
         scores, labels = labelled
         report["f1"] = f1_optimal(scores, labels)[1]
         report["escape_rate_on_validation"] = float((scores[labels] <= threshold).mean())
+        report["labelled_from"] = "review" if labels_dir is not None else "dataset"
+        report["operating_point"] = operating_point(scores, labels, threshold)
+        report["operating_point_before"] = operating_point(scores, labels, manifest.threshold)
     return report

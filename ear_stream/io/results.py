@@ -123,16 +123,23 @@ class ResultWriter:
             with self._fs.open_output_stream(path) as f:
                 pq.write_table(table, f, compression="zstd")
             return path
-        folder = self.out_dir / partition
-        folder.mkdir(parents=True, exist_ok=True)
-        final, tmp = folder / name, folder / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-        return final
+        return write_table_atomic(table, self.out_dir / partition / name)  # type: ignore[operator]
+
+
+def write_table_atomic(table: pa.Table, final: Path) -> Path:
+    """Write a Parquet file that is either absent or whole, even across a crash or a power cut.
+
+    A hidden temporary name (readers skip ``.``-prefixed files), fsync, rename, fsync of the folder.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp")
+    with open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -85,13 +85,13 @@ def test_threshold_verb_rewrites_the_manifest_with_history(model_copy, synthetic
     Pipeline.from_artifact(model_copy, device="cpu")  # the weights hash still verifies
     res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "f1", "--data", str(synthetic_root),
                                "--category", "synthetic", "--pixel-policy", "fpr:0.01"])  # fmt: skip
-    assert res.exit_code == 0 and "escape rate" in res.output, res.output
+    assert res.exit_code == 0 and "on the validation set" in res.output and "escapes" in res.output, res.output
     final = load_manifest(model_copy)
     assert final.threshold_revision == 2 and len(final.threshold_history) == 2 and final.pixel_policy == "fpr:0.01"
     res = runner.invoke(main, ["threshold", str(model_copy)])
     assert "revision 1" in res.output and final.model_version in res.output
     res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "f1"])
-    assert res.exit_code == 1 and "labelled validation set" in res.output
+    assert res.exit_code == 1 and "labelled set (--data ROOT --category C)" in res.output
 
 
 def test_older_models_get_their_calibration_rescored(model_copy, synthetic_root):

@@ -1,0 +1,165 @@
+"""What the station shows: per product, a queue of flagged items and a stable sample of passed ones.
+
+Read from the results tree (de-duplicated as :func:`~ear_stream.io.results.read_results` does) and
+joined with the labels already given, so a reload shows only what is still to review.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..inspect.thresholds import f1_optimal, operating_point
+from ..io.labels import LabelStore, weights_of
+from ..io.results import read_results
+
+IMAGE_SUFFIXES = ("", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def item_key(product: str, ident: str) -> str:
+    """A URL-safe key for an item (ids are paths or stream ids: slashes, spaces, anything)."""
+    return hashlib.sha1(f"{product}\0{ident}".encode()).hexdigest()[:20]
+
+
+def in_passed_sample(product: str, ident: str, share: float, seed: int) -> bool:
+    """Whether a passed item is in the review sample: a hash, so the sample is stable across reloads."""
+    digest = hashlib.sha1(f"{seed}\0{product}\0{ident}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+@dataclass
+class Item:
+    key: str
+    id: str
+    score: float
+    threshold: float
+    flagged: bool
+    model_version: str
+    processed_at: str
+    regions: list[dict[str, Any]]
+    frame_check: str | None
+    has_heatmap: bool
+    path: str | None  # the meta's path, when ``score`` wrote it
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class ProductView:
+    """One product's rows, queue and counts (rebuilt from disk on every page load)."""
+
+    def __init__(self, product: str, table: pa.Table, labels: pa.Table, share: float, seed: int) -> None:
+        self.product = product
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.items: dict[str, Item] = {}
+        for row in table.to_pylist():
+            key = item_key(product, row["id"])
+            self.rows[key] = row
+            self.items[key] = _item(key, row)
+        self.labels = {item_key(product, r["id"]): r for r in labels.to_pylist()}
+        self.queue = [
+            it
+            for it in sorted(self.items.values(), key=lambda it: (not it.flagged, -it.score))
+            if it.key not in self.labels and (it.flagged or in_passed_sample(product, it.id, share, seed))
+        ]
+
+    def record(self, key: str, label: dict[str, Any]) -> None:
+        """A label just stored: counted, and the item leaves the queue."""
+        self.labels[key] = label
+        self.queue = [it for it in self.queue if it.key != key]
+
+    def counts(self) -> dict[str, int]:
+        """Live counts of what people confirmed: defects caught, false alarms, escapes found, good passes."""
+        out = {"results": len(self.items), "flagged": sum(it.flagged for it in self.items.values()), "to_review": 0}
+        out.update(reviewed=len(self.labels), confirmed=0, false_alarms=0, escapes=0, good_passes=0)
+        for lab in self.labels.values():
+            name = {
+                (True, True): "confirmed",
+                (True, False): "false_alarms",
+                (False, True): "escapes",
+                (False, False): "good_passes",
+            }
+            out[name[(bool(lab["flagged"]), lab["label"] == "defect")]] += 1
+        out["to_review"] = len(self.queue)
+        return out
+
+    def threshold_view(self, model_version: str | None, threshold: float | None) -> dict[str, Any]:
+        """The operating point of the current threshold on the reviewed items, and the F1-optimal proposal.
+
+        Only labels judged by the current weights count (scores of other weights are not comparable).
+        The reviewed items over-represent flagged ones (every flagged item, a sample of passed ones):
+        the rates describe the reviewed items, not the line.
+        """
+        labs = [lab for lab in self.labels.values() if weights_of(lab["model_version"]) == weights_of(model_version)]
+        scores = np.array([lab["score"] for lab in labs], dtype=np.float64)
+        labels = np.array([lab["label"] == "defect" for lab in labs], dtype=bool)
+        view: dict[str, Any] = {"model_version": model_version, "reviewed_same_weights": len(labs)}
+        if threshold is not None and labs:
+            view["current"] = operating_point(scores, labels, threshold)
+        if labels.any() and not labels.all():
+            proposed, f1 = f1_optimal(scores, labels)
+            view["proposed"] = {**operating_point(scores, labels, proposed), "f1": f1}
+        return view
+
+
+def _item(key: str, row: dict[str, Any]) -> Item:
+    meta = {}
+    if row.get("meta"):
+        try:
+            meta = json.loads(row["meta"])
+        except ValueError:
+            meta = {}
+    return Item(
+        key=key,
+        id=row["id"],
+        score=float(row["score"]),
+        threshold=float(row["threshold"]),
+        flagged=bool(row["is_anomaly"]),
+        model_version=row["model_version"] or "",
+        processed_at=row["processed_at"].isoformat() if row.get("processed_at") else "",
+        regions=list(row.get("regions") or []),
+        frame_check=row.get("frame_check"),
+        has_heatmap=bool(row.get("heatmap")),
+        path=meta.get("path") if isinstance(meta, dict) else None,
+    )
+
+
+class ResultsView:
+    """The results tree and the label store, read per request that needs them."""
+
+    def __init__(self, results: Path, labels: LabelStore, share: float, seed: int) -> None:
+        self.results, self.store, self.share, self.seed = results, labels, share, seed
+
+    def products(self) -> dict[str, dict[str, int]]:
+        table = read_results(self.results)
+        names = sorted(set(table["product"].to_pylist())) if table.num_rows else []
+        return {name: self.product(name, table).counts() for name in names}
+
+    def product(self, product: str, table: pa.Table | None = None) -> ProductView:
+        table = read_results(self.results) if table is None else table
+        if table.num_rows:
+            table = table.filter(pc.equal(table["product"], product))
+        return ProductView(product, table, self.store.read(product), self.share, self.seed)
+
+
+def find_image(roots: tuple[Path, ...], product: str, item: Item) -> Path | None:
+    """The original image of an item, only from inside the configured folders (never any other path)."""
+    candidates = [Path(c) for c in (item.path, item.id) if c]
+    for root in roots:
+        candidates += [root / f"{item.id}{suffix}" for suffix in IMAGE_SUFFIXES]
+        candidates += [root / product / f"{item.id}{suffix}" for suffix in IMAGE_SUFFIXES]
+    for cand in candidates:
+        try:
+            path = cand.resolve()
+        except (OSError, RuntimeError):
+            continue
+        if path.is_file() and any(path.is_relative_to(root) for root in roots):
+            return path
+    return None

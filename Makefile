@@ -13,7 +13,7 @@ export TORCH_CUDA_ARCH_LIST
 export MAX_JOBS ?= 2
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: install build demo test lint format cmake-test redis promtool browser bench clean
+.PHONY: install build demo test lint typecheck format cmake-test redis promtool browser bench clean
 
 $(VENV)/.deps: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ $(VENV)/.deps: requirements.txt requirements-dev.txt
 
 # Editable install (entry point, metadata) without compiling, then an incremental in-place build
 # of ear_stream._C: CUDAExtension when torch has CUDA and nvcc exists, else CppExtension.
-$(VENV)/.built: $(VENV)/.deps setup.py $(EXT_SOURCES)
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(EXT_SOURCES)
 	EAR_STREAM_BUILD=none $(PIP) install -q --no-build-isolation --no-deps -e .
 	$(PY) setup.py -q build_ext --inplace
 	$(PY) -c "import ear_stream.model.ops as o; assert o.backend() == 'extension', o.extension_error(); print('ear_stream._C built, CUDA kernels:', o.extension_has_cuda())"
@@ -50,6 +50,10 @@ lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check ear_stream workers tests benchmarks tools setup.py
 	$(VENV)/bin/ruff format --check ear_stream workers tests benchmarks tools setup.py
 
+# mypy on ear_stream/model and ear_stream/inspect (pyproject.toml [tool.mypy])
+typecheck: $(VENV)/.deps
+	$(VENV)/bin/mypy
+
 format: $(VENV)/.deps
 	$(VENV)/bin/ruff check --fix ear_stream workers tests benchmarks tools setup.py
 	$(VENV)/bin/ruff format ear_stream workers tests benchmarks tools setup.py
@@ -57,7 +61,7 @@ format: $(VENV)/.deps
 cmake-test: $(VENV)/.deps
 	source $(VENV)/bin/activate && cmake -S . -B build/cmake -G Ninja >/dev/null && cmake --build build/cmake -j$(MAX_JOBS) && ctest --test-dir build/cmake --output-on-failure
 
-test: install redis promtool browser lint cmake-test
+test: install redis promtool browser lint typecheck cmake-test
 	$(PY) -m pytest -q
 
 bench: install

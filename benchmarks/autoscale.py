@@ -2,7 +2,7 @@
 
     python benchmarks/autoscale.py --n 600 --out runs/autoscale
 
-Runs ``workers/autoscale_scenario.py`` in private network + PID namespaces (as the
+Runs ``tests/workers/autoscale_scenario.py`` in private network + PID namespaces (as the
 test does) with the demo model, then writes OUT/autoscale.json and OUT/autoscale.png
 (backlog, worker nodes and running actors over time) and prints the times from the
 push to the first node, to the first actor on a new node, to the drained stream,
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+HARNESS = ROOT / "tests" / "workers"
 sys.path.insert(0, str(ROOT))
 
 
@@ -30,10 +31,11 @@ def main() -> None:
     args = p.parse_args()
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(HARNESS))  # the namespace + fake-cluster harness of the tests
+    from fake_cluster import namespace_unavailable, run_in_namespace
     from soak import demo_models_dir
 
     from ear_stream.inspect.visualize import line_chart_png
-    from workers.fake_cluster import namespace_unavailable, run_in_namespace
 
     why = namespace_unavailable()
     if why:
@@ -43,7 +45,7 @@ def main() -> None:
     images = args.out / "work" / "data" / "synthetic" / "test"
     result = args.out / "autoscale.json"
     done = run_in_namespace(
-        [sys.executable, "-m", "workers.autoscale_scenario", "--models", str(models), "--images", str(images),
+        [sys.executable, str(HARNESS / "autoscale_scenario.py"), "--models", str(models), "--images", str(images),
          "--out", str(args.out / "parquet"), "--json", str(result), "--n", str(args.n),
          "--max-nodes", str(args.max_nodes), "--cooldown", str(args.cooldown), "--timeout", "900"],
         env={**os.environ, "PYTHONPATH": str(ROOT)},

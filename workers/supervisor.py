@@ -1,7 +1,7 @@
 """Supervisor of the inspection actors: scales them with the stream's backlog and asks Ray for nodes.
 
 It runs in the driver (``ear-stream cluster``). Every ``poll_s`` it reads the
-group's lag and pending count from Redis, asks :class:`workers.policy.ScalingPolicy`
+group's lag and pending count from Redis, asks :class:`ear_stream_workers.policy.ScalingPolicy`
 how many actors that calls for, tells the Ray autoscaler (``request_resources``)
 so GPU nodes are added or released, starts actors, and drains surplus ones
 (stop → finish, flush, ack → kill). Actor names are stable slots
@@ -27,7 +27,7 @@ from ear_stream.stream.worker import WorkerConfig
 from .actor import actor_class
 from .policy import ScalingPolicy, resource_bundles
 
-log = logging.getLogger("workers.supervisor")
+log = logging.getLogger("ear_stream_workers.supervisor")
 
 
 def default_request_resources(bundles: list[dict[str, float]]) -> None:

@@ -67,10 +67,9 @@ def run_demo(
     precision: str = DEFAULT_PRECISION,
 ) -> dict:
     import ray
-
-    from workers.local import init_ray
-    from workers.policy import ScalingPolicy
-    from workers.supervisor import Supervisor
+    from ear_stream_workers.local import init_ray
+    from ear_stream_workers.policy import ScalingPolicy
+    from ear_stream_workers.supervisor import Supervisor
 
     from ..inspect.evaluation import evaluate, write_report
     from ..inspect.pipeline import Pipeline

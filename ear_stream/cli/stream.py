@@ -199,9 +199,9 @@ def cluster(
     from ..stream import queue as q
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from workers.local import init_ray
-    from workers.policy import ScalingPolicy
-    from workers.supervisor import Supervisor
+    from ear_stream_workers.local import init_ray
+    from ear_stream_workers.policy import ScalingPolicy
+    from ear_stream_workers.supervisor import Supervisor
 
     q.connect(redis_url, verify=True)  # a wrong URL or password fails here, before Ray starts
     init_ray(address)

@@ -50,7 +50,7 @@ def calibrate_threshold(
 MAX_CALIBRATION_PIXELS = 2_000_000
 
 
-def calibrate(pipe, held_images, policy: str = DEFAULT_IMAGE_POLICY, batch: int = 16) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
+def calibrate(pipe, held_images, policy: str = DEFAULT_IMAGE_POLICY, batch: int = 16) -> tuple[float, dict]:
     """Score the held-out good images once: the image threshold, its statistics and the pixel statistics.
 
     Whole-image models also score the same images with a simulated defect each (``simf1``).
@@ -68,7 +68,7 @@ def calibrate(pipe, held_images, policy: str = DEFAULT_IMAGE_POLICY, batch: int 
     return threshold, stats
 
 
-def simulated_defect_scores(pipe, images: torch.Tensor, batch: int = 16) -> np.ndarray:  # type: ignore[no-untyped-def]
+def simulated_defect_scores(pipe, images: torch.Tensor, batch: int = 16) -> np.ndarray:
     """Scores of the held-out good images with one simulated defect each (fixed seed)."""
     corrupted = simulate_defects(images, torch.Generator().manual_seed(SIMULATION_SEED), 1.0).images
     return pipe.score_batches(corrupted, batch)[0]

@@ -165,6 +165,7 @@ def write_report(
     for i in range(0, len(chosen), 16):
         idx = chosen[i : i + 16]
         res = pipe.score_images(select(material["images"], idx), want_recon=True)
+        assert res.composite is not None and res.recon is not None and res.mask is not None  # want_recon
         for j, k in enumerate(idx):
             recon[k] = (res.composite[j], res.recon[j], res.mask[j])
 
@@ -188,7 +189,7 @@ def write_report(
     )
     hist = histogram_png({"good": score[~labels], "defective": score[labels]}, pipe.threshold)
 
-    def fmt(v) -> str:  # type: ignore[no-untyped-def]
+    def fmt(v) -> str:
         return "n/a" if v is None or not np.isfinite(v) else f"{v:.4f}"
 
     defect_rows = "".join(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import SetupError
+from ..errors import DataError, SetupError
 from ..io.decode import to_model_input, to_native_input
 from ..model import ops
 from ..model.artifact import ArtifactError, load_artifact_parts, sha256_file
@@ -25,7 +25,6 @@ from ..model.head import HEAD_PREFIX, AnomalyHead, head_inputs, smoothed_map
 from ..model.precision import DEFAULT_PRECISION, Precision, compile_module, resolve_precision
 from ..model.reference import saliency_mask
 from ..model.saliency import DinoAttention, build_dino, resolve_dino_weights
-from ..model.unet import UNet
 from ..model.weightfree import SelfSaliency, create_saliency, grid_pool
 from .regions import region_table
 from .tiling import cut, pad_to_tile, paste, plan_tiles
@@ -38,7 +37,7 @@ class DeviceUnavailable(SetupError):
     """The device asked for is not there (no silent fallback: a plant sized for a GPU must know)."""
 
 
-def select(images: Images, idx) -> Images:  # type: ignore[no-untyped-def]
+def select(images: Images, idx) -> Images:
     """``images[idx]`` for a tensor batch or a list of native-resolution images alike."""
     if isinstance(images, list):
         return [images[int(i)] for i in idx]
@@ -55,7 +54,7 @@ def load_images(config: ModelConfig, paths: list, desc: str = "loading", progres
     from ..io.datasets import load_native, load_tensor
 
     if config.native:
-        return load_native(paths, float(config.scale), desc=desc, progress=progress)
+        return load_native(paths, config.native_scale, desc=desc, progress=progress)
     return load_tensor(paths, config.image_size, desc=desc, progress=progress)
 
 
@@ -155,12 +154,13 @@ def score_maps(
     max keeps NaN like the reference's amax. Without either, the fused op never writes it.
     """
     h, w = images.shape[-2:]
-    if min(sc.border, (h - 1) // 2, (w - 1) // 2) <= 0 and normal_map is None:
-        return ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, want_map)
-    _, dmap = ops.msgms(images, recon, sc.scales, sc.c, sc.median, sc.box, True)
+    if min(sc.border_px, (h - 1) // 2, (w - 1) // 2) <= 0 and normal_map is None:
+        return ops.msgms(images, recon, sc.n_scales, sc.c, sc.median, sc.box_px, want_map)
+    _, dmap = ops.msgms(images, recon, sc.n_scales, sc.c, sc.median, sc.box_px, True)
+    assert dmap is not None  # want_map=True
     if normal_map is not None:
         dmap = dmap - normal_map.to(dmap.device, dmap.dtype)
-    return banded_max(dmap, sc.border, want_map)
+    return banded_max(dmap, sc.border_px, want_map)
 
 
 def banded_max(dmap: torch.Tensor, border: int, want_map: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -175,7 +175,7 @@ def banded_max(dmap: torch.Tensor, border: int, want_map: bool) -> tuple[torch.T
     return scores, (F.pad(inner, (b, b, b, b)) if b > 0 else dmap)
 
 
-def load_head(config: ModelConfig, extras: dict[str, torch.Tensor], model_dir) -> AnomalyHead | None:  # type: ignore[no-untyped-def]
+def load_head(config: ModelConfig, extras: dict[str, torch.Tensor], model_dir) -> AnomalyHead | None:
     """The learned head stored as ``head.*`` beside the U-Net (None when the model has none)."""
     if not config.head:
         return None
@@ -202,8 +202,11 @@ def fit_normal_map(pipe: Pipeline, images: torch.Tensor, batch: int = 32) -> tor
     for i in range(0, images.shape[0], batch):
         x = images[i : i + batch].to(pipe.device)
         _, dmap = score_maps(x, pipe.recover(x)[3], sc, True)
+        assert dmap is not None  # want_map=True
         total = dmap.sum(0, keepdim=True) if total is None else total + dmap.sum(0, keepdim=True)
         n += x.shape[0]
+    if total is None:
+        raise DataError("a normal map needs at least one training image")
     return (total / max(1, n)).cpu()
 
 
@@ -216,7 +219,8 @@ def two_pass_attention(
     """
     light, _ = ops.excise(images, None, saliency.light_scale, True)
     recon = forward(light)
-    _, dmap = ops.msgms(images, recon.float(), sc.scales, sc.c, sc.median, 1, True)
+    _, dmap = ops.msgms(images, recon.float(), sc.n_scales, sc.c, sc.median, 1, True)
+    assert dmap is not None  # want_map=True
     return grid_pool(dmap, saliency.grid), light, recon
 
 
@@ -251,7 +255,7 @@ class Pipeline:
     def __init__(
         self,
         config: ModelConfig,
-        unet: UNet,
+        unet: nn.Module,  # a UNet (the precision path may wrap it)
         threshold: float,
         device: torch.device,
         attention_model: nn.Module | None = None,
@@ -355,7 +359,7 @@ class Pipeline:
             self.score_tensor(torch.full((b, 3, side, side), 0.5))  # type: ignore[arg-type]
         return time.perf_counter() - started
 
-    def apply_thresholds(self, manifest, override: float | None = None) -> None:  # type: ignore[no-untyped-def]
+    def apply_thresholds(self, manifest, override: float | None = None) -> None:
         """Take a manifest's thresholds and version (hot reload after ``ear-stream threshold``), or a per-run override."""
         threshold = float(manifest.threshold if override is None else override)
         if not np.isfinite(threshold):
@@ -415,12 +419,12 @@ class Pipeline:
         if pad_h or pad_w:
             inputs = F.pad(inputs, (0, pad_w, 0, pad_h), mode="replicate")
         logits = self.precision.run(self.head, inputs)[..., :h, :w]
-        return banded_max(smoothed_map(logits, sc.box, sc.head_map), sc.border, want_map)
+        return banded_max(smoothed_map(logits, sc.box_px, sc.head_map), sc.border_px, want_map)
 
     def prepare(self, arrays: list[np.ndarray]) -> Images:
         """Decoded [H, W, 3] arrays → what :meth:`score_images` takes: resized, or resampled by ``scale``."""
         if self.config.native:
-            return to_native_input(arrays, float(self.config.scale))
+            return to_native_input(arrays, self.config.native_scale)
         return to_model_input(arrays, self.config.image_size)
 
     def score_images(
@@ -447,7 +451,8 @@ class Pipeline:
         ``want_maps``). The one loop evaluation, calibration, threshold policies and studies share."""
         from tqdm import tqdm
 
-        scores, maps = [], []
+        scores: list[np.ndarray] = []
+        maps: list[torch.Tensor] = []
         for i in tqdm(range(0, len(images), batch), desc=desc, disable=not progress):
             res = self.score_images(images[i : i + batch], want_maps=want_maps)
             scores.append(res.scores)
@@ -501,9 +506,11 @@ class Pipeline:
             broken = ~torch.isfinite(rec).all()
             scores.append(torch.where(broken, torch.full_like(score, float("nan")), score))
             if want_regions:
-                size = orig_sizes[i] if orig_sizes else tuple(img.shape[-2:])
+                assert dmap is not None  # asked for
+                size = orig_sizes[i] if orig_sizes else (int(img.shape[-2]), int(img.shape[-1]))
                 regions += region_table(dmap[:, 0], dmap[:, 0] > self.region_threshold, [size])
             if want_maps:
+                assert dmap is not None  # asked for
                 maps.append(dmap[0].cpu())
         ratio = torch.stack([m.mean() for m in mask]) if mask else torch.zeros(0)
         score_t = torch.cat(scores) if scores else torch.zeros(0)
@@ -517,7 +524,7 @@ class Pipeline:
             regions if want_regions else None,
         )
 
-    def _result(self, scores, ratio, maps, recon, composite, mask, regions) -> BatchResult:  # type: ignore[no-untyped-def]
+    def _result(self, scores, ratio, maps, recon, composite, mask, regions) -> BatchResult:
         scores_np = scores.float().cpu().numpy().astype(np.float32)
         return BatchResult(
             scores=scores_np,
@@ -567,7 +574,8 @@ class Pipeline:
         scores = torch.where(broken.to(scores.device), torch.full_like(scores, float("nan")), scores)
         regions = None
         if want_regions:  # on the maps' device; one host transfer of the region table
-            sizes = orig_sizes or [tuple(images.shape[-2:])] * images.shape[0]
+            assert maps is not None  # computed for the regions
+            sizes = orig_sizes or [(int(images.shape[-2]), int(images.shape[-1]))] * images.shape[0]
             regions = region_table(maps[:, 0], maps[:, 0] > self.region_threshold, sizes)
         return self._result(
             scores,

@@ -69,7 +69,7 @@ class RecoveryCheck:
 
 
 @torch.no_grad()
-def recovery_check(pipe, images: torch.Tensor, batch: int = 16) -> RecoveryCheck:  # type: ignore[no-untyped-def]
+def recovery_check(pipe, images: torch.Tensor, batch: int = 16) -> RecoveryCheck:
     """Measure a pipeline's recovery on good images [N, 3, S, S] against the flat and excised baselines."""
     sums = torch.zeros(4, dtype=torch.float64)
     n = int(images.shape[0])

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from ..io.decode import ImageDecodeError, frame_issue, read_frame
@@ -116,6 +117,7 @@ def score_files(
             if save_maps is not None:
                 save_maps.mkdir(parents=True, exist_ok=True)
                 kept = [i for i, ok in enumerate(res.finite) if ok]
+                assert isinstance(res.maps, torch.Tensor)  # asked for (want_maps)
                 for ident, row, k in zip(ids, rows, kept, strict=True):
                     name = map_file_name(ident)
                     (save_maps / name).write_bytes(row["heatmap"])

@@ -56,6 +56,13 @@ class Policy:
     def __str__(self) -> str:
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
 
+    @property
+    def number(self) -> float:
+        """The policy's parameter (K, Q, F, T); parse_policy guarantees one for the kinds that take it."""
+        if self.value is None:
+            raise ConfigError(f"policy {self.kind} takes no number")
+        return float(self.value)
+
 
 def parse_policy(text: str, pixel: bool = False) -> Policy:
     """``sigma:3`` → Policy("sigma", 3.0); clear errors for anything else."""
@@ -133,7 +140,7 @@ def image_threshold(
     simulated-defect scores for ``simf1``)."""
     good = np.asarray(good, dtype=np.float64)
     if policy.kind == "manual":
-        return float(policy.value)  # type: ignore[arg-type]
+        return float(policy.number)
     if policy.kind == "simf1":
         sim = np.asarray([] if simulated is None else simulated, dtype=np.float64)
         if sim.size == 0 or good.size == 0:
@@ -151,10 +158,10 @@ def image_threshold(
     if good.size == 0:
         raise ConfigError("no held-out good scores stored: pass --data ROOT --category C to rescore them")
     if policy.kind == "sigma":
-        return max(float(good.mean() + policy.value * good.std()), float(good.max()))  # type: ignore[operator]
+        return max(float(good.mean() + policy.number * good.std()), float(good.max()))
     if policy.kind == "quantile":
-        return float(np.quantile(good, policy.value))
-    return lowest_threshold_with_frr(good, policy.value)  # type: ignore[arg-type]
+        return float(np.quantile(good, policy.number))
+    return lowest_threshold_with_frr(good, policy.number)
 
 
 def pixel_quantile_grid(values: np.ndarray) -> list[float]:
@@ -166,17 +173,19 @@ def pixel_threshold(policy: Policy, image_thr: float, calibration: dict[str, Any
     if policy.kind == "image":
         return float(image_thr)
     if policy.kind == "manual":
-        return float(policy.value)  # type: ignore[arg-type]
+        return float(policy.number)
     grid = np.asarray(calibration.get("pixel_quantiles") or [], dtype=np.float64)
     if grid.size == 0:
         raise ConfigError("no pixel statistics stored in this model: pass --data ROOT --category C to rescore them")
     qs = np.linspace(0, 1, grid.size)
     if policy.kind == "quantile":
-        return float(np.interp(policy.value, qs, grid))
+        return float(np.interp(policy.number, qs, grid))
     if policy.kind == "fpr":
-        return float(np.interp(1.0 - policy.value, qs, grid))  # type: ignore[operator]
+        return float(np.interp(1.0 - policy.number, qs, grid))
     mean, std = calibration.get("pixel_mean"), calibration.get("pixel_std")
-    return float(mean + policy.value * std)  # type: ignore[operator]
+    if mean is None or std is None:
+        raise ConfigError("no pixel statistics stored in this model: pass --data ROOT --category C to rescore them")
+    return float(mean + policy.number * std)
 
 
 def false_reject_rate(good: np.ndarray, threshold: float) -> float:

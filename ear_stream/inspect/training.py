@@ -90,7 +90,7 @@ def estimate_mosaic_scale(
 
     Bounded below by ``floor`` and above by :func:`max_mosaic_scale` (at least 4×4 cells).
     """
-    mask = None if attention is None else saliency_mask(attention, tuple(images.shape[-2:]))
+    mask = None if attention is None else saliency_mask(attention, (int(images.shape[-2]), int(images.shape[-1])))
     value = float(r10(images, mask).mean())
     ceiling = max_mosaic_scale(int(images.shape[-1]))
     return min(ceiling, max(floor, estimator.estimate(value))), value
@@ -119,7 +119,7 @@ class TrainingSet:
             return random_crops([self.images[int(i)] for i in idx], self.crop, gen), None
         return self.images[idx], None if self.attention is None else self.attention[idx]
 
-    def fixed(self, idx) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def fixed(self, idx) -> torch.Tensor:
         """Deterministic views of some images (centre crops when native)."""
         if self.native:
             return center_crops([self.images[int(i)] for i in idx], self.crop)
@@ -142,7 +142,7 @@ class StepInputs:
 
 def corrupt(
     cfg: ModelConfig,
-    unet,  # type: ignore[no-untyped-def]
+    unet,
     saliency: torch.nn.Module | None,
     x: torch.Tensor,
     att: torch.Tensor | None,
@@ -170,14 +170,14 @@ def corrupt(
 class StepModules:
     """What a training step runs: the U-Net forward (precision applied), the saliency, the optional head."""
 
-    forward: object  # callable: composite → reconstruction in fp32
+    forward: Callable[[torch.Tensor], torch.Tensor]  # composite → reconstruction in fp32
     saliency: torch.nn.Module | None
-    head: object | None = None  # callable: head inputs → logits in fp32
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None  # head inputs → logits in fp32
 
 
 def step_loss(
     cfg: ModelConfig, tcfg: TrainConfig, mods: StepModules, x: torch.Tensor, att, gen: torch.Generator
-) -> torch.Tensor:  # type: ignore[no-untyped-def]
+) -> torch.Tensor:
     """One step's loss; attention not given (not cached) is computed here, on the image the model is shown.
 
     With ``tcfg.simulate`` a share of the batch gets a simulated defect first: the
@@ -187,7 +187,7 @@ def step_loss(
     saliency = mods.saliency
     if cfg.method == "riad":
         return combined_loss(
-            x, riad.training_reconstruction(mods.forward, x, gen), tcfg.loss_weights, cfg.scoring.scales
+            x, riad.training_reconstruction(mods.forward, x, gen), tcfg.loss_weights, cfg.scoring.n_scales
         )
     clean, defect = x, None
     if tcfg.simulate > 0:
@@ -198,7 +198,7 @@ def step_loss(
             att = saliency(x).float()
     inputs = corrupt(cfg, mods.forward, saliency, x, att, clean)
     recon = paste_context(mods.forward(inputs.composite), inputs.context, inputs.mask)
-    loss = combined_loss(inputs.target, recon, tcfg.loss_weights, cfg.scoring.scales)
+    loss = combined_loss(inputs.target, recon, tcfg.loss_weights, cfg.scoring.n_scales)
     strong = recon[-x.shape[0] :]  # two-pass variants: the second (scored) pass
     if defect is not None and tcfg.defect_weight > 0 and defect.sum() > 0:
         err = (strong - clean).abs().mean(dim=1, keepdim=True)
@@ -211,7 +211,7 @@ def step_loss(
 
 
 @torch.no_grad()
-def heldout_loss(cfg, tcfg, mods: StepModules, modules, images, attention, batch: int = 16) -> float:  # type: ignore[no-untyped-def]
+def heldout_loss(cfg, tcfg, mods: StepModules, modules, images, attention, batch: int = 16) -> float:
     """Mean training loss on held-out normal images, in eval mode, with a fixed generator (learning curve).
 
     ``attention``: the held-out images' attention, computed once per run (None for variants without;
@@ -293,11 +293,13 @@ class Trainer:
                 f"mosaic scale {mosaic_scale} leaves fewer than 4×4 cells at {model_cfg.image_size} px: "
                 f"use at most {max_mosaic_scale(model_cfg.image_size)} (or auto)"
             )
-        self.step_count, self.losses, self.elapsed_before = 0, [], 0.0
+        self.step_count, self.elapsed_before = 0, 0.0
+        self.losses: list[float] = []
         self.best: dict | None = None  # {"loss", "step", "state"}: the weights early stopping keeps
         self.since_best = 0
         self.stop_reason: str | None = None
-        self._order_epoch, self._order = -1, []  # the current epoch's batches (a function of seed and epoch)
+        self._order_epoch = -1
+        self._order: list[torch.Tensor] = []  # the current epoch's batches (a function of seed and epoch)
         self.started = self.limits.now()
 
     # ------------------------------------------------------------------ setup
@@ -349,7 +351,7 @@ class Trainer:
             m, r10_value = estimate_mosaic_scale(self.fixed_train.cpu(), att, est, floor)
             self.estimated = {"r10": r10_value, "estimator": asdict(est), "floor": floor}
             self.mosaic_scale = m
-        cfg.mosaic_scale = int(self.mosaic_scale)  # type: ignore[arg-type]
+        cfg.mosaic_scale = int(self.mosaic_scale)
 
     def _setup_networks(self) -> None:
         cfg, tcfg, precision = self.model_cfg, self.train_cfg, self.precision
@@ -372,7 +374,7 @@ class Trainer:
         self.total = bound if self.limits.max_steps is None else min(self.limits.max_steps, bound)
         self.held_out = self.data.fixed(self.hold_idx).to(self.dev)
         sal = self.saliency
-        self.held_att = compute_attention(sal, self.held_out, self.dev).to(self.dev) if self.plain_saliency else None  # type: ignore[arg-type]
+        self.held_att = compute_attention(sal, self.held_out, self.dev).to(self.dev) if self.plain_saliency else None
 
     def _setup_state(self) -> None:
         """A fresh run, or the state of ``checkpoint.pt`` (``--resume``); the learning curve to append to."""
@@ -410,7 +412,7 @@ class Trainer:
         """The networks as an inference pipeline (threshold 1 until calibrated)."""
         return Pipeline(
             self.model_cfg, self.unet, 1.0, self.dev, self.saliency, precision=self.precision, head=self.head
-        )  # type: ignore[arg-type]
+        )
 
     def step(self) -> float:
         """One optimisation step; every random draw comes from the (seed, step) generator (resumable)."""
@@ -491,12 +493,12 @@ class Trainer:
             return "max_minutes"
         return None
 
-    def _progress_bar(self):  # type: ignore[no-untyped-def]
+    def _progress_bar(self):
         """Under a time budget the bar counts minutes, not the epoch bound's steps (an ETA of hours is a lie)."""
         lim = self.limits
         self._timed = lim.max_minutes is not None and lim.max_steps is None
         return tqdm(
-            total=round(lim.max_minutes, 1) if self._timed else self.total,  # type: ignore[arg-type]
+            total=round(lim.max_minutes, 1) if self._timed else self.total,
             initial=round(self.elapsed() / 60, 1) if self._timed else self.step_count,
             desc=f"training {self.category}",
             unit="min" if self._timed else "step",
@@ -504,7 +506,7 @@ class Trainer:
             disable=not lim.progress,
         )
 
-    def _after_step(self, bar, next_curve: float | None, next_ckpt: float | None) -> tuple[float | None, float | None]:  # type: ignore[no-untyped-def]
+    def _after_step(self, bar, next_curve: float | None, next_ckpt: float | None) -> tuple[float | None, float | None]:
         tcfg, lim = self.train_cfg, self.limits
         bar.update(round(self.elapsed() / 60, 1) - bar.n if self._timed else 1)
         bar.set_postfix(loss=f"{self.losses[-1]:.4f}", step=self.step_count)
@@ -554,7 +556,7 @@ class Trainer:
         pipe = self.pipeline()
         extras: dict[str, torch.Tensor] = {}
         if self.model_cfg.scoring.normal_map:  # from training images only: the held-out ones calibrate
-            pipe.normal_map = fit_normal_map(pipe, self.data.images[self.train_idx[:NORMAL_MAP_IMAGES]])  # type: ignore[index]
+            pipe.normal_map = fit_normal_map(pipe, self.data.images[self.train_idx[:NORMAL_MAP_IMAGES]])
             extras[NORMAL_MAP_KEY] = pipe.normal_map
         threshold, stats = calibrate(pipe, select(self.data.images, self.hold_idx), self.train_cfg.threshold_policy)
         recovery = recovery_check(pipe, self.held_out)
@@ -573,7 +575,7 @@ class Trainer:
             extras.update({f"{HEAD_PREFIX}{k}": v for k, v in self.head.state_dict().items()})
         return save_artifact(self.out_dir, self.unet.cpu(), manifest, extras)  # type: ignore[arg-type]
 
-    def _training_record(self, recovery) -> dict:  # type: ignore[no-untyped-def]
+    def _training_record(self, recovery) -> dict:
         best, lim = self.best, self.limits
         return {
             **asdict(self.train_cfg),

@@ -108,6 +108,25 @@ class ScoringConfig:
     #: saturated probability ties every confident spot at 1.0, a logit keeps ranking them)
     head_map: str = "probability"
 
+    # the resolved values, typed: what the scoring code reads (a config fresh from the user still holds None)
+    @property
+    def n_scales(self) -> int:
+        return self._resolved_field("scales")
+
+    @property
+    def box_px(self) -> int:
+        return self._resolved_field("box")
+
+    @property
+    def border_px(self) -> int:
+        return self._resolved_field("border")
+
+    def _resolved_field(self, name: str) -> int:
+        value = getattr(self, name)
+        if value is None:
+            raise ConfigError(f"scoring.{name} follows the resolution: resolve the config first (resolved(image_size))")
+        return int(value)
+
     def resolved(self, image_size: int) -> ScoringConfig:
         box = default_box(image_size) if self.box is None else int(self.box)
         return ScoringConfig(
@@ -156,6 +175,13 @@ class ModelConfig:
     def native(self) -> bool:
         """Whether images keep their aspect ratio and are inspected in tiles (``--train-crop``)."""
         return self.scale is not None
+
+    @property
+    def native_scale(self) -> float:
+        """The resampling factor of a native-resolution model (typed: only asked where ``native`` holds)."""
+        if self.scale is None:
+            raise ConfigError("this model works at a fixed image size, not at native resolution")
+        return float(self.scale)
 
     def __post_init__(self) -> None:
         if isinstance(self.scoring, dict):

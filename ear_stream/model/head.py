@@ -67,7 +67,8 @@ def head_inputs(images: torch.Tensor, recon: torch.Tensor, sc: ScoringConfig) ->
 
     The map is the fused op's, unsmoothed (box 1): the head does its own spatial reasoning.
     """
-    _, dmap = ops.msgms(images, recon, sc.scales, sc.c, sc.median, 1, True)
+    _, dmap = ops.msgms(images, recon, sc.n_scales, sc.c, sc.median, 1, True)
+    assert dmap is not None  # want_map=True
     return torch.cat([images.float(), recon.float(), dmap], dim=1)
 
 

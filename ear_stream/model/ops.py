@@ -21,7 +21,7 @@ _EXTENSION_ERROR: str | None = None
 try:
     if os.environ.get("EAR_STREAM_BACKEND", "").lower() == "reference":
         raise ImportError("EAR_STREAM_BACKEND=reference")
-    from .. import _C  # noqa: F401  (registers torch.ops.ear.*)
+    from .. import _C  # type: ignore[attr-defined]  # noqa: F401  (registers torch.ops.ear.*)
 
     _HAS_EXTENSION = True
 except ImportError as exc:  # not built, or built against another torch
@@ -59,7 +59,7 @@ _REFERENCE_DEVICES: set[int] = set()
 log = logging.getLogger("ear_stream.model.ops")
 
 
-def _guarded(call, device: torch.device):  # type: ignore[no-untyped-def]
+def _guarded(call, device: torch.device):
     """Run an extension op; on a CUDA device without a kernel image, warn once and return None.
 
     A fat binary covers every architecture from Turing on (setup.py), but a
@@ -81,11 +81,11 @@ def _guarded(call, device: torch.device):  # type: ignore[no-untyped-def]
 if _HAS_EXTENSION:
 
     @torch.library.register_fake("ear::excise")
-    def _excise_fake(images, attention, m, hint=True):  # type: ignore[no-untyped-def]
+    def _excise_fake(images, attention, m, hint=True):
         return torch.empty_like(images), images.new_empty((images.shape[0],), dtype=torch.float32)
 
     @torch.library.register_fake("ear::msgms")
-    def _msgms_fake(images, recon, scales=3, c=0.0026, median=True, box=21, want_map=False):  # type: ignore[no-untyped-def]
+    def _msgms_fake(images, recon, scales=3, c=0.0026, median=True, box=21, want_map=False):
         b, _, h, w = images.shape
         score = images.new_empty((b,), dtype=torch.float32)
         dmap = images.new_empty((b, 1, h, w) if want_map else (0,), dtype=torch.float32)

@@ -77,7 +77,7 @@ class Precision:
         """A module's weights in that layout (in place, as ``Module.to`` does)."""
         return m.to(memory_format=torch.channels_last) if self.channels_last else m
 
-    def run(self, fn, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def run(self, fn, x: torch.Tensor) -> torch.Tensor:
         """``fn(x)`` on this path, the result back in fp32: the one cast of the U-Net's output."""
         with self.autocast():
             return fn(self.layout(x)).float()
@@ -90,7 +90,7 @@ class Precision:
         return self.describe()
 
 
-def compile_module(module: torch.nn.Module, dynamic: bool | None = None):  # type: ignore[no-untyped-def]
+def compile_module(module: torch.nn.Module, dynamic: bool | None = None):
     """``torch.compile`` with inductor, or ``EAR_STREAM_COMPILE_BACKEND`` (tests use aot_eager: the same
     graph capture, without minutes of C++ code generation on a small CPU).
 

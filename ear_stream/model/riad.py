@@ -11,6 +11,8 @@ Inference masks come from a fixed seed so that scores are reproducible.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -33,7 +35,7 @@ def disjoint_masks(
     return torch.stack([(owner == i).float() for i in range(n)])[:, None].to(device)
 
 
-def inpaint(unet: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def inpaint(unet: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Σ_i U-Net(I ⊙ (1 − M_i)) ⊙ M_i: every pixel comes from the pass that did not see it."""
     recon = torch.zeros_like(images)
     for mask in masks:
@@ -41,7 +43,9 @@ def inpaint(unet: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch
     return recon
 
 
-def training_reconstruction(unet: nn.Module, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def training_reconstruction(
+    unet: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     cell = CELL_SIZES[int(torch.randint(len(CELL_SIZES), (1,), generator=generator))]
     masks = disjoint_masks(images.shape[-2], images.shape[-1], cell, MASKS_PER_SIZE, generator, images.device)
     return inpaint(unet, images, masks)
@@ -55,12 +59,14 @@ def score(
     gen = torch.Generator().manual_seed(INFERENCE_SEED)
     forward = forward or unet
     h, w = images.shape[-2:]
-    total = None
+    total: torch.Tensor | None = None
     recon = images
     for cell in CELL_SIZES:
         recon = inpaint(forward, images, disjoint_masks(h, w, cell, MASKS_PER_SIZE, gen, images.device))
-        _, dmap = ops.msgms(images, recon, scoring.scales, scoring.c, scoring.median, scoring.box, want_map=True)
+        _, dmap = ops.msgms(images, recon, scoring.n_scales, scoring.c, scoring.median, scoring.box_px, want_map=True)
+        assert dmap is not None  # want_map=True
         total = dmap if total is None else total + dmap
+    assert total is not None
     dmap = total / len(CELL_SIZES)
     scores = dmap.flatten(1).amax(dim=1) if dmap.shape[0] else dmap.new_zeros((0,))
     return scores, (dmap if want_map else None), recon

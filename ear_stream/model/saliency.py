@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,7 @@ def read_dino_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     prefixes (``module.``, ``backbone.``) are removed.
     """
     path = Path(path)
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -97,6 +99,10 @@ def build_dino(weights: str | os.PathLike) -> nn.Module:
 class DinoAttention(nn.Module):
     """[CLS]-to-patch attention of the last block, averaged over heads: [B,3,H,W] → [B,28,28]."""
 
+    mean: torch.Tensor  # buffers, typed (nn.Module's __getattr__ would say Tensor | Module)
+    std: torch.Tensor
+    vit: Any  # a timm VisionTransformer: its private helpers (_pos_embed, patch_drop) are called below
+
     def __init__(self, vit: nn.Module) -> None:
         super().__init__()
         self.vit = vit
@@ -116,7 +122,7 @@ class DinoAttention(nn.Module):
         return cls_attention(vit.blocks[-1], x)
 
 
-def cls_attention(block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def cls_attention(block: Any, tokens: torch.Tensor) -> torch.Tensor:
     """Softmax(q_cls·Kᵀ·scale) over patch tokens for one timm block, averaged over heads."""
     attn = block.attn
     b, n, _ = tokens.shape

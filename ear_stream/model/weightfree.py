@@ -129,6 +129,8 @@ class NormalDeviation(WeightFreeSaliency):
     """Mean squared z-score of per-cell gray mean and gradient energy against the training images."""
 
     fitted = True
+    mean: torch.Tensor  # buffers, typed
+    std: torch.Tensor
 
     def __init__(self, grid: int = DEFAULT_GRID) -> None:
         super().__init__(grid)

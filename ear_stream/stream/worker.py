@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 
 import redis
 import torch
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from ..errors import EarStreamError
 from ..inspect.pipeline import Pipeline
@@ -76,6 +78,8 @@ def return_large_frees_to_the_os(threshold: int = 8 << 20) -> bool:
 #: frames above this many pixels are decoded one at a time (a PNG is decoded at full size before reduction)
 HUGE_FRAME_PIXELS = 16_000_000
 T = TypeVar("T")
+#: tries a stopping worker still gives an unreachable Redis (waits of 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s)
+STOPPING_RETRIES = 5
 #: test hook: SIGKILL this process at a named point (before_score, before_flush, before_ack)
 FAULT_POINT_ENV, FAULT_AFTER_ENV = "EAR_FAULT_POINT", "EAR_FAULT_AFTER"
 
@@ -278,37 +282,44 @@ class Worker:
         self.metrics.redis_oom.set(0)
 
     def _redis(self, fn: Callable[[], T], what: str, raise_oom: bool = False) -> T:
-        """Run a Redis call, reconnecting with exponential backoff; recreates a lost consumer group.
+        """Run a Redis call under redis-py's :class:`~redis.retry.Retry` (exponential backoff, 0.1 s to 5 s,
+        for as long as it takes); recreates a lost consumer group.
 
         A full Redis (``OOM command not allowed``) is waited out the same way, unless ``raise_oom``:
         the caller then keeps what it wanted to write (dead letters are parked, see :meth:`_dead_letter`).
+        A refused password is never retried; a stopping worker gives up after a few tries.
         """
-        delay = 0.1
-        while True:
+        retried = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+        if not raise_oom:
+            retried += (redis.OutOfMemoryError,)
+
+        def attempt() -> T:
             try:
                 return fn()
-            except redis.AuthenticationError:
-                raise  # a password that was refused stays refused: never retried
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                if self._stop.is_set() and delay > 2.0:
-                    raise
-                log.warning("redis unavailable during %s (%s); retrying in %.1fs", what, exc, delay)
-            except redis.OutOfMemoryError as exc:
-                if raise_oom:
-                    raise
-                self._note_oom(what, exc)
             except redis.exceptions.NoPermissionError as exc:
                 raise q.permission_error(exc, what) from None
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if "NOGROUP" not in str(exc) or isinstance(exc, redis.OutOfMemoryError):
                     raise
                 log.warning("consumer group missing during %s; recreating it", what)
                 q.ensure_group(self.client, self.scfg)
-                continue
+                return fn()
+
+        def failed(exc: Exception, failures: int) -> None:
+            if isinstance(exc, redis.OutOfMemoryError):
+                self._note_oom(what, exc)
+            elif self._stop.is_set() and failures > STOPPING_RETRIES:
+                raise exc
+            else:
+                log.warning("redis unavailable during %s (%s); retrying", what, exc)
             self.stats["reconnects"] += 1
             self.metrics.reconnects.inc()
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+        def retryable(exc: Exception) -> bool:
+            return not isinstance(exc, redis.AuthenticationError)  # a refused password stays refused
+
+        policy = Retry(ExponentialBackoff(cap=5.0, base=0.05), retries=-1, supported_errors=retried)
+        return policy.call_with_retry(attempt, failed, is_retryable=retryable, with_failure_count=True)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Ray autoscaling end to end on the fake multi-node provider, node loss, and the deployment manifests.
 
-The cluster runs in private network + PID namespaces (``workers/fake_cluster.py``):
+The cluster runs in private network + PID namespaces (``tests/workers/fake_cluster.py``):
 every address is 127.0.0.1, and every process the scenario starts is stopped by PID
 before the namespace's first process leaves (the kernel kills any survivor then).
 """
@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from autoscale_scenario import NODE_TYPE, node_type_spec
 from conftest import needs_redis
-
-from workers.autoscale_scenario import NODE_TYPE, node_type_spec
-from workers.fake_cluster import autoscaler_config, namespace_unavailable, run_in_namespace
-from workers.policy import resource_bundles
-from workers.supervisor import gpu_offer, node_types_with_gpus
+from ear_stream_workers.policy import resource_bundles
+from ear_stream_workers.supervisor import gpu_offer, node_types_with_gpus
+from fake_cluster import autoscaler_config, namespace_unavailable, run_in_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "workers" / "cluster.yaml"
@@ -46,7 +45,7 @@ needs_namespace = pytest.mark.skipif(NAMESPACE_REASON is not None, reason=NAMESP
 def _scenario(models_dir: Path, images: Path, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / "result.json"
     done = run_in_namespace(
-        [sys.executable, "-m", "workers.autoscale_scenario", "--models", str(models_dir), "--images", str(images),
+        [sys.executable, str(Path(__file__).with_name("autoscale_scenario.py")), "--models", str(models_dir), "--images", str(images),
          "--out", str(tmp_path / "parquet"), "--json", str(out), "--n", "96", *extra],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         timeout=420,

@@ -6,8 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from workers.policy import ScalingPolicy, resource_bundles
+from ear_stream_workers.policy import ScalingPolicy, resource_bundles
 
 
 def test_policy_scales_up_to_max_with_rising_lag():
@@ -57,7 +56,7 @@ def test_resource_bundles():
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
-    from workers.local import init_ray
+    from ear_stream_workers.local import init_ray
 
     init_ray(num_cpus=2)
     yield ray
@@ -66,11 +65,12 @@ def local_ray():
 
 @pytest.mark.ray
 def test_actors_score_everything_and_survive_a_kill(local_ray, tiny_model, synthetic_root, tmp_path):
+    from ear_stream_workers.supervisor import Supervisor
+
     from ear_stream.io.results import read_results
     from ear_stream.stream import queue as q
     from ear_stream.stream.redis_server import RedisServer
     from ear_stream.stream.worker import WorkerConfig
-    from workers.supervisor import Supervisor
 
     models = tmp_path / "models"
     models.mkdir()

@@ -130,7 +130,7 @@ class FakeCluster:
         # HOME and RAY_TMPDIR private: no token or session of another Ray on this machine is picked up
         home = self.workdir / "home"
         home.mkdir(parents=True, exist_ok=True)
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         return {
             **os.environ,
             "HOME": str(home),

@@ -1,8 +1,8 @@
 """End-to-end autoscaling on the fake multi-node cluster: a burst arrives, nodes join, actors drain it, nodes leave.
 
-Run inside private namespaces (see :mod:`workers.fake_cluster`)::
+Run inside private namespaces (see ``fake_cluster.py`` beside it)::
 
-    run_in_namespace([sys.executable, "-m", "workers.autoscale_scenario", "--models", M, "--images", D,
+    run_in_namespace([sys.executable, "tests/workers/autoscale_scenario.py", "--models", M, "--images", D,
                       "--out", RESULTS, "--json", OUT])
 
 It starts a redis-server and the fake cluster (head: 0 CPUs; node type ``gpu_worker``
@@ -38,14 +38,14 @@ SPARE_HELP = "node-type headroom above --max-nodes (a lost node's replacement ca
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
+    from ear_stream_workers.policy import ScalingPolicy
+    from ear_stream_workers.supervisor import Supervisor
+    from fake_cluster import FakeCluster, autoscaler_config
 
     from ear_stream.io.results import read_results
     from ear_stream.stream import queue as q
     from ear_stream.stream.redis_server import RedisServer
     from ear_stream.stream.worker import WorkerConfig
-    from workers.fake_cluster import FakeCluster, autoscaler_config
-    from workers.policy import ScalingPolicy
-    from workers.supervisor import Supervisor
 
     payloads = [p.read_bytes() for p in sorted(Path(args.images).rglob("*.png"))]
     node_types = node_type_spec(args.max_nodes + args.spare_nodes)

@@ -2,7 +2,7 @@
 
 Starts its own redis-server on loopback (or uses --redis), worker processes
 (``ear-stream worker``), a producer pushing realistic 256×256 PNGs at --rate
-images/s through :class:`ear_stream.stream.queue.Producer` (backpressure, never
+images/s through :class:`ear_stream.stream.producer.Producer` (backpressure, never
 trimming), and a reader of the verdict stream that measures XADD → verdict
 latency (verdict entry time − input entry time, both Redis server clocks). Every
 second it samples ``used_memory``, XLEN of every stream, lag, pending and the RSS

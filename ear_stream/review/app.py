@@ -122,8 +122,9 @@ class Station:
         if not self.cfg.redis_url:
             return None
         try:
+            from ..stream.connection import connect
             from ..stream.protocol import StreamConfig
-            from ..stream.queue import connect, stream_status
+            from ..stream.status import stream_status
 
             status = stream_status(connect(self.cfg.redis_url), StreamConfig())
             return {"length": status["length"], "dlq": status["dlq"], "pending": status["group"].get("pending")}

@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
-from .protocol import MAX_REPLAYS
-from .queue import Producer, StreamConfig, _text
+from .producer import Producer
+from .protocol import MAX_REPLAYS, StreamConfig, as_text
 
 #: the fields a replayed entry needs (meta is optional)
 REQUIRED = ("id", "product", "image")
@@ -55,11 +55,11 @@ class DeadLetter:
 
 
 def _parse(dlq_id: str, raw: dict) -> DeadLetter:
-    fields = {_text(k): v for k, v in raw.items()}
+    fields = {as_text(k): v for k, v in raw.items()}
 
     def text(key: str) -> str | None:
         try:
-            return _text(fields.get(key))
+            return as_text(fields.get(key))
         except UnicodeDecodeError:
             return None
 
@@ -88,7 +88,7 @@ def iter_dead_letters(
     while True:
         rows = client.xrange(cfg.dlq, min=start, max="+", count=page)
         for sid, raw in rows:
-            letter = _parse(_text(sid), raw)
+            letter = _parse(as_text(sid), raw)
             if reason and letter.reason != reason:
                 continue
             if product and letter.product != product:
@@ -98,13 +98,13 @@ def iter_dead_letters(
             yield letter
         if len(rows) < page:
             return
-        start = "(" + _text(rows[-1][0])
+        start = "(" + as_text(rows[-1][0])
 
 
 def replays_of(letter: DeadLetter) -> int:
     """How often this entry was replayed from the dead-letter stream already (its ``replays`` field)."""
     try:
-        return int(_text(letter.fields.get("orig_replays", b"0")))
+        return int(as_text(letter.fields.get("orig_replays", b"0")))
     except (ValueError, UnicodeDecodeError):
         return 0
 

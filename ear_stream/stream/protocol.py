@@ -6,6 +6,7 @@ defaults all read it from here, so each name and limit is written once.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -133,3 +134,43 @@ class ValidationError(EarStreamError, ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def as_text(value: bytes | str | None) -> str | None:
+    """A field or reply as text (redis-py returns bytes unless the client decodes)."""
+    if value is None:
+        return None
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def validate_fields(product: str, ident: str, image: bytes, meta: str | None, max_image_bytes: int) -> None:
+    """The producer-side and worker-side checks of one entry's fields."""
+    if not ident or len(ident.encode()) > MAX_ID_BYTES:
+        raise ValidationError(INVALID_FIELD, f"id must be 1..{MAX_ID_BYTES} bytes")
+    check_product(product)
+    if not image:
+        raise ValidationError(DECODE_ERROR, "image field is empty")
+    if len(image) > max_image_bytes:
+        raise ValidationError(TOO_LARGE, f"image is {len(image)} bytes, limit is {max_image_bytes}")
+    if meta is not None:
+        if len(meta.encode()) > MAX_META_BYTES:
+            raise ValidationError(INVALID_FIELD, f"meta is larger than {MAX_META_BYTES} bytes")
+        try:
+            json.loads(meta)
+        except ValueError as exc:
+            raise ValidationError(INVALID_FIELD, f"meta is not JSON: {exc}") from exc
+
+
+def parse_entry(entry: Entry, max_image_bytes: int) -> ValidEntry:
+    """Check the fields of a delivered entry; raises :class:`ValidationError` with a DLQ reason."""
+    f = entry.fields
+    missing = [k for k in ("id", "product", "image") if k not in f]
+    if missing:
+        raise ValidationError(INVALID_FIELD, f"missing field(s): {', '.join(missing)}")
+    try:
+        ident, product = as_text(f["id"]), as_text(f["product"])
+        meta = as_text(f.get("meta"))
+    except UnicodeDecodeError as exc:
+        raise ValidationError(INVALID_FIELD, f"id, product and meta must be UTF-8: {exc}") from exc
+    validate_fields(product, ident, f["image"], meta, max_image_bytes)
+    return ValidEntry(entry, ident, product, f["image"], meta)

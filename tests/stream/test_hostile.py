@@ -195,7 +195,7 @@ def test_a_full_redis_is_waited_out_and_nothing_is_lost(redis_server, models_dir
         q.push(client, "synthetic", b"\x89PNG\r\n\x1a\n broken", f"bad-{i}", None, stream_cfg)
     q.ensure_group(client, stream_cfg)
     old = client.config_get("maxmemory")["maxmemory"], client.config_get("maxmemory-policy")["maxmemory-policy"]
-    client.set("ballast", b"x" * 4_000_000)
+    client.setrange("ballast", 4_000_000, b"x")  # 4 MB from a tiny command: no big query buffer to shrink later
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", client.info("memory")["used_memory"] - 1_000_000)  # still full after the acks
     worker = Worker(_cfg(redis_server, models_dir, tmp_path / "out", stream_cfg, exit_when_idle_s=None))

@@ -66,24 +66,49 @@ def run_demo(
     max_workers: int = 2,
     precision: str = DEFAULT_PRECISION,
 ) -> dict:
-    import ray
-    from ear_stream_workers.local import init_ray
-    from ear_stream_workers.policy import ScalingPolicy
-    from ear_stream_workers.supervisor import Supervisor
-
-    from ..inspect.evaluation import evaluate, write_report
+    """Train (or reuse) the demo model, evaluate it offline, then score copies of its test images through
+    Redis and the Ray actors; returns the results summary."""
     from ..inspect.pipeline import Pipeline
     from ..io.decode import list_images
     from ..io.results import read_results, summarize
-    from ..model.artifact import load_manifest
     from ..stream import queue as q
     from ..stream.redis_server import RedisServer, find_redis_server
-    from ..stream.settings import WorkerConfig
 
     find_redis_server()  # before minutes of training, not after
     workdir = Path(workdir).resolve()
     model_dir = ensure_model(workdir, epochs, image_size, precision)
     pipe = Pipeline.from_artifact(model_dir, precision=precision)
+    report = offline_stage(workdir, pipe, model_dir)
+    out = workdir / "results"
+    files = list_images([str(workdir / "data" / PRODUCT / "test")])
+    with RedisServer() as server:
+        click.echo(f"redis-server on {server.url}")
+        scfg = q.StreamConfig(results="ear:out")
+        client = q.connect(server.url)
+        run_tag = f"{int(time.time())}"
+        for c in range(copies):
+            for path in files:
+                ident = f"{run_tag}/{c}/{path.parent.name}/{path.name}"
+                q.push(client, PRODUCT, path.read_bytes(), ident, {"file": path.name}, scfg)
+        click.echo(f"pushed {copies * len(files)} images to {scfg.stream}")
+        timings = ray_stage(server.url, scfg, model_dir, out, max_workers, precision)
+        status = q.stream_status(client, scfg)
+    click.echo(
+        f"Ray stage: ray start {timings['ray_start']:.1f}s, actor start-up {timings['actor_start']:.1f}s, "
+        f"scoring {timings['scoring']:.1f}s (at most {max_workers} actors); dead letters {status['dlq']}, "
+        f"pending {status['group'].get('pending')}"
+    )
+    summary = summarize(read_results(out))
+    print_verdicts(read_results(out).select(["id", "is_anomaly"]).to_pylist(), summary)
+    click.echo(f"results: {out}\nreport:  {report}")
+    return summary
+
+
+def offline_stage(workdir: Path, pipe, model_dir: Path) -> Path:  # type: ignore[no-untyped-def]
+    """What the model does on its labelled test set (AUROC, HTML report) and how well it recovers."""
+    from ..inspect.evaluation import evaluate, write_report
+    from ..model.artifact import load_manifest
+
     recovery = load_manifest(model_dir).training.get("recovery") or {}
     click.secho(
         f"ear-stream demo: saliency {pipe.config.saliency} (--saliency auto without DINO weights), "
@@ -99,62 +124,52 @@ def run_demo(
             f"recovery on held-out good images: error {recovery['recon_error']:.4f} = "
             f"{recovery['ratio_to_flat']:.2f}x a flat image's (the U-Net recovers the texture)"
         )
+    return report
 
-    out = workdir / "results"
-    files = list_images([str(workdir / "data" / PRODUCT / "test")])
-    with RedisServer() as server:
-        click.echo(f"redis-server on {server.url}")
-        scfg = q.StreamConfig(results="ear:out")
-        client = q.connect(server.url)
-        run_tag = f"{int(time.time())}"
-        for c in range(copies):
-            for path in files:
-                q.push(
-                    client,
-                    PRODUCT,
-                    path.read_bytes(),
-                    f"{run_tag}/{c}/{path.parent.name}/{path.name}",
-                    {"file": path.name},
-                    scfg,
-                )
-        click.echo(f"pushed {copies * len(files)} images to {scfg.stream}")
-        t_ray = time.monotonic()
-        init_ray(num_cpus=max(2, max_workers))
-        ray_start = time.monotonic() - t_ray
+
+def ray_stage(redis_url: str, scfg, model_dir: Path, out: Path, max_workers: int, precision: str) -> dict:  # type: ignore[no-untyped-def]
+    """Start a local Ray, let the supervisor start actors for the backlog and drain it; the stage's timings."""
+    import ray
+    from ear_stream_workers.local import init_ray
+    from ear_stream_workers.policy import ScalingPolicy
+    from ear_stream_workers.supervisor import Supervisor
+
+    from ..stream.settings import WorkerConfig
+
+    t_ray = time.monotonic()
+    init_ray(num_cpus=max(2, max_workers))
+    timings = {"ray_start": time.monotonic() - t_ray}
+    try:
+        template = WorkerConfig(
+            redis_url=redis_url,
+            models_dir=model_dir.parent,
+            out_dir=out,
+            stream=scfg,
+            batch_size=16,
+            flush_rows=64,
+            flush_seconds=0.5,
+            block_ms=200,
+            precision=precision,
+        )
+        policy = ScalingPolicy(min_workers=1, max_workers=max_workers, high_watermark=32, scale_up_cooldown_s=0)
+        sup = Supervisor(template, policy, poll_s=0.2)
+        t_actors = time.monotonic()
         try:
-            template = WorkerConfig(
-                redis_url=server.url,
-                models_dir=model_dir.parent,
-                out_dir=out,
-                stream=scfg,
-                batch_size=16,
-                flush_rows=64,
-                flush_seconds=0.5,
-                block_ms=200,
-                precision=precision,
-            )
-            policy = ScalingPolicy(min_workers=1, max_workers=max_workers, high_watermark=32, scale_up_cooldown_s=0)
-            sup = Supervisor(template, policy, poll_s=0.2)
-            t_actors = time.monotonic()
-            try:
-                sup.step()  # the backlog asks for actors at once
-                ray.get([slot.handle.ping.remote() for slot in sup.slots.values()], timeout=300)
-                actor_start = time.monotonic() - t_actors
-                t_scoring = time.monotonic()
-                sup.run(until=sup.drained, max_seconds=600)
-                scoring = time.monotonic() - t_scoring
-            finally:
-                sup.shutdown()
-            status = q.stream_status(client, scfg)
+            sup.step()  # the backlog asks for actors at once
+            ray.get([slot.handle.ping.remote() for slot in sup.slots.values()], timeout=300)
+            timings["actor_start"] = time.monotonic() - t_actors
+            t_scoring = time.monotonic()
+            sup.run(until=sup.drained, max_seconds=600)
+            timings["scoring"] = time.monotonic() - t_scoring
         finally:
-            ray.shutdown()
-    summary = summarize(read_results(out))
-    click.echo(
-        f"Ray stage: ray start {ray_start:.1f}s, actor start-up {actor_start:.1f}s, scoring {scoring:.1f}s "
-        f"(at most {max_workers} actors); dead letters {status['dlq']}, "
-        f"pending {status['group'].get('pending')}"
-    )
-    rows = read_results(out).select(["id", "is_anomaly"]).to_pylist()  # ids are run/copy/<defect>/<file>
+            sup.shutdown()
+    finally:
+        ray.shutdown()
+    return timings
+
+
+def print_verdicts(rows: list[dict], summary: dict) -> None:
+    """How many defective and good images were flagged (ids are run/copy/<defect>/<file>), per product."""
     bad = [r["is_anomaly"] for r in rows if "/good/" not in r["id"]]
     good = [r["is_anomaly"] for r in rows if "/good/" in r["id"]]
     click.echo(
@@ -166,8 +181,6 @@ def run_demo(
             f"{product}: {s['count']} unique ids, {s['anomalies']} flagged ({s['anomaly_rate']:.1%}), "
             f"score p50 {s['score_p50']:.4f} p95 {s['score_p95']:.4f}"
         )
-    click.echo(f"results: {out}\nreport:  {report}")
-    return summary
 
 
 @click.command()

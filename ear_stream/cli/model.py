@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -197,52 +199,7 @@ from .options import (
     "good images and the same images with a simulated defect), manual:T. Change it later with 'ear-stream threshold'.",
 )
 @PRECISION_OPTION
-def train(
-    data_root,
-    category,
-    out_dir,
-    image_size,
-    epochs,
-    batch_size,
-    lr,
-    schedule,
-    kernel_size,
-    base_channels,
-    saliency,
-    grid,
-    keep_context,
-    max_minutes,
-    box,
-    scales,
-    border,
-    normal_map,
-    dino_weights,
-    mosaic_scale,
-    device,
-    seed,
-    max_steps,
-    train_crop,
-    scale,
-    tile,
-    tile_overlap,
-    hflip,
-    vflip,
-    rot90,
-    jitter,
-    eval_every,
-    patience,
-    checkpoint_every,
-    checkpoint_minutes,
-    resume,
-    compile_,
-    method,
-    simulate,
-    defect_weight,
-    head,
-    head_width,
-    threshold_policy,
-    precision,
-) -> None:
+def train(data_root: Path, category: str, out_dir: Path, **opts: Any) -> None:
     """Train a model for one product on DATA_ROOT/CATEGORY/train/good.
 
     A tenth of the good images is held out to calibrate the decision
@@ -259,67 +216,68 @@ def train(
     """
     from ..inspect.training import train_model
 
-    has_weights = bool(dino_weights or os.environ.get("EAR_DINO_WEIGHTS"))
-    resolved = resolve_saliency(saliency, has_weights)
-    if method == "ear":
-        why = "(--saliency auto: no DINO weights configured)" if saliency == "auto" and not has_weights else ""
-        _warn(f"saliency: {resolved} {why}".rstrip())
-    m = _mosaic_scale(mosaic_scale)
-    if scale is not None and train_crop is None:
-        raise click.UsageError("--scale applies to native-resolution training: give --train-crop too")
-    if (tile is not None or tile_overlap is not None) and train_crop is None:
-        raise click.UsageError("--tile applies to native-resolution models: give --train-crop too")
-    cfg = ModelConfig(
-        image_size=train_crop or image_size,
-        scale=(1.0 if scale is None else scale) if train_crop else None,
-        tile=tile,
-        tile_overlap=tile_overlap,
-        saliency=resolved,
-        kernel_size=int(kernel_size),
-        base_channels=base_channels,
-        method=method,
-        scoring=ScoringConfig(scales=scales, box=box, border=border, normal_map=normal_map),
-        saliency_params={"grid": grid} if grid and resolved not in ("dino", "binary", "none") else {},
-        keep_context=default_keep_context(resolved) if keep_context is None else keep_context,
-        head=head and method == "ear",
-        head_width=head_width,
-    )
-    if cfg.head and simulate <= 0:
-        raise click.UsageError("--head learns from simulated defects: give --simulate > 0 (or --no-head)")
-    tcfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        schedule=schedule,
-        seed=seed,
-        hflip=hflip,
-        vflip=vflip,
-        rot90=rot90,
-        jitter=jitter,
-        eval_every=eval_every,
-        patience=patience,
-        checkpoint_every=checkpoint_every,
-        checkpoint_minutes=checkpoint_minutes,
-        compile=compile_,
-        simulate=simulate,
-        defect_weight=defect_weight,
-        threshold_policy=threshold_policy,
-        precision=precision,
-    )
-    announce_backend(precision, device)
+    cfg, tcfg = model_config_from(opts), train_config_from(opts)
+    announce_backend(opts["precision"], opts["device"])
     path = train_model(
         data_root,
         category,
         out_dir,
         cfg,
         tcfg,
-        mosaic_scale=m,
-        dino_weights=dino_weights,
-        device=device,
-        max_steps=max_steps,
-        max_minutes=max_minutes,
-        resume=resume,
+        mosaic_scale=_mosaic_scale(opts["mosaic_scale"]),
+        dino_weights=opts["dino_weights"],
+        device=opts["device"],
+        max_steps=opts["max_steps"],
+        max_minutes=opts["max_minutes"],
+        resume=opts["resume"],
     )
+    report_trained(path)
+
+
+def model_config_from(opts: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig ``train``'s options describe (saliency resolved, native-resolution options checked)."""
+    has_weights = bool(opts["dino_weights"] or os.environ.get("EAR_DINO_WEIGHTS"))
+    saliency = resolve_saliency(opts["saliency"], has_weights)
+    if opts["method"] == "ear":
+        why = "(--saliency auto: no DINO weights configured)" if opts["saliency"] == "auto" and not has_weights else ""
+        _warn(f"saliency: {saliency} {why}".rstrip())
+    crop = opts["train_crop"]
+    if opts["scale"] is not None and crop is None:
+        raise click.UsageError("--scale applies to native-resolution training: give --train-crop too")
+    if (opts["tile"] is not None or opts["tile_overlap"] is not None) and crop is None:
+        raise click.UsageError("--tile applies to native-resolution models: give --train-crop too")
+    grid = opts["grid"]
+    cfg = ModelConfig(
+        image_size=crop or opts["image_size"],
+        scale=(1.0 if opts["scale"] is None else opts["scale"]) if crop else None,
+        tile=opts["tile"],
+        tile_overlap=opts["tile_overlap"],
+        saliency=saliency,
+        kernel_size=int(opts["kernel_size"]),
+        base_channels=opts["base_channels"],
+        method=opts["method"],
+        scoring=ScoringConfig(
+            scales=opts["scales"], box=opts["box"], border=opts["border"], normal_map=opts["normal_map"]
+        ),
+        saliency_params={"grid": grid} if grid and saliency not in ("dino", "binary", "none") else {},
+        keep_context=default_keep_context(saliency) if opts["keep_context"] is None else opts["keep_context"],
+        head=opts["head"] and opts["method"] == "ear",
+        head_width=opts["head_width"],
+    )
+    if cfg.head and opts["simulate"] <= 0:
+        raise click.UsageError("--head learns from simulated defects: give --simulate > 0 (or --no-head)")
+    return cfg
+
+
+def train_config_from(opts: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of ``train``'s options: every option named after a TrainConfig field fills it."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in opts.items() if k in fields}, compile=opts["compile_"])
+
+
+def report_trained(path: Path) -> None:
+    """One line on what was written, and the recovery check's verdict (a warning when the U-Net is degenerate)."""
+    from ..inspect.recovery import RecoveryCheck
     from ..model.artifact import load_manifest
 
     man = load_manifest(path)
@@ -331,8 +289,6 @@ def train(
     )
     recovery = man.training.get("recovery")
     if recovery:
-        from ..inspect.recovery import RecoveryCheck
-
         check = RecoveryCheck(
             **{k: recovery[k] for k in ("recon_error", "flat_error", "excised_error", "colour_cast", "n_images")}
         )

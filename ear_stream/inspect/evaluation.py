@@ -149,6 +149,45 @@ def _b64(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
+def _recovered(pipe: Pipeline, images: Any, chosen: list[int]) -> dict[int, tuple]:
+    """(excised input, recovery, mask) of the chosen images, in batches of 16."""
+    recon = {}
+    for i in range(0, len(chosen), 16):
+        idx = chosen[i : i + 16]
+        res = pipe.score_images(select(images, idx), want_recon=True)
+        assert res.composite is not None and res.recon is not None and res.mask is not None  # want_recon
+        for j, k in enumerate(idx):
+            recon[k] = (res.composite[j], res.recon[j], res.mask[j])
+    return recon
+
+
+def _example_row(pipe: Pipeline, sample: Any, score: float, image: Any, dmap: Any, recovered: tuple) -> str:
+    """One report row: input, mask, excised input, recovery, map and regions of one image."""
+    comp, rec, mask = recovered
+    cells = [
+        _b64(to_png(image_rgb(image))),
+        _b64(to_png(mask_overlay(image, mask))),
+        _b64(to_png(image_rgb(comp))),
+        _b64(to_png(image_rgb(rec))),
+        _b64(to_png(heatmap_overlay(image, dmap, vmax=pipe.threshold * 1.5))),
+        _b64(to_png(contour_overlay(image, dmap, pipe.region_threshold))),
+    ]
+    imgs = "".join(f'<td><img src="{c}" width="160"></td>' for c in cells)
+    return f"<tr><td>{html.escape(sample.path.name)}<br>{sample.defect}<br>score {score:.4f}</td>{imgs}</tr>"
+
+
+def _degenerate_warning(rec: dict | None) -> str:
+    """A red box when the recovery check marked the model degenerate (its scores say little)."""
+    if not rec or not rec.get("degenerate", rec.get("ratio_to_flat", 0.0) >= rec.get("degenerate_ratio", 1.0)):
+        return ""
+    return (
+        '<p style="background:#fdd;padding:8px;border:2px solid #c00"><b>Warning: degenerate model.</b> '
+        f"On held-out good images its recovery error is {rec['ratio_to_flat']:.2f}&times; that of a flat "
+        "image: the U-Net does not recover the images, and its scores say little. Train longer or check the "
+        "data.</p>"
+    )
+
+
 def write_report(
     path: str | Path, pipe: Pipeline, result: EvalResult, material: dict[str, Any], title: str, worst: int = 8
 ) -> Path:
@@ -160,28 +199,12 @@ def write_report(
     bad_idx = np.where(labels)[0]
     worst_fp = good_idx[np.argsort(-score[good_idx])][:worst]
     worst_fn = bad_idx[np.argsort(score[bad_idx])][:worst]
-    chosen = list(worst_fp) + list(worst_fn)
-    recon = {}
-    for i in range(0, len(chosen), 16):
-        idx = chosen[i : i + 16]
-        res = pipe.score_images(select(material["images"], idx), want_recon=True)
-        assert res.composite is not None and res.recon is not None and res.mask is not None  # want_recon
-        for j, k in enumerate(idx):
-            recon[k] = (res.composite[j], res.recon[j], res.mask[j])
+    recon = _recovered(pipe, material["images"], list(worst_fp) + list(worst_fn))
 
     def row(k: int) -> str:
-        s = result.samples[k]
-        comp, rec, mask = recon[k]
-        cells = [
-            _b64(to_png(image_rgb(material["images"][k]))),
-            _b64(to_png(mask_overlay(material["images"][k], mask))),
-            _b64(to_png(image_rgb(comp))),
-            _b64(to_png(image_rgb(rec))),
-            _b64(to_png(heatmap_overlay(material["images"][k], material["maps"][k], vmax=pipe.threshold * 1.5))),
-            _b64(to_png(contour_overlay(material["images"][k], material["maps"][k], pipe.region_threshold))),
-        ]
-        imgs = "".join(f'<td><img src="{c}" width="160"></td>' for c in cells)
-        return f"<tr><td>{html.escape(s.path.name)}<br>{s.defect}<br>score {score[k]:.4f}</td>{imgs}</tr>"
+        return _example_row(
+            pipe, result.samples[k], float(score[k]), material["images"][k], material["maps"][k], recon[k]
+        )
 
     header = (
         "<tr><th>image</th><th>input</th><th>excised mask S</th><th>excised I'</th><th>recovered</th>"
@@ -197,15 +220,7 @@ def write_report(
         for d, v in result.per_defect.items()
     )
     pix = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"
-    warning = ""
-    rec = pipe.recovery
-    if rec and rec.get("degenerate", rec.get("ratio_to_flat", 0.0) >= rec.get("degenerate_ratio", 1.0)):
-        warning = (
-            '<p style="background:#fdd;padding:8px;border:2px solid #c00"><b>Warning: degenerate model.</b> '
-            f"On held-out good images its recovery error is {rec['ratio_to_flat']:.2f}&times; that of a flat "
-            "image: the U-Net does not recover the images, and its scores say little. Train longer or check the "
-            "data.</p>"
-        )
+    warning = _degenerate_warning(pipe.recovery)
     map_name = "head map (defect probability)" if pipe.head is not None else "MSGMS map"
     header = header.replace("MSGMS map", map_name)
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -63,6 +63,22 @@ def label_on_cpu(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def _in_original_pixels(stats: list[float], map_size: tuple[int, int], orig: tuple[int, int]) -> dict[str, Any]:
+    """One region's (x0, y0, x1, y1, area, peak, sum) in map pixels → its record in original pixels."""
+    x0, y0, x1, y1, area, peak, total = stats
+    (h, w), (oh, ow) = map_size, orig
+    sy, sx = oh / h, ow / w
+    return {
+        "x0": int(x0 * sx),
+        "y0": int(y0 * sy),
+        "x1": min(ow - 1, int(-(-(x1 + 1) * sx // 1)) - 1),
+        "y1": min(oh - 1, int(-(-(y1 + 1) * sy // 1)) - 1),
+        "area": area * sy * sx,  # rounded by the caller once the minimum area is checked
+        "peak": float(peak),
+        "mean": float(total / area),
+    }
+
+
 def region_table(
     dmap: torch.Tensor,
     mask: torch.Tensor,
@@ -109,24 +125,11 @@ def region_table(
         ],
         dim=1,
     ).cpu()  # the one host transfer
-    for bi, x0, y0, x1, y1, area, peak, total in table.tolist():
+    for bi, *stats in table.tolist():
         i = int(bi)
-        oh, ow = orig_sizes[i]
-        sy, sx = oh / h, ow / w
-        scaled = area * sy * sx
-        if scaled < min_area:
-            continue
-        out[i].append(
-            {
-                "x0": int(x0 * sx),
-                "y0": int(y0 * sy),
-                "x1": min(ow - 1, int(-(-(x1 + 1) * sx // 1)) - 1),
-                "y1": min(oh - 1, int(-(-(y1 + 1) * sy // 1)) - 1),
-                "area": int(round(scaled)),
-                "peak": float(peak),
-                "mean": float(total / area),
-            }
-        )
+        region = _in_original_pixels(stats, (h, w), orig_sizes[i])
+        if region["area"] >= min_area:
+            out[i].append({**region, "area": int(round(region["area"]))})
     for regions in out:
         regions.sort(key=lambda r: -r["area"])
     return out

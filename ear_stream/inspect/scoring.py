@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 from ..io.decode import ImageDecodeError, frame_issue, read_frame
@@ -117,7 +116,7 @@ def score_files(
             if save_maps is not None:
                 save_maps.mkdir(parents=True, exist_ok=True)
                 kept = [i for i, ok in enumerate(res.finite) if ok]
-                assert isinstance(res.maps, torch.Tensor)  # asked for (want_maps)
+                assert res.maps is not None  # asked for (want_maps): a tensor, or a list of native-size maps
                 for ident, row, k in zip(ids, rows, kept, strict=True):
                     name = map_file_name(ident)
                     (save_maps / name).write_bytes(row["heatmap"])

@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from ear_stream.inspect.pipeline import Pipeline, two_pass_attention
+from ear_stream.inspect.pipeline import Pipeline
+from ear_stream.inspect.variant import two_pass_attention
 from ear_stream.model.config import ModelConfig
 from ear_stream.model.unet import UNet
 from ear_stream.model.weightfree import create_saliency

@@ -23,11 +23,11 @@ from ..model.artifact import ArtifactError, load_artifact_parts, sha256_file
 from ..model.config import ModelConfig, ScoringConfig
 from ..model.head import HEAD_PREFIX, AnomalyHead, head_inputs, smoothed_map
 from ..model.precision import DEFAULT_PRECISION, Precision, compile_module, resolve_precision
-from ..model.reference import saliency_mask
-from ..model.saliency import DinoAttention, build_dino, resolve_dino_weights
-from ..model.weightfree import SelfSaliency, create_saliency, grid_pool
+from ..model.saliency import resolve_dino_weights
+from ..model.weightfree import SelfSaliency
 from .regions import region_table
 from .tiling import cut, pad_to_tile, paste, plan_tiles
+from .variant import Variant, paste_context, two_pass_attention
 
 #: an image batch: one [B, 3, S, S] tensor (whole-image models) or a list of [3, H, W] (native resolution)
 Images = torch.Tensor | list[torch.Tensor]
@@ -71,73 +71,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise DeviceUnavailable(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     return dev
-
-
-def needs_dino(config: ModelConfig) -> bool:
-    return config.saliency in ("dino", "binary")
-
-
-def build_saliency(
-    config: ModelConfig,
-    dino_weights: str | os.PathLike | None,
-    device: torch.device,
-    state: dict[str, torch.Tensor] | None = None,
-) -> nn.Module | None:
-    """The module that yields attention grids for the config's variant (``None`` for ``none``).
-
-    DINO variants need a local weights file (clear error otherwise); weight-free
-    variants come from the registry, with their fitted ``state`` when they have one.
-    """
-    if config.saliency == "none" or config.method != "ear":
-        return None
-    if needs_dino(config):
-        path = resolve_dino_weights(dino_weights)
-        if path is None:
-            raise ArtifactError(
-                f"saliency '{config.saliency}' needs DINO ViT-S/8 weights: pass --dino-weights PATH or set "
-                "EAR_DINO_WEIGHTS (or train with a weight-free variant: --saliency spectral|stats|self)"
-            )
-        return DinoAttention(build_dino(path)).to(device)
-    module = create_saliency(config.saliency, config.saliency_params)
-    if state:
-        module.load_state_dict(state)
-    return module.to(device)
-
-
-def excise_for(
-    config: ModelConfig, images: torch.Tensor, attention: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The variant's corruption I' (docs/design.md, "Excision"): ``none`` mosaics all, ``binary`` empties the mask."""
-    if config.saliency == "none":
-        return ops.excise(images, None, config.mosaic_scale, True)
-    if attention is None:
-        raise ValueError(f"saliency '{config.saliency}' needs attention maps")
-    return ops.excise(images, attention, config.mosaic_scale, config.saliency != "binary")
-
-
-def context_mask(config: ModelConfig, images: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor | None:
-    """S at image size [B, 1, H, W] when ``keep_context`` applies (a masked EAR variant), else None."""
-    if not config.keep_context or attention is None or config.method != "ear":
-        return None
-    return excised_mask(attention, images, config).to(images.device)
-
-
-def paste_context(recon: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``keep_context``: the U-Net's output inside the excised region S, the input everywhere else."""
-    if mask is None:
-        return recon
-    mask = mask.to(recon.dtype)
-    return recon * mask + images.to(recon.dtype) * (1.0 - mask)
-
-
-def excised_mask(attention: torch.Tensor | None, images: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    """S (docs/design.md, "Excision") at image size, on the attention's device: the Q3 mask, all ones for ``none``, zeros for RIAD."""
-    b, _, h, w = images.shape
-    if config.method == "riad":
-        return torch.zeros((b, 1, h, w))
-    if attention is None:
-        return torch.ones((b, 1, h, w))
-    return saliency_mask(attention, (h, w))
 
 
 def score_maps(
@@ -210,20 +143,6 @@ def fit_normal_map(pipe: Pipeline, images: torch.Tensor, batch: int = 32) -> tor
     return (total / max(1, n)).cpu()
 
 
-def two_pass_attention(
-    saliency: SelfSaliency, forward, images: torch.Tensor, sc: ScoringConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Self-saliency's first pass: light whole-image mosaic → U-Net → grid-pooled MSGMS error.
-
-    Returns (attention [B, g, g], first-pass input, first-pass reconstruction).
-    """
-    light, _ = ops.excise(images, None, saliency.light_scale, True)
-    recon = forward(light)
-    _, dmap = ops.msgms(images, recon.float(), sc.n_scales, sc.c, sc.median, 1, True)
-    assert dmap is not None  # want_map=True
-    return grid_pool(dmap, saliency.grid), light, recon
-
-
 @dataclass
 class BatchResult:
     """Per-image outputs of one batch; arrays are float32 numpy, maps stay tensors."""
@@ -291,6 +210,11 @@ class Pipeline:
         #: the learned anomaly head (``config.head``): scores come from its map instead of the MSGMS max
         self.head = None if head is None else self.precision.module(head.to(device).eval())
 
+    @property
+    def variant(self) -> Variant:
+        """What the config's variant does (read from the config each time: eval may change its scoring)."""
+        return Variant.of(self.config)
+
     @classmethod
     def from_artifact(
         cls,
@@ -313,7 +237,9 @@ class Pipeline:
             raise ArtifactError(f"{model_dir}: {exc}") from exc
         dev = resolve_device(device)
         saliency_state = {k[len("saliency.") :]: v for k, v in extras.items() if k.startswith("saliency.")}
-        attention = build_saliency(manifest.config, dino_weights, dev, saliency_state)
+        attention = Variant.of(manifest.config).build_saliency(
+            manifest.config.saliency_params, dino_weights, dev, saliency_state
+        )
         normal = extras.get(NORMAL_MAP_KEY)
         head = load_head(manifest.config, extras, model_dir)
         if manifest.config.scoring.normal_map and normal is None:
@@ -394,14 +320,14 @@ class Pipeline:
 
         RIAD models: no attention, the input as "composite", the last cell size's inpainting.
         """
-        if self.config.method == "riad":
+        if self.variant.is_riad:
             from ..model import riad
 
             recon = riad.score(self.unet, images, self.config.scoring, forward=self.reconstruct)[2]
             return None, images, torch.ones(images.shape[0]), recon
         attention = self.attention(images)
-        composite, ratio = excise_for(self.config, images, attention)
-        recon = paste_context(self.reconstruct(composite), images, context_mask(self.config, images, attention))
+        composite, ratio = self.variant.excise(images, attention)
+        recon = paste_context(self.reconstruct(composite), images, self.variant.context_mask(images, attention))
         return attention, composite, ratio, recon
 
     @torch.no_grad()
@@ -494,7 +420,7 @@ class Pipeline:
             chunk = plan[k : k + self.tile_batch]
             x = torch.stack([cut(padded[t.image], t, tile) for t in chunk])
             attention, comp, _, rec = self.recover(x)
-            smask = excised_mask(attention, x, cfg).to(self.device)
+            smask = self.variant.excised_mask(attention, x).to(self.device)
             for j, t in enumerate(chunk):
                 paste(recon[t.image], rec[j], t)
                 paste(mask[t.image], smask[j], t)
@@ -560,7 +486,7 @@ class Pipeline:
             raise ValueError(f"expected a [B, 3, {size}, {size}] batch, got {tuple(images.shape)}")
         images = images.to(self.device, non_blocking=True).float()
         sc = self.config.scoring
-        if self.config.method == "riad":  # baseline: 12 masked passes, no excision
+        if self.variant.is_riad:  # baseline: 12 masked passes, no excision
             from ..model import riad
 
             scores, maps, recon = riad.score(self.unet, images, sc, want_maps or want_regions, forward=self.reconstruct)
@@ -583,7 +509,7 @@ class Pipeline:
             maps.cpu() if maps is not None and want_maps else None,
             recon.cpu() if want_recon else None,
             composite.cpu() if want_recon else None,
-            excised_mask(attention, images, self.config).cpu() if want_recon else None,
+            self.variant.excised_mask(attention, images).cpu() if want_recon else None,
             regions,
         )
 

@@ -44,23 +44,10 @@ from .augment import (
 )
 from .calibration import calibrate, split_holdout
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .pipeline import (
-    NORMAL_MAP_KEY,
-    Images,
-    Pipeline,
-    build_saliency,
-    context_mask,
-    excise_for,
-    fit_normal_map,
-    load_images,
-    needs_dino,
-    paste_context,
-    resolve_device,
-    select,
-    two_pass_attention,
-)
+from .pipeline import NORMAL_MAP_KEY, Images, Pipeline, fit_normal_map, load_images, resolve_device, select
 from .recovery import recovery_check
 from .simulate import simulate_defects
+from .variant import Variant, paste_context, two_pass_attention
 from .visualize import line_chart_png
 
 #: training images whose mean MSGMS map is the normal map (enough for a stable per-pixel mean)
@@ -157,13 +144,15 @@ def corrupt(
     if isinstance(saliency, SelfSaliency):
         with torch.no_grad():
             att, light, _ = two_pass_attention(saliency, unet, x, cfg.scoring)
-        strong, _ = excise_for(cfg, x, att)
-        mask = context_mask(cfg, x, att)
+        variant = Variant.of(cfg)
+        strong, _ = variant.excise(x, att)
+        mask = variant.context_mask(x, att)
         if mask is not None:  # the light first pass mosaics everything: nothing to keep there (S = 1)
             mask = torch.cat([torch.ones_like(mask), mask])
         return StepInputs(torch.cat([light, strong]), torch.cat([clean, clean]), torch.cat([x, x]), mask)
-    composite, _ = excise_for(cfg, x, att)
-    return StepInputs(composite, clean, x, context_mask(cfg, x, att))
+    variant = Variant.of(cfg)
+    composite, _ = variant.excise(x, att)
+    return StepInputs(composite, clean, x, variant.context_mask(x, att))
 
 
 @dataclass
@@ -185,7 +174,7 @@ def step_loss(
     ``1 + defect_weight``), and the head, when the model has one, must segment it.
     """
     saliency = mods.saliency
-    if cfg.method == "riad":
+    if Variant.of(cfg).is_riad:
         return combined_loss(
             x, riad.training_reconstruction(mods.forward, x, gen), tcfg.loss_weights, cfg.scoring.n_scales
         )
@@ -325,7 +314,8 @@ class Trainer:
         self.fixed_train = self.data.fixed(self.train_idx)
 
     def _setup_saliency(self) -> None:
-        self.saliency = build_saliency(self.model_cfg, self.dino_weights, self.dev)
+        cfg = self.model_cfg
+        self.saliency = Variant.of(cfg).build_saliency(cfg.saliency_params, self.dino_weights, self.dev)
         if isinstance(self.saliency, WeightFreeSaliency):
             self.model_cfg.saliency_params = self.saliency.params()
             if self.saliency.fitted:
@@ -560,7 +550,7 @@ class Trainer:
             extras[NORMAL_MAP_KEY] = pipe.normal_map
         threshold, stats = calibrate(pipe, select(self.data.images, self.hold_idx), self.train_cfg.threshold_policy)
         recovery = recovery_check(pipe, self.held_out)
-        dino_path = resolve_dino_weights(self.dino_weights) if needs_dino(self.model_cfg) else None
+        dino_path = resolve_dino_weights(self.dino_weights) if Variant.of(self.model_cfg).needs_dino else None
         manifest = Manifest(
             config=self.model_cfg,
             threshold=threshold,

@@ -172,7 +172,7 @@ class SelfSaliency(WeightFreeSaliency):
         return {**super().params(), "light_scale": self.light_scale}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("self-saliency needs the U-Net: use Pipeline.attention / two_pass_attention")
+        raise RuntimeError("self-saliency needs the U-Net: use Pipeline.attention / inspect.variant.two_pass_attention")
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from ear_stream.inspect.pipeline import Pipeline, build_saliency, score_maps
+from ear_stream.inspect.pipeline import Pipeline, score_maps
 from ear_stream.inspect.training import RunLimits, Trainer, estimate_mosaic_scale, train_model
+from ear_stream.inspect.variant import Variant
 from ear_stream.model import ops
 from ear_stream.model.artifact import ArtifactError, load_artifact_parts, load_manifest, save_artifact
 from ear_stream.model.config import (
@@ -193,8 +194,8 @@ def test_a_model_of_a_uniform_texture_has_no_border_dominated_maps():
 
 def test_build_saliency_restores_fitted_state():
     cfg = ModelConfig(image_size=64, saliency="stats", saliency_params={"grid": 4})
-    sal = build_saliency(
-        cfg, None, torch.device("cpu"), {"mean": torch.ones(2, 4, 4), "std": torch.full((2, 4, 4), 2.0)}
+    sal = Variant.of(cfg).build_saliency(
+        cfg.saliency_params, None, torch.device("cpu"), {"mean": torch.ones(2, 4, 4), "std": torch.full((2, 4, 4), 2.0)}
     )
     assert float(sal.std.mean()) == 2.0
 

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import needs_redis
 
 from ear_stream.io.labels import LabelStore
 from ear_stream.model.artifact import load_manifest
@@ -151,3 +152,17 @@ def _label(**overrides):  # type: ignore[no-untyped-def]
     fields.update(threshold=0.5, model_version="abc.t0", reviewer="r")
     fields.update(overrides)
     return Label(**fields)
+
+
+@needs_redis
+def test_the_index_lists_products_and_the_queue_status(station, redis_server, stream_cfg):
+    from ear_stream.stream import queue as q
+
+    q.push(q.connect(redis_server.url), "synthetic", b"\x89PNG not really", "waiting-1", None, q.StreamConfig())
+    served = station(redis_url=redis_server.url)
+    status, page, _ = call(f"{served.url}/")
+    text = page.decode()
+    assert status == 200 and 'href="/p/synthetic"' in text
+    assert "Input stream: 1 waiting" in " ".join(text.split())
+    unreachable = station(redis_url="redis://127.0.0.1:1/0")  # the page still works; it says why
+    assert "Redis:" in call(f"{unreachable.url}/")[1].decode()

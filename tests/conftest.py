@@ -33,7 +33,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(synthetic_root, tmp_path_factory) -> Path:
-    """A 64-px model trained for a few steps on the generated category."""
+    """A 64-px plain model (no simulated defects, no head) trained for a few steps on the generated category."""
     out = tmp_path_factory.mktemp("models") / "synthetic"
     cfg = ModelConfig(image_size=64, saliency="none", base_channels=8)
     return train_model(
@@ -41,7 +41,7 @@ def tiny_model(synthetic_root, tmp_path_factory) -> Path:
         "synthetic",
         out,
         cfg,
-        TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+        TrainConfig(epochs=1, batch_size=4, lr=1e-3, simulate=0.0),  # plain: the tests that need a head train one
         mosaic_scale=8,
         progress=False,
         max_steps=3,

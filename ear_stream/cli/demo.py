@@ -41,7 +41,8 @@ def ensure_model(workdir: Path, epochs: int, image_size: int, precision: str = D
             saliency,
             default_keep_context(saliency),
         )
-        if same and man.training.get("epochs") == epochs and not man.training.get("degenerate", True):
+        plain = not man.config.head and man.training.get("simulate", 0.0) == 0.0
+        if same and plain and man.training.get("epochs") == epochs and not man.training.get("degenerate", True):
             click.echo(f"reusing model {model_dir}")
             return model_dir
     cfg = ModelConfig(
@@ -52,7 +53,9 @@ def ensure_model(workdir: Path, epochs: int, image_size: int, precision: str = D
         PRODUCT,
         model_dir,
         cfg,
-        TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, precision=precision),
+        # plain training: the demo's 40 epochs (seconds on a CPU) are too few to train a head, and its
+        # generated textures need none (the default recipe, simulated defects + head, is for real lines)
+        TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, precision=precision, simulate=0.0),
         mosaic_scale=None,
         device="auto",
     )

@@ -186,9 +186,9 @@ from .options import (
 @click.option(
     "--head/--no-head",
     default=default_of(ModelConfig, "head"),
-    show_default=True,
+    show_default="auto",
     help="Score with a learned anomaly head on [input, recovery, MSGMS map], trained on the simulated defects "
-    "(needs --simulate > 0), instead of the plain MSGMS max.",
+    "(needs --simulate > 0), instead of the plain MSGMS max. Default: on when --simulate > 0 (EAR, no normal map).",
 )
 @click.option("--head-width", default=default_of(ModelConfig, "head_width"), show_default=True, help="Head channels.")
 @click.option(

@@ -272,7 +272,11 @@ class Trainer:
         resume: bool = False,
     ) -> None:
         self.data_root, self.category, self.out_dir = data_root, category, Path(out_dir)
-        self.model_cfg, self.train_cfg = dataclasses.replace(model_cfg), train_cfg
+        # head auto (None) decided here, from the simulated defects the run trains on
+        head = model_cfg.resolved_head(train_cfg.simulate)
+        if head and train_cfg.simulate <= 0:
+            raise ConfigError("the learned head learns from simulated defects: train with simulate > 0, or no head")
+        self.model_cfg, self.train_cfg = dataclasses.replace(model_cfg, head=head), train_cfg
         self.mosaic_scale, self.dino_weights, self.resume = mosaic_scale, dino_weights, resume
         self.limits = limits or RunLimits()
         self.dev = resolve_device(device)

@@ -38,7 +38,7 @@ class Variant:
 
     @classmethod
     def of(cls, config: ModelConfig) -> Variant:
-        return cls(config.method, config.saliency, config.mosaic_scale, config.keep_context, config.head)
+        return cls(config.method, config.saliency, config.mosaic_scale, config.keep_context, bool(config.head))
 
     @property
     def is_riad(self) -> bool:

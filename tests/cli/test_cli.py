@@ -62,7 +62,7 @@ def _shown_default(option):  # type: ignore[no-untyped-def]
     """What an option's default means: click leaves flags and multiple options unset (False, ())."""
     import click
 
-    if option.default is None or option.default is click.core.UNSET:
+    if option.default is click.core.UNSET:
         return False if option.is_flag else () if option.multiple else None
     return option.default
 

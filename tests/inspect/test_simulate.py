@@ -158,3 +158,15 @@ def test_simf1_takes_the_f1_optimal_cut_between_good_and_simulated():
         image_threshold(parse_policy("simf1"), good, simulated=None)
     with pytest.raises(ValueError, match="takes no value"):
         parse_policy("simf1:3")
+
+
+def test_the_head_is_on_by_default_exactly_when_defects_are_simulated():
+    from ear_stream.model.config import ModelConfig, ScoringConfig
+
+    auto = ModelConfig()
+    assert auto.head is None and auto.resolved_head(0.5) and not auto.resolved_head(0.0)
+    assert not ModelConfig(method="riad").resolved_head(0.5)  # the baseline has nothing for a head to read
+    assert not ModelConfig(scoring=ScoringConfig(normal_map=True)).resolved_head(0.5)
+    assert ModelConfig(head=False).resolved_head(0.5) is False
+    # a manifest written before the head existed loads as a model without one
+    assert ModelConfig.from_dict({k: v for k, v in auto.to_dict().items() if k != "head"}).head is False

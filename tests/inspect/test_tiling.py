@@ -26,7 +26,7 @@ def native_model(synthetic_root, tmp_path_factory):
     """32-px crops at native scale, tiles of 64 with 16 px overlap."""
     out = tmp_path_factory.mktemp("native") / "synthetic"
     cfg = ModelConfig(image_size=32, saliency="spectral", base_channels=8, scale=1.0, tile=64, tile_overlap=16)
-    return train_model(synthetic_root, "synthetic", out, cfg, TrainConfig(epochs=1, batch_size=4, lr=1e-3),
+    return train_model(synthetic_root, "synthetic", out, cfg, TrainConfig(epochs=1, batch_size=4, lr=1e-3, simulate=0.0),
                        mosaic_scale=8, max_steps=4, progress=False)  # fmt: skip
 
 

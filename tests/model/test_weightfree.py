@@ -130,7 +130,7 @@ def test_border_band_is_left_out_of_score_and_map():
 def test_train_and_score_every_weight_free_variant(tmp_path, synthetic_root, saliency):
     cfg = ModelConfig(image_size=64, saliency=saliency, base_channels=8, saliency_params={"grid": 8})
     path = train_model(
-        synthetic_root, "synthetic", tmp_path / saliency, cfg, TrainConfig(epochs=50, batch_size=8), max_steps=3,
+        synthetic_root, "synthetic", tmp_path / saliency, cfg, TrainConfig(epochs=50, batch_size=8, simulate=0.0), max_steps=3,
         progress=False, curve_every_minutes=0.0001,
     )  # fmt: skip
     man = load_manifest(path)

@@ -107,11 +107,15 @@ class LabelStore:
 
         ``n_other`` counts labels of other weights: their scores are not comparable, so they are left out.
         """
-        table = self.read()
-        if table.num_rows == 0:
-            return np.zeros(0), np.zeros(0, bool), 0
-        versions = table["model_version"].to_numpy(zero_copy_only=False)
-        same = np.array([weights_of(v) == weights_of(model_version) for v in versions], dtype=bool)
-        scores = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
-        labels = table["label"].to_numpy(zero_copy_only=False) == "defect"
-        return scores[same], labels[same], int((~same).sum())
+        return comparable(self.read().to_pylist(), model_version)
+
+
+def comparable(labels: list[dict], model_version: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(scores, labels True = defect, n_other) of the label rows judged by the weights of ``model_version``.
+
+    ``n_other`` counts rows of other weights: their scores are not comparable, so they are left out.
+    """
+    same = [row for row in labels if weights_of(row["model_version"]) == weights_of(model_version)]
+    scores = np.array([row["score"] for row in same], dtype=np.float64)
+    defect = np.array([row["label"] == "defect" for row in same], dtype=bool)
+    return scores, defect, len(labels) - len(same)

@@ -12,15 +12,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..inspect.thresholds import f1_optimal, operating_point
-from ..io.labels import LabelStore, weights_of
+from ..io.labels import LabelStore, comparable
 from ..io.results import read_results
 
 IMAGE_SUFFIXES = ("", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+#: (was flagged, confirmed a defect) → what the review found
+OUTCOMES = {
+    (True, True): "confirmed",
+    (True, False): "false_alarms",
+    (False, True): "escapes",
+    (False, False): "good_passes",
+}
 
 
 def item_key(product: str, ident: str) -> str:
@@ -80,13 +88,7 @@ class ProductView:
         out = {"results": len(self.items), "flagged": sum(it.flagged for it in self.items.values()), "to_review": 0}
         out.update(reviewed=len(self.labels), confirmed=0, false_alarms=0, escapes=0, good_passes=0)
         for lab in self.labels.values():
-            name = {
-                (True, True): "confirmed",
-                (True, False): "false_alarms",
-                (False, True): "escapes",
-                (False, False): "good_passes",
-            }
-            out[name[(bool(lab["flagged"]), lab["label"] == "defect")]] += 1
+            out[OUTCOMES[(bool(lab["flagged"]), lab["label"] == "defect")]] += 1
         out["to_review"] = len(self.queue)
         return out
 
@@ -97,11 +99,9 @@ class ProductView:
         The reviewed items over-represent flagged ones (every flagged item, a sample of passed ones):
         the rates describe the reviewed items, not the line.
         """
-        labs = [lab for lab in self.labels.values() if weights_of(lab["model_version"]) == weights_of(model_version)]
-        scores = np.array([lab["score"] for lab in labs], dtype=np.float64)
-        labels = np.array([lab["label"] == "defect" for lab in labs], dtype=bool)
-        view: dict[str, Any] = {"model_version": model_version, "reviewed_same_weights": len(labs)}
-        if threshold is not None and labs:
+        scores, labels, _ = comparable(list(self.labels.values()), model_version)
+        view: dict[str, Any] = {"model_version": model_version, "reviewed_same_weights": int(labels.size)}
+        if threshold is not None and labels.size:
             view["current"] = operating_point(scores, labels, threshold)
         if labels.any() and not labels.all():
             proposed, f1 = f1_optimal(scores, labels)
@@ -140,13 +140,17 @@ class ResultsView:
     def products(self) -> dict[str, dict[str, int]]:
         table = read_results(self.results)
         names = sorted(set(table["product"].to_pylist())) if table.num_rows else []
-        return {name: self.product(name, table).counts() for name in names}
+        labels = self.store.read()  # once for every product
+        return {name: self.product(name, table, labels).counts() for name in names}
 
-    def product(self, product: str, table: pa.Table | None = None) -> ProductView:
+    def product(self, product: str, table: pa.Table | None = None, labels: pa.Table | None = None) -> ProductView:
         table = read_results(self.results) if table is None else table
+        labels = self.store.read() if labels is None else labels
         if table.num_rows:
             table = table.filter(pc.equal(table["product"], product))
-        return ProductView(product, table, self.store.read(product), self.share, self.seed)
+        if labels.num_rows:
+            labels = labels.filter(pc.equal(labels["product"], product))
+        return ProductView(product, table, labels, self.share, self.seed)
 
 
 def find_image(roots: tuple[Path, ...], product: str, item: Item) -> Path | None:

@@ -248,7 +248,7 @@ def run_child(args: argparse.Namespace) -> None:
 POLICIES = ("sigma:3", "fpr:0.01", "fpr:0.05", "simf1")
 
 
-def operating_points(manifest: dict, scores: np.ndarray, samples, sub: dict) -> dict:  # type: ignore[no-untyped-def]
+def operating_points(manifest: dict, scores: np.ndarray, samples, sub: dict, policies=POLICIES) -> dict:  # type: ignore[no-untyped-def]
     """False-reject and escape rates per policy, thresholds from the model's own calibration (held-out good
     images and their simulated defects; no test image), on the validation and the reported subsets."""
     from ear_stream.inspect.thresholds import image_threshold, parse_policy
@@ -257,7 +257,7 @@ def operating_points(manifest: dict, scores: np.ndarray, samples, sub: dict) -> 
     good, sim = np.asarray(cal["scores"]), cal.get("simulated_scores")
     labels = np.array([s.defect != "good" for s in samples])
     out = {}
-    for policy in POLICIES:
+    for policy in policies:
         try:
             thr = image_threshold(parse_policy(policy), good, simulated=sim)
         except ValueError:

@@ -88,8 +88,10 @@ def run_child(args: argparse.Namespace) -> None:
     from ear_stream.inspect.calibration import split_holdout
     from ear_stream.inspect.evaluation import compute_metrics, evaluate, write_report
     from ear_stream.inspect.pipeline import Pipeline, fit_normal_map, select
+    from ear_stream.inspect.thresholds import recalibrate
     from ear_stream.inspect.training import NORMAL_MAP_IMAGES, RunLimits, Trainer
     from ear_stream.io.datasets import load_tensor, test_samples, train_images
+    from ear_stream.model.artifact import load_manifest
     from ear_stream.model.config import ModelConfig, TrainConfig
 
     name = args.child
@@ -211,6 +213,8 @@ def run_child(args: argparse.Namespace) -> None:
     chosen = dataclasses.replace(base_sc, **best["scoring"])
     pipe.config.scoring = chosen
     pipe.normal_map = normal
+    if chosen != base_sc:  # the stored threshold belongs to the default scoring: the report's rates need their own
+        recalibrate(pipe, load_manifest(model), args.data_root)
     res, mat = evaluate(pipe, args.data_root, args.category, progress=False, samples=samples, images=images)
     write_report(out.with_suffix(".html"), pipe, res, mat, f"{name}: {args.category} (scoring chosen on validation)")
     ms1, ips = time_inference(pipe, images[sub["test"]])

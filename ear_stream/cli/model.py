@@ -295,6 +295,27 @@ def report_trained(path: Path) -> None:
         (_warn if check.degenerate else click.echo)(check.verdict())
 
 
+def recalibrate_for_eval(pipe, model_dir: Path, data_root: Path) -> None:  # type: ignore[no-untyped-def]
+    """The stored threshold belongs to the model's own scoring: recalibrate it for the overridden one."""
+    from ..errors import EarStreamError
+    from ..inspect.thresholds import recalibrate
+    from ..model.artifact import load_manifest
+
+    manifest = load_manifest(model_dir)
+    try:
+        threshold = recalibrate(pipe, manifest, data_root)
+    except EarStreamError as exc:  # no training images here, or a policy that needs labels
+        _warn(
+            f"scoring overridden, but the threshold could not be recalibrated ({exc}): the false rejects and "
+            f"escapes below compare the new scores with the stored threshold {manifest.threshold:.4g}"
+        )
+        return
+    _warn(
+        f"scoring overridden: threshold recalibrated by {manifest.threshold_policy} on the held-out good "
+        f"images: {threshold:.4g} (stored: {manifest.threshold:.4g})"
+    )
+
+
 @click.command("eval")
 @click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--category", required=True, help="Product folder under DATA_ROOT with test/ and ground_truth/.")
@@ -342,12 +363,10 @@ def evaluate_cmd(
     from ..inspect.pipeline import Pipeline
 
     pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap, precision=precision)
-    if box is not None:
-        pipe.config.scoring.box = box
-    if median is not None:
-        pipe.config.scoring.median = median
-    if border is not None:
-        pipe.config.scoring.border = border
+    overrides = {k: v for k, v in {"box": box, "median": median, "border": border}.items() if v is not None}
+    if overrides:
+        pipe.config.scoring = dataclasses.replace(pipe.config.scoring, **overrides)
+        recalibrate_for_eval(pipe, model_dir, data_root)
     click.echo(f"saliency: {pipe.config.saliency} {pipe.config.saliency_params or ''}".rstrip(), err=True)
     result, material = evaluate(pipe, data_root, category, batch_size=batch_size)
     pix = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"

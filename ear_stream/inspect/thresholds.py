@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from ..errors import ConfigError
 from ..io.labels import LabelStore
 from ..model.artifact import Manifest, load_manifest, write_manifest
 from ..model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
+
+if TYPE_CHECKING:  # the pipeline imports this module's neighbours: no import at run time
+    from .pipeline import Images, Pipeline
 
 __all__ = [
     "DEFAULT_IMAGE_POLICY",
@@ -237,23 +240,43 @@ def revise_manifest(model_dir: str | Path, changes: dict[str, Any], note: dict[s
     return manifest
 
 
-def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = "auto") -> dict[str, Any]:
-    """Recompute the calibration statistics (scores and pixel grid) of a model's held-out good images.
-
-    For models written before the scores were kept: the hold-out split is a pure
-    function of the training images, the seed and the fraction in the manifest.
-    """
+def held_out_images(manifest: Manifest, data_root: str | Path) -> Images:
+    """A model's held-out good images, loaded as it scores them: the hold-out split is a pure function of
+    the training images, the seed and the fraction in the manifest."""
     from ..io.datasets import train_images
-    from .calibration import calibrate, split_holdout
-    from .pipeline import Pipeline, load_images
+    from .calibration import split_holdout
+    from .pipeline import load_images
 
-    manifest = load_manifest(model_dir)
     t = manifest.training
     files = train_images(data_root, t["category"])
     _, hold = split_holdout(len(files), float(t.get("holdout_fraction", 0.1)), int(t.get("seed", 0)))
-    pipe = Pipeline.from_artifact(model_dir, device=device)
-    held = load_images(manifest.config, [files[i] for i in hold], progress=False)
-    return calibrate(pipe, held)[1]
+    return load_images(manifest.config, [files[i] for i in hold], progress=False)
+
+
+def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = "auto") -> dict[str, Any]:
+    """Recompute the calibration statistics (scores and pixel grid) of a model's held-out good images
+    (for models written before the scores were kept)."""
+    from .calibration import calibrate
+    from .pipeline import Pipeline
+
+    manifest = load_manifest(model_dir)
+    return calibrate(Pipeline.from_artifact(model_dir, device=device), held_out_images(manifest, data_root))[1]
+
+
+def recalibrate(pipe: Pipeline, manifest: Manifest, data_root: str | Path) -> float:
+    """Re-derive ``pipe``'s image (and pixel) threshold under its *current* scoring with the model's own
+    policies, from its held-out good images; returns the image threshold.
+
+    A stored threshold belongs to the scoring it was calibrated under: after ``eval --box`` or a study's
+    scoring choice, comparing the new scores with it would report meaningless false rejects and escapes.
+    """
+    from .calibration import calibrate
+
+    threshold, stats = calibrate(pipe, held_out_images(manifest, data_root), manifest.threshold_policy)
+    pipe.threshold = threshold
+    if manifest.pixel_policy != "image":
+        pipe.pixel_threshold = pixel_threshold(parse_policy(manifest.pixel_policy, pixel=True), threshold, stats)
+    return threshold
 
 
 def reviewed_scores(labels_dir: str | Path, model_version: str) -> tuple[np.ndarray, np.ndarray]:

@@ -141,16 +141,15 @@ def corrupt(
     (default ``x``).
     """
     clean = x if clean is None else clean
+    variant = Variant.of(cfg)
     if isinstance(saliency, SelfSaliency):
         with torch.no_grad():
             att, light, _ = two_pass_attention(saliency, unet, x, cfg.scoring)
-        variant = Variant.of(cfg)
         strong, _ = variant.excise(x, att)
         mask = variant.context_mask(x, att)
         if mask is not None:  # the light first pass mosaics everything: nothing to keep there (S = 1)
             mask = torch.cat([torch.ones_like(mask), mask])
         return StepInputs(torch.cat([light, strong]), torch.cat([clean, clean]), torch.cat([x, x]), mask)
-    variant = Variant.of(cfg)
     composite, _ = variant.excise(x, att)
     return StepInputs(composite, clean, x, variant.context_mask(x, att))
 

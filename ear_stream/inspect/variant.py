@@ -1,10 +1,10 @@
 """What a model's variant does, decided once from its config: one small strategy for inference and training.
 
 A model is EAR with a saliency (``dino``, ``binary``, a weight-free one, or ``none``: mosaic everything),
-optionally keeping the input outside the excised region (``keep_context``), optionally scored by a learned
-head — or the RIAD baseline. :class:`Variant` answers each question those choices raise (which attention
-module, how to excise, which pixels the U-Net may change) so that :mod:`.pipeline` and :mod:`.training`
-never branch on the names themselves.
+optionally keeping the input outside the excised region (``keep_context``) — or the RIAD baseline.
+:class:`Variant` answers each question those choices raise (which attention module, how to excise, which
+pixels the U-Net may change) so that :mod:`.pipeline` and :mod:`.training` never branch on the names
+themselves. (How a recovery is scored, by the MSGMS max or a learned head, is the pipeline's concern.)
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ class Variant:
     saliency: str
     mosaic_scale: int
     keep_context: bool
-    head: bool
 
     @classmethod
     def of(cls, config: ModelConfig) -> Variant:
-        return cls(config.method, config.saliency, config.mosaic_scale, config.keep_context, bool(config.head))
+        return cls(config.method, config.saliency, config.mosaic_scale, config.keep_context)
 
     @property
     def is_riad(self) -> bool:

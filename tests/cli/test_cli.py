@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pyarrow as pa
@@ -10,7 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from ear_stream.cli import main
+from ear_stream.inspect.pipeline import Pipeline
+from ear_stream.inspect.thresholds import held_out_images, image_threshold, parse_policy
 from ear_stream.io.results import SCHEMA, read_results
+from ear_stream.model.artifact import load_manifest
 
 
 def run(*args: str, ok: bool = True):
@@ -156,6 +160,21 @@ def test_train_eval_score_results(synthetic_root, tmp_path):
     data = json.loads(metrics.read_text())
     for key in ("image_f1_max", "false_reject_rate", "escape_rate", "pixel_f1_max", "aupro_30"):
         assert key in data and 0.0 <= data[key] <= 1.0, key
+    assert data["threshold"] == json.loads((model / "manifest.json").read_text())["threshold"]
+
+    # overriding the scoring recalibrates the threshold for it (the stored one belongs to the model's own
+    # scoring), from the same held-out good images and policy; the model directory is left as it was
+    stored = (model / "manifest.json").read_text()
+    res = run("eval", str(synthetic_root), "--category", "synthetic", "--model", str(model), "--box", "1",
+              "--json", str(metrics))  # fmt: skip
+    assert "threshold recalibrated" in res.stderr and (model / "manifest.json").read_text() == stored
+    pipe = Pipeline.from_artifact(model, device="cpu")
+    pipe.config.scoring = dataclasses.replace(pipe.config.scoring, box=1)
+    manifest = load_manifest(model)
+    held_scores, _ = pipe.score_batches(held_out_images(manifest, synthetic_root), 16)
+    expected = image_threshold(parse_policy(manifest.threshold_policy), held_scores)
+    assert json.loads(metrics.read_text())["threshold"] == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(manifest.threshold, rel=1e-6)  # box 1 scores differ: so does the threshold
 
     out = tmp_path / "results"
     test_dir = synthetic_root / "synthetic" / "test"

@@ -27,12 +27,6 @@ from ear_stream.review.serve import BackgroundStation
 from ear_stream.stream.redis_server import free_port
 
 
-def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})  # noqa: S310
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - the loopback station
-        return json.loads(response.read())
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path)
@@ -64,7 +58,8 @@ def main() -> None:
             with urllib.request.urlopen(api, timeout=60) as response:  # noqa: S310
                 state = json.loads(response.read())
             for item in state["queue"][-args.reviewed :]:  # from the end: the top flagged item stays on screen
-                post(api + "/label", {"key": item["key"], "label": "defect" if truth[item["id"]] else "good"})
+                label = "defect" if truth[item["id"]] else "good"
+                station.post(f"/api/p/{args.category}/label", {"key": item["key"], "label": label})
             driver = start_chromium(Path(tmp) / "profile")
             try:
                 driver.set_window_size(1180, 1100)

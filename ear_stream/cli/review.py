@@ -54,6 +54,20 @@ from .options import default_of
     "when --host is not loopback and none is given. Env: EAR_REVIEW_TOKEN.",
 )
 @click.option(
+    "--allow-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Another name the station is reached under (repeatable), e.g. this machine's DNS name behind "
+    "--host 0.0.0.0. Requests with any other Host header are refused (no DNS rebinding).",
+)
+@click.option(
+    "--min-labels",
+    type=int,
+    default=None,
+    help="Labels of each class (defects, good parts) judged by the current weights before Apply may change a "
+    "threshold. Default: the one `ear-stream threshold MODEL --show` prints.",
+)
+@click.option(
     "--passed-sample",
     type=float,
     default=default_of(ReviewConfig, "passed_sample"),
@@ -61,7 +75,9 @@ from .options import default_of
     help="Share of passed items queued after the flagged ones, to find escapes (a stable per-item draw).",
 )
 @click.option("--reviewer", default=None, help="Name stored with every label. Default: the login name.")
-def review(results, models, labels, images, redis_url, host, port, token, passed_sample, reviewer) -> None:
+def review(
+    results, models, labels, images, redis_url, host, port, token, allowed_hosts, min_labels, passed_sample, reviewer
+) -> None:
     """Serve a local web page to confirm or overrule what the line flagged.
 
     Per product: the flagged items (and a sample of passed ones, for escapes) with
@@ -70,7 +86,13 @@ def review(results, models, labels, images, redis_url, host, port, token, passed
     appended as Parquet (who, when, model version), one atomic file per decision,
     the latest per (product, id) counting. The page shows what the current
     threshold does on the reviewed items and the F1-optimal one; with --models it
-    can apply it — the same path as `ear-stream threshold MODEL --policy f1 --labels DIR`.
+    can apply it — the same path as `ear-stream threshold MODEL --policy f1 --labels DIR`:
+    Apply shows the proposal (false rejects and escapes on the reviewed items, the
+    share of held-out good images it rejects) and asks to confirm; it refuses with
+    fewer than --min-labels labels of each class, or a threshold that rejects more
+    of the held-out good images than `threshold` allows without --force. Only the
+    station's own pages can change anything (Host, Origin, JSON and a CSRF token
+    are checked).
 
     \b
       ear-stream review --results out/ --models models/ --images /data/line3
@@ -91,6 +113,8 @@ def review(results, models, labels, images, redis_url, host, port, token, passed
         host=host,
         port=port,
         token=token,
+        allowed_hosts=tuple(allowed_hosts),
+        min_labels_per_class=min_labels,
         passed_sample=passed_sample,
         reviewer=reviewer,
     )

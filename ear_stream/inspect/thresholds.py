@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..io.labels import LabelStore
+from ..io.labels import MIN_LABELS_PER_CLASS, LabelStore
 from ..model.artifact import Manifest, load_manifest, write_manifest
 from ..model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
 
@@ -49,6 +49,20 @@ IMAGE_POLICIES = ("sigma", "quantile", "fpr", "f1", "simf1", "manual")
 PIXEL_POLICIES = ("image", "sigma", "quantile", "fpr", "manual")
 #: points of the stored pixel quantile grid (0, 0.1 %, …, 100 %)
 PIXEL_GRID = 1001
+#: the largest share of the model's held-out good images a revised threshold may reject: above it the
+#: ``threshold`` verb refuses without ``--force`` and the review page refuses outright (an ``f1`` threshold
+#: from a few reviewed rejects, or ``simf1``, easily lands inside the good scores and rejects most good parts)
+MAX_HELD_OUT_FRR = 0.20
+
+
+class Refused(ConfigError):
+    """A threshold revision the safety checks refuse; nothing was written (``threshold --force`` overrides
+    the held-out false-reject bound, ``--min-labels`` the label minimum; the review page overrides nothing)."""
+
+    def __init__(self, reason: str, forceable: bool = False) -> None:
+        super().__init__(reason)
+        #: whether ``force`` would have let it through
+        self.forceable = forceable
 
 
 @dataclass(frozen=True)
@@ -108,10 +122,41 @@ def good_score_stats(scores: np.ndarray) -> dict[str, Any]:
     }
 
 
+#: confidence of the small-sample tail bound of ``fpr:F`` (see :func:`tail_bound`), and the fewest scores it
+#: is fitted to: below 10 the fitted spread is itself too uncertain (with 5 scores the bound reached 6x the
+#: maximum and passed every defect of the demo), so the sample maximum stays the threshold
+TAIL_CONFIDENCE = 0.9
+TAIL_MIN_SCORES = 10
+
+
+def tail_bound(good: np.ndarray, frr: float, confidence: float = TAIL_CONFIDENCE) -> float:
+    """Upper tolerance bound of the good scores: with ``confidence``, at most ``frr`` of good parts lie above it.
+
+    Log-normal model of the scores (they are positive and right-skewed) and the exact one-sided normal
+    tolerance factor (noncentral t). It is what ``fpr:F`` uses when the held-out set is too small to
+    resolve F (fewer than 1/F images: a sample maximum would be the threshold, resting on one image).
+    """
+    from scipy.stats import nct, norm
+
+    logs = np.log(np.maximum(np.asarray(good, dtype=np.float64), 1e-6))
+    n = logs.size
+    if n < 2 or not 0.0 < frr < 1.0:
+        return float(np.exp(logs.max())) if n else float("inf")
+    k = float(nct.ppf(confidence, df=n - 1, nc=norm.ppf(1.0 - frr) * np.sqrt(n)) / np.sqrt(n))
+    return float(np.exp(logs.mean() + k * logs.std(ddof=1)))
+
+
 def lowest_threshold_with_frr(good: np.ndarray, frr: float) -> float:
-    """Smallest t with mean(good > t) ≤ frr: as sensitive as the allowed false rejects permit."""
+    """Smallest t with mean(good > t) ≤ frr: as sensitive as the allowed false rejects permit.
+
+    With fewer than 1/frr held-out scores no order statistic resolves frr: the threshold is then the
+    larger of the sample maximum and the small-sample tail bound (:func:`tail_bound`, from
+    :data:`TAIL_MIN_SCORES` scores on), so a small set's threshold does not rest on its single highest image.
+    """
     good = np.sort(np.asarray(good, dtype=np.float64))
     allowed = int(np.floor(frr * good.size + 1e-9))
+    if allowed == 0 and good.size >= TAIL_MIN_SCORES and frr > 0:
+        return max(float(good[-1]), tail_bound(good, frr))
     return float(good[good.size - 1 - min(allowed, good.size - 1)]) if allowed < good.size else float(good[0]) - 1e-12
 
 
@@ -194,6 +239,37 @@ def pixel_threshold(policy: Policy, image_thr: float, calibration: dict[str, Any
 def false_reject_rate(good: np.ndarray, threshold: float) -> float:
     good = np.asarray(good)
     return float((good > threshold).mean()) if good.size else float("nan")
+
+
+def held_out_refusal(good: np.ndarray, threshold: float, bound: float = MAX_HELD_OUT_FRR) -> str | None:
+    """Why ``threshold`` must not be applied unforced (None: it may): it rejects more than ``bound`` of the
+    model's held-out good images, or no held-out scores are stored to tell (a check that cannot be made fails)."""
+    frr = false_reject_rate(good, threshold)
+    if math.isnan(frr):
+        return "no held-out good scores are stored to check its false-reject rate (pass --data ROOT to rescore them)"
+    if frr > bound:
+        return (
+            f"threshold {threshold:.6g} rejects {frr:.1%} of the model's held-out good images "
+            f"(at most {bound:.0%} allowed)"
+        )
+    return None
+
+
+def class_counts(labels: np.ndarray) -> dict[str, int]:
+    """How many labels (True = defect) say defect and how many say good part."""
+    defects = int(np.count_nonzero(labels))
+    return {"defects": defects, "good": int(np.size(labels)) - defects}
+
+
+def label_refusal(labels: np.ndarray, minimum: int) -> str | None:
+    """Why reviewed labels are too few to choose a threshold from (None: enough of each class)."""
+    counts = class_counts(labels)
+    if min(counts.values()) >= minimum:
+        return None
+    return (
+        f"a threshold from reviewed items needs at least {minimum} labels of each class judged by these weights "
+        f"(there are {counts['defects']} defects and {counts['good']} good parts)"
+    )
 
 
 def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -310,7 +386,20 @@ def labelled_scores(
     return scores, np.array([s.defect != "good" for s in samples])
 
 
-def revise(
+@dataclass
+class Revision:
+    """A threshold revision computed but not written (:func:`propose`): what :func:`revise` writes.
+
+    The review page shows one before anyone confirms it; ``refusal`` says why the held-out check refuses it.
+    """
+
+    changes: dict[str, Any]
+    note: dict[str, Any]
+    report: dict[str, Any]
+    refusal: str | None
+
+
+def propose(
     model_dir: str | Path,
     image_policy: str | None,
     pixel_policy: str | None,
@@ -318,16 +407,19 @@ def revise(
     category: str | None = None,
     device: str = "auto",
     labels_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Apply threshold policies to a model directory without retraining; returns what changed.
+    min_labels: int | None = None,
+) -> Revision:
+    """What applying the policies would write, and what it would do (nothing is written).
 
     ``data_root`` (+ ``category`` for ``f1``) lets it rescore the held-out good images of an
     older model and score a labelled validation set; ``labels_dir`` gives ``f1`` the items
-    people reviewed instead (their stored scores, no rescoring).
+    people reviewed instead (their stored scores, no rescoring), refused below ``min_labels`` per class
+    (None: :data:`~ear_stream.io.labels.MIN_LABELS_PER_CLASS`).
     """
     manifest = load_manifest(model_dir)
     img = parse_policy(image_policy or manifest.threshold_policy)
     pix = parse_policy(pixel_policy or manifest.pixel_policy, pixel=True)
+    minimum = MIN_LABELS_PER_CLASS if min_labels is None else min_labels
     calibration = dict(manifest.calibration)
     changes: dict[str, Any] = {}
     if data_root is not None and (not calibration.get("scores") or not calibration.get("pixel_quantiles")):
@@ -336,7 +428,7 @@ def revise(
     labelled = None
     if img.kind == "f1":
         labelled = (
-            reviewed_scores(labels_dir, manifest.model_version)
+            _enough_reviewed(reviewed_scores(labels_dir, manifest.model_version), minimum)
             if labels_dir is not None
             else labelled_scores(model_dir, data_root, category, device)
         )
@@ -346,22 +438,134 @@ def revise(
     if not (math.isfinite(threshold) and math.isfinite(pixel)):
         raise ConfigError(f"policy {img} / {pix} gave a non-finite threshold ({threshold}, {pixel}): nothing written")
     changes.update(threshold=threshold, threshold_policy=str(img), pixel_threshold=pixel, pixel_policy=str(pix))
-    note = {"policy_applied": str(img), "pixel_policy_applied": str(pix)}
-    revised = revise_manifest(model_dir, changes, note)
+    refusal = held_out_refusal(good, threshold)
     report = {
-        "previous": {"threshold": manifest.threshold, "policy": manifest.threshold_policy},
+        "previous": {
+            "threshold": manifest.threshold,
+            "policy": manifest.threshold_policy,
+            "model_version": manifest.model_version,
+        },
         "threshold": threshold,
         "policy": str(img),
         "pixel_threshold": pixel,
         "pixel_policy": str(pix),
-        "model_version": revised.model_version,
         "false_reject_rate_on_calibration": false_reject_rate(good, threshold),
+        "max_false_reject_rate_on_calibration": MAX_HELD_OUT_FRR,
+        "refused": refusal,
     }
     if labelled is not None:
-        scores, labels = labelled
-        report["f1"] = f1_optimal(scores, labels)[1]
-        report["escape_rate_on_validation"] = float((scores[labels] <= threshold).mean())
+        report.update(_labelled_report(*labelled, threshold, manifest.threshold))
         report["labelled_from"] = "review" if labels_dir is not None else "dataset"
-        report["operating_point"] = operating_point(scores, labels, threshold)
-        report["operating_point_before"] = operating_point(scores, labels, manifest.threshold)
-    return report
+        if labels_dir is not None:
+            report["labels"] = {"minimum_per_class": minimum, **class_counts(labelled[1])}
+    note = {"policy_applied": str(img), "pixel_policy_applied": str(pix)}
+    return Revision(changes, note, report, refusal)
+
+
+def _enough_reviewed(labelled: tuple[np.ndarray, np.ndarray], minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reviewed scores and labels, or :class:`Refused` when a class has fewer than ``minimum``."""
+    refusal = label_refusal(labelled[1], minimum)
+    if refusal:
+        raise Refused(refusal)
+    return labelled
+
+
+def _labelled_report(scores: np.ndarray, labels: np.ndarray, threshold: float, before: float) -> dict[str, Any]:
+    """What the new threshold does on the labelled items, next to what the current one does."""
+    return {
+        "f1": f1_optimal(scores, labels)[1],
+        "escape_rate_on_validation": float((scores[labels] <= threshold).mean()),
+        "operating_point": operating_point(scores, labels, threshold),
+        "operating_point_before": operating_point(scores, labels, before),
+    }
+
+
+def revise(
+    model_dir: str | Path,
+    image_policy: str | None,
+    pixel_policy: str | None,
+    data_root: str | Path | None = None,
+    category: str | None = None,
+    device: str = "auto",
+    labels_dir: str | Path | None = None,
+    *,
+    min_labels: int | None = None,
+    force: bool = False,
+    reviewer: str | None = None,
+    expect: tuple[str, float] | None = None,
+) -> dict[str, Any]:
+    """Apply threshold policies to a model directory without retraining; returns what changed.
+
+    :func:`propose`, then its checks: a threshold above the held-out false-reject bound is
+    :class:`Refused` unless ``force``; ``expect`` (the model version and threshold someone
+    confirmed) refuses a revision that is no longer the one shown. ``reviewer`` goes into the
+    threshold history with the change.
+    """
+    rev = propose(model_dir, image_policy, pixel_policy, data_root, category, device, labels_dir, min_labels)
+    if rev.refusal and not force:
+        raise Refused(f"{rev.refusal}: nothing written", forceable=True)
+    if expect is not None:
+        _check_expected(rev, *expect)
+    revised = revise_manifest(model_dir, rev.changes, _signed(rev.note, reviewer))
+    return {**rev.report, "model_version": revised.model_version, "reviewer": reviewer, "forced": bool(rev.refusal)}
+
+
+def _check_expected(rev: Revision, model_version: str, threshold: float) -> None:
+    """Refuse when the revision differs from the one confirmed (labels or another revision came in between)."""
+    same_model = rev.report["previous"]["model_version"] == model_version
+    if not (same_model and math.isclose(rev.report["threshold"], float(threshold), rel_tol=1e-9, abs_tol=1e-12)):
+        raise Refused("the proposal changed since it was shown (new labels or another revision): review it again")
+
+
+def _signed(note: dict[str, Any], reviewer: str | None) -> dict[str, Any]:
+    """The history note with who made the change (when known)."""
+    return {**note, "reviewer": reviewer} if reviewer else dict(note)
+
+
+#: the manifest fields a rollback restores
+THRESHOLD_FIELDS = ("threshold", "threshold_policy", "pixel_threshold", "pixel_policy")
+
+
+def rollback_entry(manifest: Manifest) -> dict[str, Any]:
+    """The history entry holding the thresholds in force before the current ones.
+
+    Each entry records the revision it replaced and, in its note, how the next revision came to be.
+    A revision that was itself a rollback stands for the one it restored, so rolling back again goes
+    one step further back instead of toggling between two revisions.
+    """
+    by_revision = {h.get("revision"): h for h in manifest.threshold_history}
+    origin = manifest.threshold_revision
+    for _ in range(len(by_revision) + 1):  # rollback_to always points back: a bound for hand-edited manifests
+        made = by_revision.get(origin - 1, {})
+        if "rollback_to" not in made:
+            break
+        origin = int(made["rollback_to"])
+    entry = by_revision.get(origin - 1)
+    if entry is None:
+        raise ConfigError(f"no earlier thresholds to roll back to (revision {manifest.threshold_revision})")
+    return entry
+
+
+def rollback(model_dir: str | Path, *, force: bool = False, reviewer: str | None = None) -> dict[str, Any]:
+    """Restore the previous thresholds as a new revision (history kept, written atomically by
+    :func:`revise_manifest`): workers reload it like any revision, and it can itself be rolled back."""
+    manifest = load_manifest(model_dir)
+    entry = rollback_entry(manifest)
+    changes = {f: entry.get(f, getattr(manifest, f)) for f in THRESHOLD_FIELDS}  # exactly as they were
+    good = np.asarray(manifest.calibration.get("scores") or [], dtype=np.float64)
+    refusal = held_out_refusal(good, float(changes["threshold"]))
+    if refusal and not force:
+        raise Refused(f"{refusal}: nothing written", forceable=True)
+    revised = revise_manifest(model_dir, changes, _signed({"rollback_to": entry["revision"]}, reviewer))
+    return {
+        "previous": {"threshold": manifest.threshold, "policy": manifest.threshold_policy},
+        "restored_revision": entry["revision"],
+        "threshold": revised.threshold,
+        "policy": revised.threshold_policy,
+        "pixel_threshold": revised.pixel_threshold,
+        "pixel_policy": revised.pixel_policy,
+        "model_version": revised.model_version,
+        "false_reject_rate_on_calibration": false_reject_rate(good, revised.threshold),
+        "reviewer": reviewer,
+        "forced": bool(refusal),
+    }

@@ -12,10 +12,16 @@ Each label carries what the verdict was (score, threshold, flagged, model
 version), so a threshold can be chosen from reviewed items without rescoring:
 scores are comparable across threshold revisions of the same weights
 (``model_version`` = ``<weights hash>.t<revision>``), never across weights.
+
+As in a results tree, ``product`` lives in the path only (:data:`LABEL_FILE_SCHEMA`): a
+column inside the files as well would clash with the hive partition (string vs dictionary)
+and pandas, Polars and DuckDB could not open the tree. Parts written before still read here.
+A part that cannot be read (a 0-byte file a full disk left) is skipped with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -32,6 +38,10 @@ from .results import UTC_MS, safe_component, write_table_atomic
 #: what a reviewer can say of an item: a real defect, or a good part (a false alarm when it was flagged,
 #: a correct pass when it was not); "skip" is not a label and is never stored
 LABELS = ("defect", "good")
+#: reviewed labels of each class (defects, good parts) that an ``f1`` threshold from review needs (the
+#: review page's Apply, ``threshold --labels``): with fewer, one click moves the threshold to wherever the
+#: last item happened to score
+MIN_LABELS_PER_CLASS = 10
 LABEL_SCHEMA = pa.schema(
     [
         ("product", pa.string()),
@@ -45,6 +55,11 @@ LABEL_SCHEMA = pa.schema(
         ("reviewed_at", UTC_MS),
     ]
 )
+#: what a label part holds: every column but ``product``, which its folder (``product=P``) gives
+LABEL_FILE_SCHEMA = pa.schema([f for f in LABEL_SCHEMA if f.name != "product"])
+#: the hive partition key of the labels tree
+LABEL_PARTITIONING = pa.schema([LABEL_SCHEMA.field("product")])
+log = logging.getLogger(__name__)
 
 
 def weights_of(model_version: str | None) -> str:
@@ -80,17 +95,17 @@ class LabelStore:
 
     def add(self, label: Label) -> Path:
         """Store one decision durably; returns the part written."""
+        if safe_component(label.product) != label.product:  # the folder name is the only place it is kept
+            raise ConfigError(f"a product name is 1-100 of A-Z a-z 0-9 . _ -, got {label.product!r}")
         row = {**label.__dict__, "reviewed_at": datetime.now(timezone.utc)}
-        table = pa.Table.from_pylist([row], schema=LABEL_SCHEMA)
+        table = pa.Table.from_pylist([row], schema=LABEL_FILE_SCHEMA)
         name = f"label-{time.time_ns():019d}-{secrets.token_hex(4)}.parquet"
-        return write_table_atomic(table, self.root / f"product={safe_component(label.product)}" / name)
+        return write_table_atomic(table, self.root / f"product={label.product}" / name)
 
     def read(self, product: str | None = None) -> pa.Table:
         """The latest label per (product, id), optionally of one product."""
         files = sorted(self.root.rglob("label-*.parquet")) if self.root.is_dir() else []
-        if not files:
-            return LABEL_SCHEMA.empty_table()
-        table = ds.dataset([str(f) for f in files], format="parquet", schema=LABEL_SCHEMA).to_table()
+        table = self._read_parts(files)
         if product is not None:
             table = table.filter(ds.field("product") == product)
         if table.num_rows == 0:
@@ -101,6 +116,37 @@ class LabelStore:
         order = np.lexsort((np.arange(len(ids)), when, ids, products))  # file order breaks ties in time
         last = np.r_[(ids[order][1:] != ids[order][:-1]) | (products[order][1:] != products[order][:-1]), True]
         return table.take(np.sort(order[last]))
+
+    def _read_parts(self, files: list[Path]) -> pa.Table:
+        """Every row of ``files`` (product from the folder), leaving out parts that cannot be read."""
+        if not files:
+            return LABEL_SCHEMA.empty_table()
+        try:
+            return self._dataset(files).to_table(columns=LABEL_SCHEMA.names)
+        except (pa.ArrowException, OSError):  # one bad part: find it rather than lose every label
+            readable = [f for f in files if self._readable(f)]
+            if len(readable) == len(files):
+                raise
+        return self._read_parts(readable)
+
+    def _readable(self, path: Path) -> bool:
+        """Whether a part reads as a label part; a warning names each one that does not (it is left out)."""
+        try:
+            self._dataset([path]).to_table()
+        except (pa.ArrowException, OSError) as exc:
+            log.warning("skipping unreadable label part %s: %s", path, exc)
+            return False
+        return True
+
+    def _dataset(self, files: list[Path]) -> ds.Dataset:
+        # parts of before (``product`` inside as well) hold the same value as their folder
+        return ds.dataset(
+            [str(f) for f in files],
+            format="parquet",
+            schema=LABEL_SCHEMA,
+            partitioning=ds.partitioning(LABEL_PARTITIONING, flavor="hive"),
+            partition_base_dir=str(self.root),
+        )
 
     def scores_for(self, model_version: str) -> tuple[np.ndarray, np.ndarray, int]:
         """(scores, labels True = defect, n_other) of the items judged by the same weights as ``model_version``.

@@ -2,72 +2,43 @@
 
 Pages: ``/`` (products, counts, queue status) and ``/p/<product>`` (the review queue, keyboard-driven).
 JSON: ``GET /api/p/<product>`` (counts, queue, thresholds), ``POST /api/p/<product>/label``
-(``{"key", "label"}``) and ``POST /api/p/<product>/threshold`` (apply the F1-optimal threshold of the
-reviewed items through ``inspect.thresholds.revise``: atomic, history kept, workers pick it up).
-When a token is configured, every request needs it once (``?token=`` sets an HttpOnly, SameSite=Strict
-cookie; ``Authorization: Bearer`` also works).
+(``{"key", "label"}``) and ``POST /api/p/<product>/threshold`` in two steps: ``{}`` answers the proposal
+(the F1-optimal threshold of the reviewed items, its false rejects and escapes there, its false-reject
+rate on the model's held-out good images, and why it would be refused); ``{"confirm": true,
+"threshold": T, "model_version": V}`` with the proposal's values applies it through
+``inspect.thresholds.revise`` (atomic, history kept with the reviewer, workers pick it up).
+Who may send these requests is :mod:`.guard`'s business (Host, token, Origin, JSON, CSRF token).
 """
 
 from __future__ import annotations
 
-import getpass
 import json
+import math
 import secrets
 import threading
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..errors import EarStreamError
-from ..inspect.thresholds import revise
+from ..errors import ConfigError, EarStreamError
+from ..inspect.thresholds import MAX_HELD_OUT_FRR, Refused, propose, revise
 from ..io.labels import Label, LabelStore
 from ..model.artifact import MANIFEST_FILE, load_manifest
 from ..stream.protocol import PRODUCT_RE
-from .config import ReviewConfig
-from .items import ProductView, ResultsView, find_image
+from .config import ReviewConfig, login_name
+from .guard import Guard
+from .items import MAGIC, ProductView, ResultsView, find_image
 
 HERE = Path(__file__).parent
-COOKIE = "ear_review_token"
-
-
-class TokenGate:
-    """ASGI middleware: with a token set, a request without it gets 401 (a query token sets a cookie)."""
-
-    def __init__(self, app: Any, token: str | None) -> None:
-        self.app, self.token = app, token
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if self.token is None or scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope)
-        given = request.query_params.get("token") or request.cookies.get(COOKIE) or ""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:]
-        if not secrets.compare_digest(given.encode(), self.token.encode()):
-            await PlainTextResponse("a token is needed: open the URL `ear-stream review` printed", 401)(
-                scope, receive, send
-            )
-            return
-
-        async def send_with_cookie(message: dict) -> None:
-            if message["type"] == "http.response.start" and request.query_params.get("token"):
-                cookie: SimpleCookie = SimpleCookie()
-                cookie[COOKIE] = self.token
-                cookie[COOKIE].update({"httponly": True, "samesite": "Strict", "path": "/"})
-                header = cookie.output(header="").strip().encode()
-                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", header)]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookie)
+#: the largest request body the station reads (a label or a confirmation is a few dozen bytes)
+MAX_BODY = 64 * 1024
 
 
 class Station:
@@ -77,15 +48,17 @@ class Station:
         self.cfg = cfg
         self.store = LabelStore(cfg.labels)  # type: ignore[arg-type]
         self.results = ResultsView(cfg.results, self.store, cfg.passed_sample, cfg.seed)
-        self.reviewer = cfg.reviewer or _login()
+        self.reviewer = cfg.reviewer or login_name()
+        #: this process's CSRF secret: in every page, required on every state change (a restart renews it)
+        self.csrf_token = secrets.token_urlsafe(32)
         self.views: dict[str, ProductView] = {}
-        self.lock = threading.Lock()  # label writes and view updates, one at a time
-        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.lock = threading.Lock()  # label writes, threshold changes and view updates, one at a time
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescapes every .html
 
     # ------------------------------------------------------------------ helpers
     def view(self, product: str, fresh: bool = False) -> ProductView:
         if not PRODUCT_RE.fullmatch(product):
-            raise LookupError(product)
+            raise LookupError("no such product")
         with self.lock:
             if fresh or product not in self.views:
                 self.views[product] = self.results.product(product)
@@ -115,8 +88,14 @@ class Station:
             "counts": view.counts(),
             "thresholds": view.threshold_view(version, threshold),
             "can_apply": self.model_dir(view.product) is not None,
+            "min_labels_per_class": self.cfg.min_labels_per_class,
+            "max_false_reject_rate_on_calibration": MAX_HELD_OUT_FRR,
             "queue": [it.to_json() for it in view.queue],
         }
+
+    def page(self, request: Request, name: str, context: dict[str, Any]) -> Response:
+        """A template with what every page needs (the CSRF token its script sends back)."""
+        return self.templates.TemplateResponse(request, name, {**context, "csrf_token": self.csrf_token})
 
     def queue_status(self) -> dict[str, Any] | None:
         if not self.cfg.redis_url:
@@ -133,16 +112,13 @@ class Station:
 
     # ------------------------------------------------------------------ routes
     def index(self, request: Request) -> Response:
-        return self.templates.TemplateResponse(
-            request,
-            "index.html",
-            {"products": self.results.products(), "queue": self.queue_status(), "cfg": self.cfg},
-        )
+        context = {"products": self.results.products(), "queue": self.queue_status(), "cfg": self.cfg}
+        return self.page(request, "index.html", context)
 
     def product_page(self, request: Request) -> Response:
         view = self.view(request.path_params["product"], fresh=True)
         state = self.state(view)
-        return self.templates.TemplateResponse(
+        return self.page(
             request, "product.html", {"state": state, "state_json": script_json(state), "reviewer": self.reviewer}
         )
 
@@ -154,22 +130,30 @@ class Station:
         row = view.rows.get(request.path_params["key"])
         if row is None or not row.get("heatmap"):
             return PlainTextResponse("no heatmap kept for this item", 404)
+        if not bytes(row["heatmap"]).startswith(MAGIC["image/png"]):
+            return PlainTextResponse("the heatmap kept for this item is not a PNG", 415)
         return Response(row["heatmap"], media_type="image/png", headers={"cache-control": "private, max-age=3600"})
 
     def image(self, request: Request) -> Response:
         view = self.view(request.path_params["product"])
         item = view.items.get(request.path_params["key"])
-        path = None if item is None else find_image(self.cfg.images, view.product, item)
-        if path is None:
-            return PlainTextResponse("the original image was not kept (or is outside --images)", 404)
-        return FileResponse(path)
+        found = None if item is None else find_image(self.cfg.images, view.product, item)
+        if found is None:
+            return PlainTextResponse(
+                "the original image was not kept, is outside --images or is not a raster image", 404
+            )
+        path, media = found
+        return FileResponse(path, media_type=media)
 
     async def label(self, request: Request) -> Response:
-        body = await request.json()
-        view = self.view(request.path_params["product"])
+        body = await json_body(request)
+        return JSONResponse(await run_in_threadpool(self.store_label, request.path_params["product"], body))
+
+    def store_label(self, product: str, body: dict[str, Any]) -> dict[str, Any]:
+        view = self.view(product)
         item = view.items.get(str(body.get("key")))
         if item is None:
-            return JSONResponse({"error": "unknown item: reload the page"}, 404)
+            raise LookupError("unknown item: reload the page")
         label = Label(
             product=view.product,
             id=item.id,
@@ -183,16 +167,51 @@ class Station:
         with self.lock:
             self.store.add(label)  # durable before the page moves on
             view.record(item.key, label.__dict__)
-        return JSONResponse(self.state(view))
+        return self.state(view)
 
-    def apply_threshold(self, request: Request) -> Response:
-        view = self.view(request.path_params["product"])
+    async def apply_threshold(self, request: Request) -> Response:
+        body = await json_body(request)
+        return JSONResponse(await run_in_threadpool(self.threshold_step, request.path_params["product"], body))
+
+    def threshold_step(self, product: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The proposal (``confirm`` absent or false), or the confirmed proposal applied."""
+        view = self.view(product)
         model = self.model_dir(view.product)
         if model is None:
-            return JSONResponse({"error": "start the station with --models to change thresholds"}, 409)
+            raise Refused("start the station with --models to change thresholds")
+        labels, minimum = self.cfg.labels, self.cfg.min_labels_per_class
         with self.lock:
-            report = revise(model, "f1", None, labels_dir=self.cfg.labels)
-        return JSONResponse({"report": report, **self.state(self.view(view.product, fresh=True))})
+            if body.get("confirm") is not True:
+                return {"proposal": propose(model, "f1", None, labels_dir=labels, min_labels=minimum).report}
+            expect = (str(body.get("model_version")), finite_number(body.get("threshold")))
+            report = revise(
+                model, "f1", None, labels_dir=labels, min_labels=minimum, reviewer=self.reviewer, expect=expect
+            )
+        return {"report": report, **self.state(self.view(view.product, fresh=True))}
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read up to :data:`MAX_BODY` bytes (the guard checked its content type)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ConfigError(f"a request body of more than {MAX_BODY} bytes")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except ValueError:
+        raise ConfigError("the request body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ConfigError("the request body is a JSON object")
+    return body
+
+
+def finite_number(value: Any) -> float:
+    """A confirmed threshold: a finite JSON number, nothing else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"confirm with the proposal's threshold (a number), got {value!r}")
+    return float(value)
 
 
 def script_json(value: Any) -> str:
@@ -200,23 +219,22 @@ def script_json(value: Any) -> str:
     return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "reviewer"
-
-
 async def _expected_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc)}, 400)
 
 
+async def _refused(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": str(exc)}, 409)
+
+
 async def _unknown(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": str(exc.args[0]) if exc.args else "not found"}, 404)
     return PlainTextResponse("no such product", 404)
 
 
-def create_app(cfg: ReviewConfig) -> Any:
-    """The ASGI application for ``cfg`` (uvicorn serves it; tests start it on a free loopback port)."""
+def build_app(cfg: ReviewConfig) -> tuple[Any, Station]:
+    """The guarded ASGI application for ``cfg`` and the station behind it (tests read its CSRF token)."""
     station = Station(cfg)
     routes = [
         Route("/", station.index),
@@ -228,6 +246,11 @@ def create_app(cfg: ReviewConfig) -> Any:
         Route("/api/p/{product}/threshold", station.apply_threshold, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={EarStreamError: _expected_error, LookupError: _unknown})
-    app.state.station = station
-    return TokenGate(app, cfg.token)
+    handlers = {Refused: _refused, EarStreamError: _expected_error, LookupError: _unknown}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    return Guard(app, cfg, station.csrf_token), station
+
+
+def create_app(cfg: ReviewConfig) -> Any:
+    """The ASGI application for ``cfg`` (uvicorn serves it; tests start it on a free loopback port)."""
+    return build_app(cfg)[0]

@@ -1,25 +1,51 @@
 """What the station shows: per product, a queue of flagged items and a stable sample of passed ones.
 
 Read from the results tree (de-duplicated as :func:`~ear_stream.io.results.read_results` does) and
-joined with the labels already given, so a reload shows only what is still to review.
+joined with the labels already given, so a reload shows only what is still to review. A part file
+that cannot be read (a 0-byte part a full disk left) is skipped with a warning, not a 500.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from ..inspect.thresholds import f1_optimal, operating_point
+from ..inspect.thresholds import class_counts, f1_optimal, operating_point
 from ..io.labels import LabelStore, comparable
-from ..io.results import read_results
+from ..io.results import is_uri, read_results
 
-IMAGE_SUFFIXES = ("", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: what ``--images`` may serve, by suffix: raster images only, each as its own media type. Never SVG, HTML
+#: or anything else a browser would run as active content on the station's origin
+RASTER_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".webp": "image/webp",
+}
+#: the suffixes tried after an id: as it is (when it names a raster file), then each raster suffix
+CANDIDATE_SUFFIXES = ("", *RASTER_TYPES)
+#: the first bytes of each media type: a file is served only when its content is what its name says
+MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/bmp": (b"BM",),
+    "image/tiff": (b"II*\x00", b"MM\x00*"),
+    "image/webp": (b"RIFF",),  # and "WEBP" at byte 8 (:func:`raster_type`)
+}
+log = logging.getLogger(__name__)
 
 
 #: (was flagged, confirmed a defect) → what the review found
@@ -101,6 +127,7 @@ class ProductView:
         """
         scores, labels, _ = comparable(list(self.labels.values()), model_version)
         view: dict[str, Any] = {"model_version": model_version, "reviewed_same_weights": int(labels.size)}
+        view["labels"] = class_counts(labels)
         if threshold is not None and labels.size:
             view["current"] = operating_point(scores, labels, threshold)
         if labels.any() and not labels.all():
@@ -138,13 +165,13 @@ class ResultsView:
         self.results, self.store, self.share, self.seed = results, labels, share, seed
 
     def products(self) -> dict[str, dict[str, int]]:
-        table = read_results(self.results)
+        table = readable_results(self.results)
         names = sorted(set(table["product"].to_pylist())) if table.num_rows else []
         labels = self.store.read()  # once for every product
         return {name: self.product(name, table, labels).counts() for name in names}
 
     def product(self, product: str, table: pa.Table | None = None, labels: pa.Table | None = None) -> ProductView:
-        table = read_results(self.results) if table is None else table
+        table = readable_results(self.results) if table is None else table
         labels = self.store.read() if labels is None else labels
         if table.num_rows:
             table = table.filter(pc.equal(table["product"], product))
@@ -153,17 +180,64 @@ class ResultsView:
         return ProductView(product, table, labels, self.share, self.seed)
 
 
-def find_image(roots: tuple[Path, ...], product: str, item: Item) -> Path | None:
-    """The original image of an item, only from inside the configured folders (never any other path)."""
+def find_image(roots: tuple[Path, ...], product: str, item: Item) -> tuple[Path, str] | None:
+    """(path, media type) of an item's original image, only from inside the configured folders (never any
+    other path) and only a raster image whose content matches its name."""
     candidates = [Path(c) for c in (item.path, item.id) if c]
     for root in roots:
-        candidates += [root / f"{item.id}{suffix}" for suffix in IMAGE_SUFFIXES]
-        candidates += [root / product / f"{item.id}{suffix}" for suffix in IMAGE_SUFFIXES]
+        candidates += [root / f"{item.id}{suffix}" for suffix in CANDIDATE_SUFFIXES]
+        candidates += [root / product / f"{item.id}{suffix}" for suffix in CANDIDATE_SUFFIXES]
     for cand in candidates:
         try:
             path = cand.resolve()
+            media = raster_type(path) if any(path.is_relative_to(root) for root in roots) else None
         except (OSError, RuntimeError):
             continue
-        if path.is_file() and any(path.is_relative_to(root) for root in roots):
-            return path
+        if media is not None:
+            return path, media
     return None
+
+
+def raster_type(path: Path) -> str | None:
+    """The media type of a raster image file by its suffix, when its first bytes agree (None otherwise)."""
+    media = RASTER_TYPES.get(path.suffix.lower())
+    if media is None or not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if not head.startswith(MAGIC[media]) or (media == "image/webp" and head[8:12] != b"WEBP"):
+        return None
+    return media
+
+
+def readable_results(results: Path) -> pa.Table:
+    """The results tree as :func:`read_results` reads it, less the part files that cannot be read.
+
+    The common case is one read. When it fails, each part is tried alone; the bad ones are named in a
+    warning and the tree is read again without them (through links in a temporary folder, so the
+    partition values still come from the paths).
+    """
+    try:
+        return read_results(results)
+    except (pa.ArrowException, OSError):
+        if is_uri(results):
+            raise
+        parts = sorted(Path(results).rglob("part-*.parquet"))
+        good = [p for p in parts if _readable_part(p)]
+        if len(good) == len(parts):
+            raise
+    with tempfile.TemporaryDirectory(prefix="ear-review-") as tmp:
+        for part in good:
+            link = Path(tmp) / part.relative_to(results)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(part.resolve(), link)
+        return readable_results(Path(tmp))
+
+
+def _readable_part(path: Path) -> bool:
+    try:
+        pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        log.warning("skipping unreadable results part %s: %s", path, exc)
+        return False
+    return True

@@ -73,18 +73,23 @@ def test_training_keeps_what_policies_need(tiny_model):
 def test_threshold_verb_rewrites_the_manifest_with_history(model_copy, synthetic_root):
     runner = CliRunner()
     before = load_manifest(model_copy)
-    res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "quantile:0.5", "--json"])
+    # the median rejects half the held-out good images: refused, unless forced
+    res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "quantile:0.5"])
+    assert res.exit_code == 1 and "rejects 50.0% of the model's held-out good images" in res.output
+    assert "--force" in res.output and load_manifest(model_copy).to_json() == before.to_json()
+    res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "quantile:0.5", "--json", "--force"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     scores = np.array(before.calibration["scores"])
     assert report["threshold"] == pytest.approx(float(np.quantile(scores, 0.5)))
+    assert report["forced"] and report["reviewer"]  # who forced it is in the history
     after = load_manifest(model_copy)
     assert after.threshold == pytest.approx(report["threshold"]) and after.threshold_policy == "quantile:0.5"
     assert after.model_version == before.model_version + ".t1"
     assert after.threshold_history[0]["threshold"] == before.threshold and after.threshold_history[0]["replaced_at"]
     Pipeline.from_artifact(model_copy, device="cpu")  # the weights hash still verifies
     res = runner.invoke(main, ["threshold", str(model_copy), "--policy", "f1", "--data", str(synthetic_root),
-                               "--category", "synthetic", "--pixel-policy", "fpr:0.01"])  # fmt: skip
+                               "--category", "synthetic", "--pixel-policy", "fpr:0.01", "--force"])  # fmt: skip
     assert res.exit_code == 0 and "on the validation set" in res.output and "escapes" in res.output, res.output
     final = load_manifest(model_copy)
     assert final.threshold_revision == 2 and len(final.threshold_history) == 2 and final.pixel_policy == "fpr:0.01"
@@ -111,10 +116,62 @@ def test_workers_pick_up_a_revision_without_restart(model_copy):
     registry = ModelRegistry(model_copy.parent, "cpu", None, reload_every_s=0.0)
     pipe = registry.get("synthetic")
     version = pipe.model_version
-    CliRunner().invoke(main, ["threshold", str(model_copy), "--policy", "manual:0.123"])
+    res = CliRunner().invoke(main, ["threshold", str(model_copy), "--policy", "manual:0.123", "--force"])
+    assert res.exit_code == 0, res.output
     time.sleep(0.01)
     again = registry.get("synthetic")
     assert again is pipe  # same weights: thresholds swapped in place
     assert pipe.threshold == pytest.approx(0.123) and pipe.model_version == version + ".t1"
     override = ModelRegistry(model_copy.parent, "cpu", None, threshold=9.0)
     assert override.get("synthetic").threshold == 9.0
+
+
+def test_rollback_restores_earlier_revisions_one_step_at_a_time(model_copy):
+    runner = CliRunner()
+    original = load_manifest(model_copy)
+    scores = np.array(original.calibration["scores"])
+    assert runner.invoke(main, ["threshold", str(model_copy), "--rollback"]).exit_code == 1  # nothing before
+    for policy in ("fpr:0.05", "sigma:1"):
+        res = runner.invoke(main, ["threshold", str(model_copy), "--policy", policy, "--reviewer", "ann"])
+        assert res.exit_code == 0, res.output
+    first = image_threshold(parse_policy("fpr:0.05"), scores)
+    res = runner.invoke(main, ["threshold", str(model_copy), "--rollback", "--reviewer", "bob"])
+    assert res.exit_code == 0 and "the thresholds of revision 1" in res.output, res.output
+    rolled = load_manifest(model_copy)
+    assert rolled.threshold == pytest.approx(first) and rolled.threshold_policy == "fpr:0.05"
+    assert rolled.threshold_revision == 3 and len(rolled.threshold_history) == 3  # a new revision, history kept
+    assert rolled.threshold_history[-1]["rollback_to"] == 1 and rolled.threshold_history[-1]["reviewer"] == "bob"
+    assert rolled.threshold_history[0]["reviewer"] == "ann"
+    Pipeline.from_artifact(model_copy, device="cpu")  # still loads
+    # again: further back (to training's thresholds), not back and forth between the last two
+    assert runner.invoke(main, ["threshold", str(model_copy), "--rollback"]).exit_code == 0
+    back = load_manifest(model_copy)
+    assert back.threshold == original.threshold and back.threshold_policy == original.threshold_policy
+    assert back.pixel_threshold == original.pixel_threshold and back.threshold_revision == 4
+    res = runner.invoke(main, ["threshold", str(model_copy), "--rollback"])
+    assert res.exit_code == 1 and "no earlier thresholds" in res.output
+    res = runner.invoke(main, ["threshold", str(model_copy), "--rollback", "--policy", "sigma:3"])
+    assert res.exit_code == 2 and "--rollback" in res.output
+    shown = runner.invoke(main, ["threshold", str(model_copy)]).output
+    assert "rolled back to revision 1" in shown and "by bob" in shown and "at most 20%" in shown
+
+
+def test_a_rollback_to_a_threshold_beyond_the_bound_needs_force(model_copy):
+    runner = CliRunner()
+    assert runner.invoke(main, ["threshold", str(model_copy), "--policy", "manual:0", "--force"]).exit_code == 0
+    assert runner.invoke(main, ["threshold", str(model_copy), "--policy", "fpr:0.05"]).exit_code == 0
+    res = runner.invoke(main, ["threshold", str(model_copy), "--rollback"])  # to manual:0, rejecting everything
+    assert res.exit_code == 1 and "rejects 100.0%" in res.output and load_manifest(model_copy).threshold_revision == 2
+    assert runner.invoke(main, ["threshold", str(model_copy), "--rollback", "--force"]).exit_code == 0
+    assert load_manifest(model_copy).threshold == 0.0
+
+
+def test_the_held_out_bound_and_the_label_minimum_by_hand():
+    from ear_stream.inspect.thresholds import MAX_HELD_OUT_FRR, held_out_refusal, label_refusal
+
+    good = np.linspace(0.0, 1.0, 101)
+    assert held_out_refusal(good, float(np.quantile(good, 1 - MAX_HELD_OUT_FRR))) is None  # exactly at the bound
+    assert "rejects 30.7%" in held_out_refusal(good, 0.695)  # type: ignore[operator]
+    assert "no held-out good scores" in held_out_refusal(np.array([]), 0.5)  # type: ignore[operator]
+    assert label_refusal(np.array([True] * 10 + [False] * 10), 10) is None
+    assert "9 defects and 10 good parts" in label_refusal(np.array([True] * 9 + [False] * 10), 10)  # type: ignore[operator]

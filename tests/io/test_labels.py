@@ -52,3 +52,45 @@ def test_bad_labels_are_refused(tmp_path):
         label(id="")
     with pytest.raises(ConfigError, match="local folder"):
         LabelStore("s3://bucket/labels")
+
+
+def test_the_labels_tree_reads_in_pandas_polars_and_duckdb(tmp_path):
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    store = LabelStore(tmp_path)
+    store.add(label())
+    store.add(label(product="disk", id="b.png", label="good"))
+    frame = pd.read_parquet(tmp_path)  # product from the folder only: no string vs dictionary clash
+    assert sorted(zip(frame["product"].astype(str), frame["id"], strict=True)) == [("disk", "b.png"), ("tile", "a.png")]
+    polars = pl.read_parquet(tmp_path, hive_partitioning=True)
+    assert sorted(polars["product"].to_list()) == ["disk", "tile"] and polars["reviewer"].to_list() == ["ann"] * 2
+    rows = duckdb.sql(
+        f"select product, label from read_parquet('{tmp_path}/**/*.parquet', hive_partitioning = true) order by 1"
+    ).fetchall()
+    assert rows == [("disk", "good"), ("tile", "defect")]
+
+
+def test_parts_of_before_still_read_and_unreadable_parts_are_skipped(tmp_path, caplog):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ear_stream.io.labels import LABEL_SCHEMA
+
+    store = LabelStore(tmp_path)
+    store.add(label())
+    old = {**label(id="old.png").__dict__, "reviewed_at": datetime.now(timezone.utc)}  # product inside as well
+    pq.write_table(pa.Table.from_pylist([old], schema=LABEL_SCHEMA), tmp_path / "product=tile" / "label-1-old.parquet")
+    (tmp_path / "product=tile" / "label-2-empty.parquet").write_bytes(b"")  # what a full disk leaves
+    (tmp_path / "product=tile" / "label-3-cut.parquet").write_bytes(b"PAR1\x00\x00")
+    rows = {r["id"]: r["product"] for r in store.read().to_pylist()}
+    assert rows == {"a.png": "tile", "old.png": "tile"}
+    assert sum("skipping unreadable label part" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_a_product_name_a_folder_cannot_hold_exactly_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="product name"):
+        LabelStore(tmp_path).add(label(product="line 3/tile"))

@@ -1,50 +1,85 @@
 // The review queue: one item at a time; D = defect, F = good part (a false alarm when flagged), S = skip.
 // Every decision is stored by the server (atomically, in Parquet) before the next item shows.
+// Every string from the results (ids, model versions, times, frame checks) reaches the page as text through
+// el() and textContent, never as markup: a producer's id or a results part cannot inject anything.
 "use strict";
 (function () {
   let state = JSON.parse(document.getElementById("state").textContent);
   let position = 0; // index into state.queue (skipped items stay in the queue for the next visit)
   let busy = false;
+  let applied = null; // the last "Applied: …" line, kept across re-renders
   const api = "/api/p/" + encodeURIComponent(state.product);
+  const csrf = document.querySelector('meta[name="csrf-token"]').getAttribute("content");
+  const SVG = "http://www.w3.org/2000/svg";
   const $ = (id) => document.getElementById(id);
 
+  // An element with attributes and children; strings become text nodes.
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) { node.setAttribute(name, value); }
+    node.append(...children);
+    return node;
+  }
+
   function pct(x) { return x === null || x === undefined ? "–" : (100 * x).toFixed(1) + " %"; }
+  function num(x) { return Number(x).toPrecision(5); }
+
+  function showMessage(text) {
+    $("message").textContent = text || "";
+    $("message").hidden = !text;
+  }
 
   function renderCounts() {
     const c = state.counts;
-    $("counts").innerHTML =
-      `<span><b id="n-to-review">${c.to_review}</b> to review</span>` +
-      `<span><b id="n-confirmed">${c.confirmed}</b> confirmed defects</span>` +
-      `<span><b id="n-false-alarms">${c.false_alarms}</b> false alarms</span>` +
-      `<span><b id="n-escapes">${c.escapes}</b> escapes found</span>` +
-      `<span><b id="n-good-passes">${c.good_passes}</b> good passes</span>` +
-      `<span>${c.results} results, ${c.flagged} flagged</span>`;
+    const count = (id, n, what) => el("span", {}, el("b", { id: id }, String(n)), " " + what);
+    $("counts").replaceChildren(
+      count("n-to-review", c.to_review, "to review"),
+      count("n-confirmed", c.confirmed, "confirmed defects"),
+      count("n-false-alarms", c.false_alarms, "false alarms"),
+      count("n-escapes", c.escapes, "escapes found"),
+      count("n-good-passes", c.good_passes, "good passes"),
+      el("span", {}, `${c.results} results, ${c.flagged} flagged`),
+    );
   }
 
   function point(p) {
-    return `threshold <b>${p.threshold.toPrecision(5)}</b>: ${p.caught} of ${p.defects} defects caught, ` +
-      `${p.escapes} escapes (${pct(p.escape_rate)}), ${p.false_alarms} false alarms (${pct(p.false_reject_rate)})`;
+    return [
+      "threshold ", el("b", {}, num(p.threshold)),
+      `: ${p.caught} of ${p.defects} defects caught, ${p.escapes} escapes (${pct(p.escape_rate)}), ` +
+      `${p.false_alarms} false alarms (${pct(p.false_reject_rate)})`,
+    ];
   }
 
   function renderThreshold() {
     const t = state.thresholds;
-    let html = `<h2>Threshold on the reviewed items</h2>`;
-    html += `<p class="hint">${t.reviewed_same_weights} reviewed items judged by the current weights` +
-      ` (${t.model_version || "unknown model"}); every flagged item and a sample of passed ones are` +
-      ` queued, so the rates describe the reviewed items, not the line.</p>`;
-    html += t.current ? `<p id="current-point">Current: ${point(t.current)}</p>` : "<p>Current: no reviewed items yet.</p>";
+    const labels = t.labels || { defects: 0, good: 0 };
+    const parts = [
+      el("h2", {}, "Threshold on the reviewed items"),
+      el("p", { class: "hint" },
+        `${t.reviewed_same_weights} reviewed items judged by the current weights (${t.model_version || "unknown model"}); ` +
+        "every flagged item and a sample of passed ones are queued, so the rates describe the reviewed items, not the line."),
+      t.current ? el("p", { id: "current-point" }, "Current: ", ...point(t.current)) : el("p", {}, "Current: no reviewed items yet."),
+    ];
     if (t.proposed) {
-      html += `<p id="proposed-point">Proposed (F1 ${t.proposed.f1.toFixed(3)}): ${point(t.proposed)}</p>`;
-      html += state.can_apply
-        ? `<button id="apply">Apply the proposed threshold</button>`
-        : `<p class="hint">Start the station with --models to apply it.</p>`;
+      parts.push(el("p", { id: "proposed-point" }, `Proposed (F1 ${t.proposed.f1.toFixed(3)}): `, ...point(t.proposed)));
+      parts.push(state.can_apply
+        ? el("button", { id: "apply" }, "Apply the proposed threshold…")
+        : el("p", { class: "hint" }, "Start the station with --models to apply it."));
+      parts.push(el("p", { class: "hint" },
+        `Apply needs ${state.min_labels_per_class} labels of each class (now ${labels.defects} defects, ` +
+        `${labels.good} good parts) and a threshold that rejects at most ` +
+        `${pct(state.max_false_reject_rate_on_calibration)} of the model's held-out good images.`));
     } else {
-      html += `<p class="hint">A proposal needs both confirmed defects and good parts among the reviewed items.</p>`;
+      parts.push(el("p", { class: "hint" }, "A proposal needs both confirmed defects and good parts among the reviewed items."));
     }
-    if (state.applied) { html += `<p id="applied" class="applied">${state.applied}</p>`; }
-    $("threshold").innerHTML = html;
+    if (applied) { parts.push(el("p", { id: "applied", class: "applied" }, applied)); }
+    $("threshold").replaceChildren(...parts);
     const apply = $("apply");
-    if (apply) { apply.addEventListener("click", applyThreshold); }
+    if (apply) { apply.addEventListener("click", askToApply); }
+  }
+
+  function fact(name, value, id) {
+    return [el("dt", {}, name), el("dd", id ? { id: id } : {}, value)];
   }
 
   function renderItem() {
@@ -55,36 +90,55 @@
     if (!item) { return; }
     const base = "/p/" + encodeURIComponent(state.product);
     const img = $("image");
+    $("boxes").replaceChildren();
     img.onload = () => drawBoxes(item, img);
     img.onerror = () => { $("original").hidden = true; };
     $("original").hidden = false;
-    img.src = base + "/image/" + item.key;
+    img.src = base + "/image/" + encodeURIComponent(item.key);
     $("heat").hidden = !item.has_heatmap;
-    if (item.has_heatmap) { $("heatmap").src = base + "/heatmap/" + item.key + ".png"; }
-    const verdict = item.flagged ? '<span class="flagged">flagged</span>' : '<span class="passed">passed (sample)</span>';
-    $("facts").innerHTML =
-      `<dt>id</dt><dd id="item-id"></dd><dt>verdict</dt><dd>${verdict}</dd>` +
-      `<dt>score</dt><dd>${item.score.toPrecision(5)} (threshold ${item.threshold.toPrecision(5)})</dd>` +
-      `<dt>regions</dt><dd>${item.regions.length}</dd>` +
-      (item.frame_check ? `<dt>frame check</dt><dd id="frame-check"></dd>` : "") +
-      `<dt>model</dt><dd>${item.model_version}</dd><dt>processed</dt><dd>${item.processed_at}</dd>` +
-      `<dt>position</dt><dd>${position + 1} of ${state.queue.length}</dd>`;
-    $("item-id").textContent = item.id; // ids come from producers: text, never markup
-    if (item.frame_check) { $("frame-check").textContent = item.frame_check; }
+    if (item.has_heatmap) { $("heatmap").src = base + "/heatmap/" + encodeURIComponent(item.key) + ".png"; }
+    const verdict = item.flagged
+      ? el("span", { class: "flagged" }, "flagged")
+      : el("span", { class: "passed" }, "passed (sample)");
+    $("facts").replaceChildren(
+      ...fact("id", item.id, "item-id"),
+      ...fact("verdict", verdict),
+      ...fact("score", `${num(item.score)} (threshold ${num(item.threshold)})`),
+      ...fact("regions", String(item.regions.length)),
+      ...(item.frame_check ? fact("frame check", item.frame_check, "frame-check") : []),
+      ...fact("model", item.model_version, "item-model"),
+      ...fact("processed", item.processed_at),
+      ...fact("position", `${position + 1} of ${state.queue.length}`),
+    );
   }
 
+  // Boxes are in the original image's pixels. The SVG's user space is that image (viewBox = its natural
+  // size) and it is fitted into the frame exactly as the <img> is (object-fit: contain, centred =
+  // preserveAspectRatio xMidYMid meet), so a box lands on its defect whatever the image's aspect ratio.
   function drawBoxes(item, img) {
     const svg = $("boxes");
     svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
-    svg.innerHTML = item.regions.map((r) =>
-      `<rect x="${r.x0}" y="${r.y0}" width="${r.x1 - r.x0 + 1}" height="${r.y1 - r.y0 + 1}"></rect>`).join("");
+    svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
+    svg.replaceChildren(...item.regions.map((r) => {
+      const rect = document.createElementNS(SVG, "rect");
+      rect.setAttribute("x", String(Number(r.x0)));
+      rect.setAttribute("y", String(Number(r.y0)));
+      rect.setAttribute("width", String(Number(r.x1) - Number(r.x0) + 1));
+      rect.setAttribute("height", String(Number(r.y1) - Number(r.y0) + 1));
+      return rect;
+    }));
   }
 
   async function post(url, body) {
     const response = await fetch(url, {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+      method: "POST",
+      headers: { "content-type": "application/json", "x-csrf-token": csrf },
+      body: JSON.stringify(body),
+      credentials: "same-origin",
     });
-    const data = await response.json();
+    const text = await response.text();
+    let data;
+    try { data = JSON.parse(text); } catch (err) { data = { error: text }; }
     if (!response.ok) { throw new Error(data.error || response.statusText); }
     return data;
   }
@@ -96,12 +150,13 @@
     try {
       const next = await post(api + "/label", { key: item.key, label: label });
       const skipped = state.queue.slice(0, position).map((it) => it.key);
-      state = { ...next, applied: state.applied };
+      state = next;
       position = state.queue.filter((it) => skipped.includes(it.key)).length;
       if (position >= state.queue.length) { position = 0; } // back to the skipped ones
+      showMessage("");
       render();
     } catch (err) {
-      alert("Not stored: " + err.message);
+      showMessage("Not stored: " + err.message);
     } finally {
       busy = false;
     }
@@ -111,16 +166,63 @@
     if (state.queue.length) { position = (position + 1) % state.queue.length; renderItem(); }
   }
 
-  async function applyThreshold() {
+  function closeConfirm() { $("confirm").hidden = true; $("confirm").replaceChildren(); }
+
+  // Step 1 of Apply: the server's proposal, with what it does, shown before anything changes.
+  async function askToApply() {
     try {
-      const next = await post(api + "/threshold", {});
+      const p = (await post(api + "/threshold", {})).proposal;
+      showMessage("");
+      renderProposal(p);
+    } catch (err) {
+      closeConfirm();
+      showMessage("Not applied: " + err.message);
+    }
+  }
+
+  function renderProposal(p) {
+    const after = p.operating_point, before = p.operating_point_before;
+    const parts = [
+      el("h2", {}, "Apply this threshold?"),
+      el("p", { id: "proposal-threshold" },
+        `threshold ${num(p.previous.threshold)} (${p.previous.policy}) → `, el("b", {}, num(p.threshold)), ` (${p.policy})`),
+      el("p", { id: "proposal-reviewed" },
+        `On the ${after.items} reviewed items: false rejects ${before.false_alarms} → ${after.false_alarms}, ` +
+        `escapes ${before.escapes} → ${after.escapes}.`),
+      el("p", { id: "proposal-held-out" },
+        `Held-out good images rejected: ${pct(p.false_reject_rate_on_calibration)} ` +
+        `(at most ${pct(p.max_false_reject_rate_on_calibration)}).`),
+    ];
+    if (p.refused) {
+      parts.push(el("p", { id: "proposal-refused", class: "error" }, "Refused: " + p.refused));
+      parts.push(el("button", { id: "cancel-apply" }, "Close"));
+    } else {
+      parts.push(el("button", { id: "confirm-apply" }, "Confirm"), el("button", { id: "cancel-apply" }, "Cancel"));
+    }
+    $("confirm").replaceChildren(...parts);
+    $("confirm").hidden = false;
+    $("cancel-apply").addEventListener("click", closeConfirm);
+    const confirm = $("confirm-apply");
+    if (confirm) { confirm.addEventListener("click", () => confirmApply(p)); }
+  }
+
+  // Step 2: the confirmed values go back; the server refuses them if the proposal changed meanwhile.
+  async function confirmApply(p) {
+    try {
+      const next = await post(api + "/threshold",
+        { confirm: true, threshold: p.threshold, model_version: p.previous.model_version });
       const r = next.report;
-      state = { ...next, applied: `Applied: threshold ${r.previous.threshold.toPrecision(5)} → ` +
-        `${r.threshold.toPrecision(5)} (${r.policy}), model version ${r.model_version}.` };
+      delete next.report;
+      state = next;
+      applied = `Applied: threshold ${num(r.previous.threshold)} → ${num(r.threshold)} (${r.policy}), ` +
+        `model version ${r.model_version}, by ${r.reviewer}.`;
       position = 0;
+      closeConfirm();
+      showMessage("");
       render();
     } catch (err) {
-      alert("Not applied: " + err.message);
+      closeConfirm();
+      showMessage("Not applied: " + err.message);
     }
   }
 

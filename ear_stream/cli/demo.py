@@ -7,6 +7,7 @@ into Parquet, and everything started here is stopped again.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -16,9 +17,21 @@ from ..model.config import DEFAULT_PRECISION
 from .options import PRECISION_OPTION
 
 PRODUCT = "synthetic"
-#: epochs of the demo model: 48 images, 240 steps, well under a minute on 2 cores (its recovery error on
-#: held-out good images is then about a third of a flat image's, asserted below half in tests/cli/test_demo.py)
+#: epochs of the demo model: 86 training images (96 less the hold-out), 440 steps, under a minute on 2 cores.
+#: Its recovery error on held-out good images is then 0.23-0.30 of a flat image's on fp32 and bf16, AMX
+#: and AVX-512 alike (asserted below half in tests/cli/test_demo.py, under both precisions)
 DEMO_EPOCHS = 40
+#: the generated sample: 96 good training images hold out 10, enough for the threshold's small-sample tail
+#: bound (inspect.thresholds.TAIL_MIN_SCORES) instead of resting on the single highest held-out image (with
+#: 48 images, 5 were held out and the demo flagged 8 % of its good images on a CPU with AMX); 48 good and
+#: 48 defective test images, so that "at most 5 % of good images flagged" is not decided by one image
+DEMO_DATA = {"n_train": 96, "n_test_good": 48, "n_test_defect": 24}
+#: the demo's threshold policy: its generated defects score far above its good images (lowest defect 0.47-0.50,
+#: highest good 0.15-0.33 over eight trainings), so it allows 0.5 % false rejects, not the line default's 2 %:
+#: a threshold in the middle of that gap, not at the good images' edge (benchmarks/demo_precision.py)
+DEMO_POLICY = "fpr:0.005"
+#: times each of the 96 test images is pushed: 1,152 stream entries, enough that scoring dominates start-up
+DEMO_COPIES = 12
 
 
 def ensure_model(workdir: Path, epochs: int, image_size: int, precision: str = DEFAULT_PRECISION) -> Path:
@@ -29,8 +42,11 @@ def ensure_model(workdir: Path, epochs: int, image_size: int, precision: str = D
     from ..model.config import ModelConfig, TrainConfig, default_keep_context, resolve_saliency
 
     data = workdir / "data"
-    if not (data / PRODUCT).is_dir():
-        write_synthetic_category(data, PRODUCT)
+    train = data / PRODUCT / "train" / "good"
+    if not train.is_dir() or len(list(train.iterdir())) != DEMO_DATA["n_train"]:  # absent, or an older sample
+        shutil.rmtree(data / PRODUCT, ignore_errors=True)
+        (workdir / "models" / PRODUCT / "manifest.json").unlink(missing_ok=True)
+        write_synthetic_category(data, PRODUCT, **DEMO_DATA)
     model_dir = workdir / "models" / PRODUCT
     saliency = resolve_saliency("auto", has_dino_weights=False)
     if (model_dir / "manifest.json").is_file():
@@ -41,7 +57,7 @@ def ensure_model(workdir: Path, epochs: int, image_size: int, precision: str = D
             saliency,
             default_keep_context(saliency),
         )
-        plain = not man.config.head and man.training.get("simulate", 0.0) == 0.0
+        plain = not man.config.head and man.training.get("simulate", 0.0) == 0.0 and man.threshold_policy == DEMO_POLICY
         if same and plain and man.training.get("epochs") == epochs and not man.training.get("degenerate", True):
             click.echo(f"reusing model {model_dir}")
             return model_dir
@@ -55,7 +71,9 @@ def ensure_model(workdir: Path, epochs: int, image_size: int, precision: str = D
         cfg,
         # plain training: the demo's 40 epochs (seconds on a CPU) are too few to train a head, and its
         # generated textures need none (the default recipe, simulated defects + head, is for real lines)
-        TrainConfig(epochs=epochs, batch_size=8, lr=1e-3, precision=precision, simulate=0.0),
+        TrainConfig(
+            epochs=epochs, batch_size=8, lr=1e-3, precision=precision, simulate=0.0, threshold_policy=DEMO_POLICY
+        ),
         mosaic_scale=None,
         device="auto",
     )
@@ -65,7 +83,7 @@ def run_demo(
     workdir: Path,
     epochs: int = DEMO_EPOCHS,
     image_size: int = 64,
-    copies: int = 32,
+    copies: int = DEMO_COPIES,
     max_workers: int = 2,
     precision: str = DEFAULT_PRECISION,
 ) -> dict:
@@ -203,7 +221,7 @@ def print_verdicts(rows: list[dict], summary: dict) -> None:
 @click.option("--image-size", default=64, show_default=True, help="Side of the demo model (a multiple of 32).")
 @click.option(
     "--copies",
-    default=32,
+    default=DEMO_COPIES,
     show_default=True,
     help="Times each test image is pushed (with distinct ids): enough work that scoring, not actor start-up, dominates.",
 )

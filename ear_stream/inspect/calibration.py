@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..model.config import DEFAULT_IMAGE_POLICY
+from .ood import OODCheck
 from .simulate import simulate_defects
 from .thresholds import good_score_stats, image_threshold, parse_policy, pixel_quantile_grid
 
@@ -51,14 +52,16 @@ MAX_CALIBRATION_PIXELS = 2_000_000
 
 
 def calibrate(pipe, held_images, policy: str = DEFAULT_IMAGE_POLICY, batch: int = 16) -> tuple[float, dict]:
-    """Score the held-out good images once: the image threshold, its statistics and the pixel statistics.
+    """Score the held-out good images once: the image threshold, its statistics, the pixel statistics and the
+    out-of-distribution check (:mod:`.ood`).
 
     Whole-image models also score the same images with a simulated defect each (``simf1``).
     """
-    scores, maps = pipe.score_batches(held_images, batch, want_maps=True)
+    scores, maps, features = pipe.score_batches(held_images, batch, want_maps=True, want_features=True)
     pixels = [m.float().flatten().numpy() for m in maps]
     simulated = simulated_defect_scores(pipe, held_images, batch) if isinstance(held_images, torch.Tensor) else None
     threshold, stats = calibrate_threshold(scores, policy, simulated)
+    stats["ood"] = OODCheck.fit(features).to_json()  # what a frame the model can judge looks like
     values = np.concatenate(pixels) if pixels else np.zeros(1)
     if values.size > MAX_CALIBRATION_PIXELS:
         values = np.random.default_rng(0).choice(values, MAX_CALIBRATION_PIXELS, replace=False)

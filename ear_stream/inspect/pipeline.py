@@ -10,6 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from ..model.head import HEAD_PREFIX, AnomalyHead, head_inputs, smoothed_map
 from ..model.precision import DEFAULT_PRECISION, Precision, compile_module, resolve_precision
 from ..model.saliency import resolve_dino_weights
 from ..model.weightfree import SelfSaliency
+from .ood import FEATURES, OODCheck, image_features
 from .regions import region_table
 from .tiling import cut, pad_to_tile, paste, plan_tiles
 from .variant import Variant, paste_context, two_pass_attention
@@ -161,6 +163,10 @@ class BatchResult:
     mask: Images | None = None
     #: per image, its defect regions (``want_regions``): boxes in original pixels, area, peak, mean
     regions: list[list[dict]] | None = None
+    #: [B, len(ood.FEATURES)] global statistics of each image and its recovery (:mod:`.ood`)
+    features: np.ndarray | None = None
+    #: per image, why the model cannot judge it (``out_of_distribution: …``) or None; such images are anomalies
+    ood: list[str | None] | None = None
 
     @property
     def finite(self) -> np.ndarray:
@@ -191,6 +197,8 @@ class Pipeline:
         self.calibration: dict = {}
         #: the training's recovery check (``ear_stream.inspect.recovery``), shown by reports; None when unknown
         self.recovery: dict | None = None
+        #: the out-of-distribution check calibrated with the threshold (None: an older model, not checked)
+        self.ood_check: OODCheck | None = None
         #: tiles per U-Net batch in native-resolution inference: what bounds memory, whatever the image size
         self.tile_batch = int(tile_batch)
         self.threshold = float(threshold)
@@ -294,6 +302,7 @@ class Pipeline:
         self.pixel_threshold = None if manifest.pixel_policy == "image" else manifest.pixel_threshold
         self.model_version = manifest.model_version
         self.calibration = manifest.calibration
+        self.ood_check = OODCheck.from_calibration(manifest.calibration)
         self.recovery = manifest.training.get("recovery")
 
     @property
@@ -371,20 +380,30 @@ class Pipeline:
         return self.score_tensor(images, want_maps, want_recon, want_regions, orig_sizes)
 
     def score_batches(
-        self, images: Images, batch: int = 16, want_maps: bool = False, progress: bool = False, desc: str = "scoring"
-    ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        self,
+        images: Images,
+        batch: int = 16,
+        want_maps: bool = False,
+        progress: bool = False,
+        desc: str = "scoring",
+        want_features: bool = False,
+    ) -> Any:
         """Score a whole set batch by batch: (scores [N] float32, maps as a list of [1, H, W] half tensors when
-        ``want_maps``). The one loop evaluation, calibration, threshold policies and studies share."""
+        ``want_maps``), plus the [N, k] out-of-distribution features with ``want_features``. The one loop
+        evaluation, calibration, threshold policies and studies share."""
         from tqdm import tqdm
 
         scores: list[np.ndarray] = []
         maps: list[torch.Tensor] = []
+        features: list[np.ndarray] = [np.zeros((0, len(FEATURES)))]
         for i in tqdm(range(0, len(images), batch), desc=desc, disable=not progress):
             res = self.score_images(images[i : i + batch], want_maps=want_maps)
             scores.append(res.scores)
+            features.append(res.features)  # type: ignore[arg-type]
             if want_maps:
                 maps.extend(m.half() for m in res.maps)  # type: ignore[union-attr]
-        return (np.concatenate(scores) if scores else np.zeros(0, np.float32)), maps
+        out = (np.concatenate(scores) if scores else np.zeros(0, np.float32)), maps
+        return (*out, np.concatenate(features)) if want_features else out
 
     @torch.no_grad()
     def score_tiled(
@@ -426,8 +445,9 @@ class Pipeline:
                 paste(mask[t.image], smask[j], t)
                 if composite is not None:
                     paste(composite[t.image], comp[j], t)
-        scores, maps, regions = [], [], []
+        scores, maps, regions, features = [], [], [], []
         for i, (img, rec) in enumerate(zip(imgs, recon, strict=True)):
+            features.append(image_features(img[None], rec[None]))
             score, dmap = self.score_recon(img[None], rec[None], want_maps or want_regions)
             broken = ~torch.isfinite(rec).all()
             scores.append(torch.where(broken, torch.full_like(score, float("nan")), score))
@@ -448,20 +468,29 @@ class Pipeline:
             [c.cpu() for c in composite] if composite is not None else None,
             [m.cpu() for m in mask] if want_recon else None,
             regions if want_regions else None,
+            np.concatenate(features) if features else np.zeros((0, len(FEATURES))),
         )
 
-    def _result(self, scores, ratio, maps, recon, composite, mask, regions) -> BatchResult:
+    def _result(
+        self, scores, ratio, maps, recon, composite, mask, regions, features: np.ndarray | None = None
+    ) -> BatchResult:
         scores_np = scores.float().cpu().numpy().astype(np.float32)
+        ood = None if self.ood_check is None or features is None else self.ood_check.reasons(features)
+        is_anomaly = ~(scores_np <= self.threshold)  # fail closed: NaN on either side is an anomaly
+        if ood is not None:  # a frame the model cannot judge never passes
+            is_anomaly |= np.array([r is not None for r in ood], dtype=bool)
         return BatchResult(
             scores=scores_np,
             normalized=(scores_np / max(self.threshold, 1e-12)).astype(np.float32),
-            is_anomaly=~(scores_np <= self.threshold),  # fail closed: NaN on either side is an anomaly
+            is_anomaly=is_anomaly,
             mask_ratio=ratio.float().cpu().numpy().astype(np.float32),
             maps=maps,
             recon=recon,
             composite=composite,
             mask=mask,
             regions=regions,
+            features=features,
+            ood=ood,
         )
 
     @torch.no_grad()
@@ -511,6 +540,7 @@ class Pipeline:
             composite.cpu() if want_recon else None,
             self.variant.excised_mask(attention, images).cpu() if want_recon else None,
             regions,
+            image_features(images, recon),
         )
 
     @property

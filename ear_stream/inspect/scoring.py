@@ -63,7 +63,9 @@ def result_rows(
             row["heatmap"] = to_png(heatmap_overlay(images[i], res.maps[i], vmax=pipe.threshold * 1.5))
         if extra:
             row.update(extra[i])
-        if row.get("frame_check"):  # a camera fault is never a good part
+        if not row.get("frame_check") and res.ood is not None:  # a camera fault first, else out of distribution
+            row["frame_check"] = res.ood[i]
+        if row.get("frame_check"):  # a frame the model cannot judge is never a good part
             row["is_anomaly"] = True
         rows.append(row)
     return rows

@@ -14,6 +14,8 @@ path. Trees written before (``product`` inside the files too) still read with
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import time
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError
 
+log = logging.getLogger("ear_stream.io.results")
 UTC_MS = pa.timestamp("ms", tz="UTC")
 #: one defect region: box in the original image's pixels (inclusive), area in pixels, peak and mean MSGMS
 REGION = pa.struct(
@@ -98,7 +101,11 @@ class ResultWriter:
     def __post_init__(self) -> None:
         self._fs: pafs.FileSystem | None = None
         if is_uri(self.out_dir):
-            self._fs, self._base = pafs.FileSystem.from_uri(str(self.out_dir))
+            fs, base = pafs.FileSystem.from_uri(str(self.out_dir))
+            if isinstance(fs, pafs.LocalFileSystem):  # file://: the local path, with its fsync and rename
+                self.out_dir = Path(base)
+            else:
+                self._fs, self._base = fs, base
         else:
             self.out_dir = Path(self.out_dir)
         self._seq = 0
@@ -118,26 +125,55 @@ class ResultWriter:
         name = f"part-{safe_component(self.worker)}-{time.time_ns():019d}-{self._seq:06d}.parquet"
         table = pa.Table.from_pylist([{f: r.get(f) for f in FILE_SCHEMA.names} for r in rows], schema=FILE_SCHEMA)
         if self._fs is not None:
-            path = f"{self._base.rstrip('/')}/{partition}/{name}"
-            self._fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            with self._fs.open_output_stream(path) as f:
-                pq.write_table(table, f, compression="zstd")
-            return path
+            return write_object_atomic(self._fs, table, f"{self._base.rstrip('/')}/{partition}", name)
         return write_table_atomic(table, self.out_dir / partition / name)  # type: ignore[operator]
+
+
+def write_object_atomic(fs: pafs.FileSystem, table: pa.Table, folder: str, name: str) -> str:
+    """Write a Parquet object to a filesystem URI so that it is absent or whole under its final name.
+
+    The file is serialised in memory first and uploaded under a hidden temporary name (readers skip
+    ``.``-prefixed names), then moved: a stream closed by an error would otherwise leave a truncated
+    object under the final name (an object store's close completes the upload with what it has).
+    Whatever fails, the temporary object is removed.
+    """
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue()
+    fs.create_dir(folder, recursive=True)
+    final, tmp = f"{folder}/{name}", f"{folder}/.{name}.tmp"
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, final)
+    except BaseException:
+        _delete_quietly(fs, tmp)
+        raise
+    return final
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    with contextlib.suppress(OSError):  # never written, or the store is gone: nothing more to do
+        fs.delete_file(path)
 
 
 def write_table_atomic(table: pa.Table, final: Path) -> Path:
     """Write a Parquet file that is either absent or whole, even across a crash or a power cut.
 
-    A hidden temporary name (readers skip ``.``-prefixed files), fsync, rename, fsync of the folder.
+    A hidden temporary name (readers skip ``.``-prefixed files), fsync, rename, fsync of the folder; the
+    temporary file is removed when any step fails.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp")
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:  # a full disk (ENOSPC) or a kill: no temporary file is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(final.parent)
     return final
 
@@ -165,17 +201,11 @@ def read_results(out_dir: str | Path, dedupe: bool = True) -> pa.Table:
         files = sorted(str(p) for p in Path(out_dir).rglob("part-*.parquet"))
     if not files:
         return SCHEMA.empty_table()
-    # product from the path (older parts also hold it inside: the path's value is the same); parts written
-    # before a column existed read back with it null
-    dataset = ds.dataset(
-        files,
-        format="parquet",
-        schema=pa.schema([*SCHEMA, PARTITIONING.field("date")]),
-        filesystem=fs,
-        partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
-        partition_base_dir=base,
-    )
-    table = dataset.to_table(columns=SCHEMA.names)
+    try:
+        table = _read_parts(files, fs, base)
+    except (pa.ArrowInvalid, OSError):  # one unreadable part (0 bytes, truncated, foreign) must not hide the rest
+        files = readable_parts(files, fs)
+        table = _read_parts(files, fs, base) if files else SCHEMA.empty_table()
     if not dedupe or table.num_rows == 0:
         return table
     # an id is unique per product (two lines may reuse ids): duplicates are the same (product, id)
@@ -186,6 +216,36 @@ def read_results(out_dir: str | Path, dedupe: bool = True) -> pa.Table:
     first = np.concatenate([[True], (key_i[1:] != key_i[:-1]) | (key_p[1:] != key_p[:-1])]) if len(ids) else []
     keep = order[first] if len(ids) else order
     return table.take(np.sort(keep))
+
+
+def _read_parts(files: list[str], fs: pafs.FileSystem | None, base: str) -> pa.Table:
+    # product from the path (older parts also hold it inside: the path's value is the same); parts written
+    # before a column existed read back with it null
+    dataset = ds.dataset(
+        files,
+        format="parquet",
+        schema=pa.schema([*SCHEMA, PARTITIONING.field("date")]),
+        filesystem=fs,
+        partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
+        partition_base_dir=base,
+    )
+    return dataset.to_table(columns=SCHEMA.names)
+
+
+def readable_parts(files: list[str], fs: pafs.FileSystem | None = None) -> list[str]:
+    """The parts whose Parquet footer reads; each other one is named in a warning and skipped."""
+    good = []
+    for path in files:
+        try:
+            if fs is None:
+                pq.read_metadata(path)
+            else:
+                with fs.open_input_file(path) as f:
+                    pq.read_metadata(f)
+            good.append(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            log.warning("skipping unreadable results part %s (%s)", path, exc)
+    return good
 
 
 def summarize(table: pa.Table) -> dict[str, Any]:

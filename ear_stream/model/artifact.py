@@ -28,6 +28,9 @@ from .unet import UNet
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
+#: a manifest is a few hundred KiB at most (calibration scores, pixel quantiles, history); anything larger
+#: is not read (a 1 GB file would be read whole into memory by every worker that reloads it)
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 class ArtifactError(EarStreamError, ValueError):
@@ -55,9 +58,20 @@ class Manifest:
     threshold_history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
+    def scoring_hash(self) -> str:
+        """Short hash of everything besides the weights that changes a score: the config (size, saliency,
+        mosaic scale, scoring, head) and the DINO weights it was trained with."""
+        identity = json.dumps([self.config.to_dict(), self.dino_weights_sha256], sort_keys=True, default=str)
+        return hashlib.sha256(identity.encode()).hexdigest()[:6]
+
+    @property
     def model_version(self) -> str:
-        """Short content hash of the weights, plus ``.t<n>`` after the n-th threshold revision."""
-        base = self.weights_sha256[:12]
+        """``<weights hash>-<scoring hash>``, plus ``.t<n>`` after the n-th threshold revision.
+
+        Two rows with the same version before ``.t`` have comparable scores (same weights, same config); a
+        config edited with the weights kept is a new version, and workers reload it as a new model.
+        """
+        base = f"{self.weights_sha256[:12]}-{self.scoring_hash}"
         return base if not self.threshold_revision else f"{base}.t{self.threshold_revision}"
 
     def to_json(self) -> dict[str, Any]:
@@ -148,7 +162,13 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     if not path.is_file():
         raise ArtifactError(f"{model_dir} is not a model directory (no {MANIFEST_FILE})")
     try:
-        data = json.loads(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ArtifactError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} a manifest may have")
+        with open(path, "rb") as f:
+            data = json.loads(f.read(MAX_MANIFEST_BYTES + 1))
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object is expected, got {type(data).__name__}")
         manifest = Manifest(
             config=ModelConfig.from_dict(data["config"]),
             threshold=float(data["threshold"]),
@@ -165,8 +185,13 @@ def load_manifest(model_dir: str | Path) -> Manifest:
             threshold_revision=int(data.get("threshold_revision", 0)),
             threshold_history=list(data.get("threshold_history") or []),
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{path} is not a valid manifest: {exc}") from exc
+    except ArtifactError:
+        raise
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError, MemoryError) as exc:
+        # RecursionError: json nests as deep as the file does; a hostile manifest is refused, not a crash
+        raise ArtifactError(f"{path} is not a valid manifest: {type(exc).__name__}: {exc}") from exc
     check_manifest(manifest, path)
     return manifest
 

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 
 from ..errors import SetupError
 
+#: the rights of the Redis user that workers, ``push``, ``status``, ``dlq`` and the review station share: the
+#: one ACL the permission error recommends, docs/design.md shows and tests/stream/test_redis_honest.py grants.
+#: ``~ear:*`` must cover the --stream, --dlq and --results-stream names (and their heartbeat keys);
+#: +multi +exec +discard: dead letters and replays are transactions; +eval: ack + delete without XACKDEL;
+#: +config|get: the eviction and persistence checks; +hset +expire +hgetall +pttl +scan: heartbeats
+ACL_RIGHTS = (
+    "~ear:* -@all +@stream +ping +info +config|get +multi +exec +discard +eval +evalsha "
+    "+hset +expire +hgetall +pttl +scan +select"
+)
+#: the whole command, with placeholders (a user is created with ``on >PASSWORD``; ``reset`` clears old rights)
+ACL_SETUSER = f"ACL SETUSER <user> reset on ><password> {ACL_RIGHTS}"
+
 
 class RedisSetupError(SetupError):
     """Redis cannot be used as configured (unreachable, wrong or missing password): retrying will not fix it."""
+
+
+class TransactionRefused(RedisSetupError):
+    """The server refused MULTI or a command of the transaction: nothing of it was applied."""
 
 
 def describe_url(url: str) -> str:
@@ -66,9 +84,12 @@ def connect(url: str, verify: bool = False, **kwargs: Any) -> redis.Redis:
 
 
 def verify_connection(client: redis.Redis, url: str) -> None:
+    """Ping once and check the server takes writes: the set-up mistakes end here, in one line with the fix."""
     where = describe_url(url)
     try:
         client.ping()
+    except redis.exceptions.NoPermissionError as exc:
+        raise permission_error(exc, "run PING") from None
     except (redis.AuthenticationError, redis.AuthenticationWrongNumberOfArgsError) as exc:
         raise RedisSetupError(
             f"Redis at {where} refused the credentials ({exc}): put the right password in the URL "
@@ -84,11 +105,100 @@ def verify_connection(client: redis.Redis, url: str) -> None:
         raise RedisSetupError(
             f"cannot reach Redis at {where} ({exc}): start redis-server there or correct --redis / EAR_REDIS_URL"
         ) from exc
+    check_primary(client, url)
+
+
+def check_primary(client: redis.Redis, url: str) -> None:
+    """Refuse a replica now: it answers reads, so the first XADD or XREADGROUP would fail far from the cause.
+
+    A user without +info cannot be asked; the first write then says it (:func:`setup_errors`).
+    """
+    try:
+        info = client.info("replication")
+    except redis.ResponseError:
+        return
+    if str(info.get("role", "master")) != "master":
+        raise replica_error(url, info)
+
+
+def replica_error(url: str, info: dict[str, Any] | None = None) -> RedisSetupError:
+    """The one line for a read-only replica, naming its primary when INFO says where it is."""
+    info = info or {}
+    primary = f" (its primary: {info['master_host']}:{info['master_port']})" if info.get("master_host") else ""
+    return RedisSetupError(
+        f"Redis at {describe_url(url)} is a read-only replica; point at the primary{primary} with --redis / "
+        "EAR_REDIS_URL"
+    )
 
 
 def permission_error(exc: redis.ResponseError, what: str) -> RedisSetupError:
-    """An ACL refusal (NOPERM) as a set-up error that says which rights the worker's user needs."""
-    return RedisSetupError(
-        f"the Redis user may not {what} ({exc}): grant it the stream commands, e.g. "
-        "ACL SETUSER <user> +@stream +@read +@write +eval +evalsha +info +config|get ~ear:*"
-    )
+    """An ACL refusal (NOPERM) as a set-up error that names the one ACL ear-stream is tested with."""
+    return RedisSetupError(f"the Redis user may not {what} ({exc}): give it the tested rights, {ACL_SETUSER}")
+
+
+@contextmanager
+def setup_errors(url: str, what: str = "run a command this verb needs") -> Iterator[None]:
+    """Turn the Redis refusals retrying cannot fix (an ACL without a right, a replica) into one line.
+
+    Used around a verb's Redis calls: a user whose rights were cut, or a primary demoted to replica while
+    the verb runs, ends as ``Error: …`` with the fix instead of a traceback.
+    """
+    try:
+        yield
+    except redis.exceptions.NoPermissionError as exc:
+        raise permission_error(exc, what) from None
+    except redis.exceptions.ReadOnlyError:
+        raise replica_error(url) from None
+
+
+def atomic(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Run raw ``commands`` in one MULTI/EXEC: all of them, or none (raises then).
+
+    redis-py's transaction pipeline writes MULTI, the commands and EXEC in one go; when the server refuses
+    MULTI itself (an ACL without +multi) each command then runs on its own, outside any transaction, and
+    only EXEC fails: dead letters written twice, entries deleted without their letter. Here MULTI is sent
+    alone and answered before anything else is sent. A command the server refuses to queue (OOM when
+    Redis is full, NOPERM) makes it discard the whole transaction (EXECABORT); that first refusal is
+    raised (:class:`redis.OutOfMemoryError` as itself: the caller keeps what it wanted to write).
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_command("MULTI")
+        try:
+            conn.read_response()
+        except redis.exceptions.NoPermissionError as exc:
+            raise TransactionRefused(str(permission_error(exc, "run MULTI (nothing was applied)"))) from None
+        conn.send_packed_command(conn.pack_commands([*commands, ("EXEC",)]))
+        refused = _queued_refusal(conn, len(commands))
+        try:
+            replies = conn.read_response()
+        except redis.exceptions.ExecAbortError as exc:
+            raise _refusal(refused or exc) from None
+        failed = [r for r in replies if isinstance(r, redis.ResponseError)]
+        if failed:  # ran, but one command failed at run time (a wrong type): Redis does not roll back
+            raise failed[0]
+        return list(replies)
+    except BaseException:
+        conn.disconnect()  # never hand back a connection that may still be inside MULTI
+        raise
+    finally:
+        pool.release(conn)
+
+
+def _queued_refusal(conn: Any, n: int) -> redis.ResponseError | None:
+    """Read the ``+QUEUED`` replies of ``n`` commands; the first refusal among them, if any."""
+    refused = None
+    for _ in range(n):
+        try:
+            conn.read_response()
+        except redis.ResponseError as exc:
+            refused = refused or exc
+    return refused
+
+
+def _refusal(exc: redis.ResponseError) -> Exception:
+    """What a discarded transaction raises: OOM as itself (callers keep their data), NOPERM as the ACL line."""
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return TransactionRefused(str(permission_error(exc, "run a command of a transaction (nothing was applied)")))
+    return exc

@@ -10,7 +10,8 @@ from typing import Any
 
 import redis
 
-from .protocol import Entry, Rejection, StreamConfig, as_text
+from .connection import atomic
+from .protocol import RUNNING, STOPPED, Entry, Rejection, StreamConfig, as_text
 
 log = logging.getLogger("ear_stream.stream.consumer")
 
@@ -66,6 +67,13 @@ def claim_idle(client: redis.Redis, cfg: StreamConfig, consumer: str, count: int
     return with_delivery_counts(client, cfg, _entries(resp[1])), deleted
 
 
+def keep_claimed(client: redis.Redis, cfg: StreamConfig, consumer: str, ids: list[str]) -> None:
+    """Reset the idle time of entries this consumer holds (XCLAIM … JUSTID), so that no other worker claims
+    them while it waits for its results to be writable; JUSTID does not count a delivery."""
+    if ids:
+        client.xclaim(cfg.stream, cfg.group, consumer, 0, ids, justid=True)
+
+
 def with_delivery_counts(client: redis.Redis, cfg: StreamConfig, entries: list[Entry]) -> list[Entry]:
     """Fill ``deliveries`` from XPENDING for claimed or re-read entries."""
     if not entries:
@@ -78,29 +86,45 @@ def with_delivery_counts(client: redis.Redis, cfg: StreamConfig, entries: list[E
     return entries
 
 
+def letter_fields(cfg: StreamConfig, rejection: Rejection, worker: str) -> dict[str, Any]:
+    """The fields of one dead letter: reason, message, where it came from, and the payload when it fits."""
+    fields: dict[str, Any] = {
+        "reason": rejection.reason,
+        "message": rejection.message[:2000],
+        "stream_id": rejection.entry.stream_id,
+        "deliveries": rejection.entry.deliveries,
+        "worker": worker,
+        "failed_at": f"{time.time():.3f}",
+    }
+    for key, value in rejection.entry.fields.items():  # keep the payload for replay, bounded in size
+        if len(value) <= cfg.max_image_bytes:
+            fields[f"orig_{key}"] = value
+    return fields
+
+
+def xadd_letter(dlq: str, fields: dict[str, Any], maxlen: int) -> tuple[Any, ...]:
+    """The raw XADD of one dead letter to the (approximately capped) dead-letter stream."""
+    return ("XADD", dlq, "MAXLEN", "~", maxlen, "*", *(x for kv in fields.items() for x in kv))
+
+
 def dead_letter(client: redis.Redis, cfg: StreamConfig, rejections: list[Rejection], worker: str) -> None:
     """XADD each rejection to the (capped) DLQ with its reason, then acknowledge and delete the originals.
 
-    One MULTI/EXEC: either the dead letters exist and the originals are gone, or nothing happened.
+    One MULTI/EXEC (:func:`~.connection.atomic`): either the dead letters exist and the originals are
+    gone, or nothing happened — also when MULTI itself is refused. A full Redis refuses it with
+    :class:`redis.OutOfMemoryError` (the worker then spills the letters to disk, :mod:`.spill`).
     """
     if not rejections:
         return
-    pipe = client.pipeline(transaction=True)
-    for r in rejections:
-        fields: dict[str, Any] = {
-            "reason": r.reason,
-            "message": r.message[:2000],
-            "stream_id": r.entry.stream_id,
-            "deliveries": r.entry.deliveries,
-            "worker": worker,
-            "failed_at": f"{time.time():.3f}",
-        }
-        for key, value in r.entry.fields.items():  # keep the payload for replay, bounded in size
-            if len(value) <= cfg.max_image_bytes:
-                fields[f"orig_{key}"] = value
-        pipe.xadd(cfg.dlq, fields, maxlen=cfg.dlq_maxlen, approximate=True)
-    _queue_ack_delete(client, pipe, cfg, [r.entry.stream_id for r in rejections])
-    pipe.execute()
+    commands = [xadd_letter(cfg.dlq, letter_fields(cfg, r, worker), cfg.dlq_maxlen) for r in rejections]
+    commands.append(ack_delete_command(client, cfg, [r.entry.stream_id for r in rejections]))
+    atomic(client, commands)
+
+
+def post_letters(client: redis.Redis, dlq: str, letters: list[dict[str, Any]], maxlen: int) -> None:
+    """XADD dead letters that were kept elsewhere (a spill) in one MULTI/EXEC: all of them or none."""
+    if letters:
+        atomic(client, [xadd_letter(dlq, fields, maxlen) for fields in letters])
 
 
 def ack(client: redis.Redis, cfg: StreamConfig, stream_ids: list[str]) -> None:
@@ -113,11 +137,9 @@ def ack(client: redis.Redis, cfg: StreamConfig, stream_ids: list[str]) -> None:
     """
     if not stream_ids:
         return
-    # not MULTI/EXEC: Redis refuses a transaction when memory is full, while XACK, XDEL and a script
-    # made of them still run, and acknowledging is what frees the memory (docs/design.md, "Redis full")
-    pipe = client.pipeline(transaction=False)
-    _queue_ack_delete(client, pipe, cfg, stream_ids)
-    pipe.execute()
+    # one command, not MULTI/EXEC: Redis refuses a transaction when memory is full, while XACK, XDEL and a
+    # script made of them still run, and acknowledging is what frees the memory (docs/design.md, "Redis full")
+    client.execute_command(*ack_delete_command(client, cfg, stream_ids))
 
 
 def server_has_xackdel(client: redis.Redis) -> bool:
@@ -169,14 +191,13 @@ return {acked, deleted}
 """
 
 
-def _queue_ack_delete(client: redis.Redis, pipe, cfg: StreamConfig, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
+def ack_delete_command(client: redis.Redis, cfg: StreamConfig, ids: list[str]) -> tuple[Any, ...]:
+    """The one raw command that acknowledges ``ids`` and deletes them as ``cfg.retain`` says."""
     if server_has_xackdel(client):
         policy = "ACKED" if cfg.retain == "acked" else "KEEPREF"
-        pipe.xackdel(cfg.stream, cfg.group, *ids, ref_policy=policy)
-    elif cfg.retain == "acked":
-        pipe.eval(_ACK_DELETE_ACKED, 1, cfg.stream, cfg.group, *ids)
-    else:
-        pipe.eval(_ACK_DELETE, 1, cfg.stream, cfg.group, *ids)
+        return ("XACKDEL", cfg.stream, cfg.group, policy, "IDS", len(ids), *ids)
+    script = _ACK_DELETE_ACKED if cfg.retain == "acked" else _ACK_DELETE
+    return ("EVAL", script, 1, cfg.stream, cfg.group, *ids)
 
 
 def _largest_box(regions: list[dict[str, Any]] | None) -> str:
@@ -211,12 +232,29 @@ def publish_results(client: redis.Redis, cfg: StreamConfig, rows: list[dict[str,
 
 
 def heartbeat(client: redis.Redis, cfg: StreamConfig, worker: str, stats: dict[str, Any]) -> None:
+    """The worker's hash for ``status``, expiring after ``heartbeat_ttl_s``.
+
+    ``ttl_s`` is written with it so that ``status`` reads a heartbeat's age from the key's remaining TTL,
+    on the server's clock: a worker on a host whose clock is off is neither dropped nor kept by mistake.
+    """
     key = cfg.heartbeat_prefix + worker
-    payload = {"host": socket.gethostname(), "last_seen": f"{time.time():.3f}", **{k: str(v) for k, v in stats.items()}}
+    payload = {
+        "host": socket.gethostname(),
+        "last_seen": f"{time.time():.3f}",
+        "ttl_s": str(cfg.heartbeat_ttl_s),
+        "state": RUNNING,
+        **{k: str(v) for k, v in stats.items()},
+    }
     pipe = client.pipeline(transaction=False)
     pipe.hset(key, mapping=payload)
     pipe.expire(key, cfg.heartbeat_ttl_s)
     pipe.execute()
+
+
+def mark_stopped(client: redis.Redis, cfg: StreamConfig, worker: str) -> None:
+    """The clean-exit marker, written after the last heartbeat: ``status`` stops listing the worker as live
+    at once instead of once its heartbeat is stale; a worker restarted under the same name beats ``running``."""
+    client.hset(cfg.heartbeat_prefix + worker, "state", STOPPED)
 
 
 def consumer_pending(client: redis.Redis, cfg: StreamConfig, consumer: str) -> int:

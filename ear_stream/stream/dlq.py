@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from .connection import atomic
 from .producer import Producer
 from .protocol import MAX_REPLAYS, StreamConfig, as_text
 
@@ -130,10 +131,11 @@ def replay(
         producer.wait_for_room()
         fields = {k[len("orig_") :]: v for k, v in letter.fields.items() if k.startswith("orig_")}
         fields["replays"] = str(replays_of(letter) + 1).encode()
-        pipe = client.pipeline(transaction=True)
-        pipe.xadd(cfg.stream, fields)
-        pipe.xdel(cfg.dlq, letter.dlq_id)
-        pipe.execute()
+        # all or nothing, also when MULTI itself is refused: never an entry both replayed and still dead
+        atomic(
+            client,
+            [("XADD", cfg.stream, "*", *(x for kv in fields.items() for x in kv)), ("XDEL", cfg.dlq, letter.dlq_id)],
+        )
         replayed += 1
     return replayed, refused
 

@@ -48,6 +48,16 @@ class WorkerMetrics:
         self.warmup_seconds = Gauge(
             "ear_worker_warmup_seconds", "Model load and warm-up before the first read", **labels
         ).labels(worker)
+        self.results_write_failing = Gauge(
+            "ear_results_write_failing",
+            "1 while results cannot be written (full disk, store down): entries wait pending, nothing is read",
+            **labels,
+        ).labels(worker)
+        self.model_reload_errors = Gauge(
+            "ear_model_reload_errors",
+            "Products whose latest model files did not load (the previous model keeps scoring)",
+            **labels,
+        ).labels(worker)
         self.stream_length = Gauge(
             "ear_stream_length", "XLEN of a stream", labelnames=["worker", "stream"], registry=self.registry
         )

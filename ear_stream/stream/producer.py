@@ -11,7 +11,8 @@ from typing import Any
 import redis
 
 from ..errors import EarStreamError
-from .protocol import StreamConfig, as_text, validate_fields
+from ..io.limits import DEFAULT_MAX_PIXELS
+from .protocol import StreamConfig, ValidationError, as_text, validate_fields
 
 log = logging.getLogger("ear_stream.stream.producer")
 
@@ -32,6 +33,26 @@ def push(
     if meta_text is not None:
         fields["meta"] = meta_text
     return as_text(client.xadd(cfg.stream, fields))
+
+
+#: the side :func:`check_image` decodes towards (a large JPEG at a reduced DCT scale: every byte read, less memory)
+CHECK_DECODE_SIDE = 64
+
+
+def check_image(image: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Refuse bytes a worker could not score, before they reach Redis: :class:`ValidationError` with the
+    dead-letter reason the worker would give (``unsupported_format``, ``too_large``, ``decode_error``).
+
+    :func:`~ear_stream.io.decode.decode_frame` reads the header first (format, pixel budget: a bomb is
+    refused before any pixel is decoded), then decodes for real, towards a small side: a truncated or
+    corrupt file fails only there.
+    """
+    from ..io.decode import ImageDecodeError, decode_frame
+
+    try:
+        decode_frame(image, max_pixels, target=CHECK_DECODE_SIDE)
+    except ImageDecodeError as exc:
+        raise ValidationError(exc.reason, str(exc)) from None
 
 
 class BackpressureError(EarStreamError, RuntimeError):

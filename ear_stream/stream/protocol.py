@@ -41,6 +41,11 @@ NON_FINITE_SCORE = Reason.NON_FINITE_SCORE.value
 MAX_CLOCK_SKEW_S = 86_400.0
 RETAIN_CHOICES = ("none", "acked")
 STREAM_KEYS = ("input", "verdict", "dead-letter")
+#: a worker whose heartbeat (every 2 s, between batches) is older than this is no longer counted as live by
+#: ``status``: killed, or stuck; its key expires after ``heartbeat_ttl_s``
+STALE_HEARTBEAT_S = 10.0
+#: the ``state`` field of a heartbeat: beating, or stopped cleanly (the clean-exit marker)
+RUNNING, STOPPED = "running", "stopped"
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The stream wing's Redis calls in one namespace (``from ear_stream.stream import queue as q``).
 
 Each job has its module — :mod:`.protocol` (names, fields, reasons), :mod:`.connection`,
-:mod:`.producer`, :mod:`.consumer` (group, claims, dead letters, ack), :mod:`.status` — and this
-module re-exports them, so callers and tests keep one short prefix.
+:mod:`.producer`, :mod:`.consumer` (group, claims, dead letters, ack), :mod:`.spill` (dead letters a
+full Redis refused), :mod:`.status` — and this module re-exports them, so callers and tests keep one
+short prefix.
 
 Entries of the input stream carry ``id`` (producer-unique), ``product``,
 ``image`` (encoded bytes) and optional ``meta`` (JSON). Workers read them with
@@ -13,21 +14,40 @@ see :mod:`ear_stream.stream.worker`. Values are bytes or JSON; nothing is pickle
 
 from __future__ import annotations
 
-from .connection import RedisSetupError, check_url, connect, describe_url, permission_error, verify_connection
+from .connection import (
+    ACL_RIGHTS,
+    ACL_SETUSER,
+    RedisSetupError,
+    TransactionRefused,
+    atomic,
+    check_primary,
+    check_url,
+    connect,
+    describe_url,
+    permission_error,
+    replica_error,
+    setup_errors,
+    verify_connection,
+)
 from .consumer import (
     ack,
+    ack_delete_command,
     claim_idle,
     consumer_pending,
     dead_letter,
     ensure_group,
     heartbeat,
+    keep_claimed,
+    letter_fields,
+    mark_stopped,
+    post_letters,
     publish_results,
     read_new,
     read_own_pending,
     server_has_xackdel,
     with_delivery_counts,
 )
-from .producer import BackpressureError, Producer, push
+from .producer import BackpressureError, Producer, check_image, push
 from .protocol import (
     DECODE_ERROR,
     DEFAULT_MAX_IMAGE_BYTES,
@@ -39,6 +59,9 @@ from .protocol import (
     NON_FINITE_SCORE,
     PRODUCT_RE,
     RETAIN_CHOICES,
+    RUNNING,
+    STALE_HEARTBEAT_S,
+    STOPPED,
     STREAM_KEYS,
     TOO_LARGE,
     TOO_SMALL,
@@ -55,9 +78,22 @@ from .protocol import (
     parse_entry,
     validate_fields,
 )
-from .status import backlog, check_eviction_policy, redis_memory, stream_lengths, stream_status
+from .spill import DeadLetterSpill
+from .spill import default_dir as default_spill_dir
+from .status import (
+    backlog,
+    check_eviction_policy,
+    check_persistence,
+    heartbeats,
+    redis_memory,
+    stream_lengths,
+    stream_status,
+    worker_state,
+)
 
 __all__ = [
+    "ACL_RIGHTS",
+    "ACL_SETUSER",
     "DECODE_ERROR",
     "DEFAULT_MAX_IMAGE_BYTES",
     "INVALID_FIELD",
@@ -68,6 +104,9 @@ __all__ = [
     "NON_FINITE_SCORE",
     "PRODUCT_RE",
     "RETAIN_CHOICES",
+    "RUNNING",
+    "STALE_HEARTBEAT_S",
+    "STOPPED",
     "STREAM_KEYS",
     "TOO_LARGE",
     "TOO_SMALL",
@@ -75,37 +114,53 @@ __all__ = [
     "UNSUPPORTED_FORMAT",
     "BackpressureError",
     "DeadLetter",
+    "DeadLetterSpill",
     "Entry",
     "Producer",
     "RedisSetupError",
     "Rejection",
     "StreamConfig",
+    "TransactionRefused",
     "ValidEntry",
     "ValidationError",
     "ack",
+    "ack_delete_command",
     "as_text",
+    "atomic",
     "backlog",
     "check_eviction_policy",
+    "check_image",
+    "check_persistence",
+    "check_primary",
     "check_product",
     "check_url",
     "claim_idle",
     "connect",
     "consumer_pending",
     "dead_letter",
+    "default_spill_dir",
     "describe_url",
     "ensure_group",
     "heartbeat",
+    "heartbeats",
+    "keep_claimed",
+    "letter_fields",
+    "mark_stopped",
     "parse_entry",
     "permission_error",
+    "post_letters",
     "publish_results",
     "push",
     "read_new",
     "read_own_pending",
     "redis_memory",
+    "replica_error",
     "server_has_xackdel",
+    "setup_errors",
     "stream_lengths",
     "stream_status",
     "validate_fields",
     "verify_connection",
     "with_delivery_counts",
+    "worker_state",
 ]

@@ -8,19 +8,25 @@ from typing import Any
 import redis
 
 from .connection import RedisSetupError
-from .protocol import STREAM_KEYS, StreamConfig, as_text
+from .protocol import RUNNING, STALE_HEARTBEAT_S, STOPPED, STREAM_KEYS, StreamConfig, as_text
 
 log = logging.getLogger("ear_stream.stream.status")
 
 
 def stream_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
-    """Stream length, group lag and pending, pending per consumer, DLQ size, live workers."""
+    """Stream length, group lag and pending, pending per consumer, DLQ size, live workers, persistence.
+
+    ``workers`` holds the live ones only; those that stopped cleanly or fell silent (no heartbeat for
+    :data:`STALE_HEARTBEAT_S`: killed or stuck) are under ``gone``, until their heartbeat key expires.
+    Each worker's figures are those of its last heartbeat, ``age_s`` old.
+    """
     out: dict[str, Any] = {
         "stream": cfg.stream,
         "length": int(client.xlen(cfg.stream)),
         "dlq": int(client.xlen(cfg.dlq)),
         "lengths": stream_lengths(client, cfg),
         "redis": redis_memory(client),
+        "persistence_warning": check_persistence(client),
     }
     group_info: dict[str, Any] = {}
     try:
@@ -34,12 +40,47 @@ def stream_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
     except redis.ResponseError:
         group_info = {}
     out["group"] = {"name": cfg.group, **group_info}
-    workers = {}
-    for key in client.scan_iter(match=cfg.heartbeat_prefix + "*", count=100):
-        name = as_text(key)[len(cfg.heartbeat_prefix) :]
-        workers[name] = {as_text(k): as_text(v) for k, v in client.hgetall(key).items()}
-    out["workers"] = workers
+    out["workers"], out["gone"] = {}, {}
+    for name, hb in heartbeats(client, cfg).items():
+        out["workers" if worker_state(hb) == RUNNING else "gone"][name] = hb
     return out
+
+
+def heartbeats(client: redis.Redis, cfg: StreamConfig) -> dict[str, dict[str, Any]]:
+    """Every heartbeat of this pool, with ``age_s``: seconds since it was written, on the server's clock."""
+    keys = list(client.scan_iter(match=cfg.heartbeat_prefix + "*", count=100))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+        pipe.pttl(key)
+    replies = pipe.execute() if keys else []
+    out: dict[str, dict[str, Any]] = {}
+    for key, fields, pttl in zip(keys, replies[::2], replies[1::2], strict=True):
+        if not fields:  # expired between SCAN and HGETALL
+            continue
+        hb: dict[str, Any] = {as_text(k): as_text(v) for k, v in fields.items()}
+        hb["age_s"] = heartbeat_age_s(hb, int(pttl), cfg.heartbeat_ttl_s)
+        out[as_text(key)[len(cfg.heartbeat_prefix) :]] = hb
+    return out
+
+
+def heartbeat_age_s(hb: dict[str, Any], pttl_ms: int, default_ttl_s: int) -> float | None:
+    """How long ago the heartbeat was written: its TTL minus what is left of it (None without a TTL)."""
+    if pttl_ms < 0:
+        return None
+    try:
+        ttl_s = float(hb.get("ttl_s") or default_ttl_s)
+    except ValueError:
+        ttl_s = float(default_ttl_s)
+    return round(max(0.0, ttl_s - pttl_ms / 1000.0), 1)
+
+
+def worker_state(hb: dict[str, Any]) -> str:
+    """``running`` (live), ``stopped`` (its clean-exit marker) or ``silent`` (no heartbeat for too long)."""
+    if hb.get("state") == STOPPED:
+        return STOPPED
+    age = hb.get("age_s")
+    return "silent" if age is not None and age > STALE_HEARTBEAT_S else RUNNING
 
 
 def redis_memory(client: redis.Redis) -> dict[str, Any]:
@@ -70,6 +111,27 @@ def check_eviction_policy(client: redis.Redis, allow_eviction: bool) -> dict[str
             raise RedisSetupError(message)
         log.warning("%s (--allow-eviction given)", message)
     return mem
+
+
+def check_persistence(client: redis.Redis) -> str | None:
+    """A warning when the server keeps nothing on disk (``save ""`` and ``appendonly no``), else None.
+
+    Such a Redis loses every unscored entry and every dead letter when it restarts, without a word
+    (604 of 1,500 entries in one restart). Not fatal: a test bench may want exactly that. None as well
+    where CONFIG GET is refused (managed services): they persist as their plan says.
+    """
+    try:
+        save = as_text(client.config_get("save").get("save")) or ""
+        appendonly = as_text(client.config_get("appendonly").get("appendonly")) or "no"
+    except redis.ResponseError:
+        return None
+    if save.strip() or appendonly.strip().lower() != "no":
+        return None
+    return (
+        'Redis keeps nothing on disk (save "" and appendonly no): a restart silently loses every entry not yet '
+        "scored and every dead letter. Turn on AOF: CONFIG SET appendonly yes (appendfsync everysec, or always "
+        "to lose nothing acknowledged), and the same in redis.conf"
+    )
 
 
 def stream_lengths(client: redis.Redis, cfg: StreamConfig) -> dict[str, int]:

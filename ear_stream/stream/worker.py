@@ -32,8 +32,9 @@ from ..errors import EarStreamError
 from ..inspect.pipeline import Pipeline
 from ..inspect.scoring import result_rows
 from ..io.decode import ImageDecodeError, decode_frame, frame_issue, header_size
+from ..io.labels import weights_of
 from ..io.results import ResultWriter
-from ..model.artifact import MANIFEST_FILE, ArtifactError, load_manifest
+from ..model.artifact import MANIFEST_FILE, load_manifest
 from ..model.config import DEFAULT_PRECISION
 from . import queue as q
 from .drift import DriftMonitor
@@ -80,6 +81,8 @@ HUGE_FRAME_PIXELS = 16_000_000
 T = TypeVar("T")
 #: tries a stopping worker still gives an unreachable Redis (waits of 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s)
 STOPPING_RETRIES = 5
+#: a results write that failed (full disk, store down) is retried after 0.5 s, doubling to at most 30 s
+WRITE_BACKOFF_S, WRITE_BACKOFF_CAP_S = 0.5, 30.0
 #: test hook: SIGKILL this process at a named point (before_score, before_flush, before_ack)
 FAULT_POINT_ENV, FAULT_AFTER_ENV = "EAR_FAULT_POINT", "EAR_FAULT_AFTER"
 
@@ -131,6 +134,9 @@ class ModelRegistry:
         self._stamps: dict[str, tuple[float, tuple[int, int]]] = {}  # product → (last check, manifest stat)
         self._pipes: dict[str, Pipeline] = {}
         self._lock = threading.Lock()
+        #: product → why its latest manifest did not load (the previous model keeps scoring); empty when all did
+        self.reload_errors: dict[str, str] = {}
+        self.reload_failures = 0
 
     def get(self, product: str) -> Pipeline:
         with self._lock:
@@ -175,23 +181,35 @@ class ModelRegistry:
         return st.st_mtime_ns, st.st_size
 
     def _maybe_reload(self, product: str) -> None:
-        """Pick up ``ear-stream threshold`` revisions (new thresholds only) or new weights (full reload)."""
+        """Pick up ``ear-stream threshold`` revisions (new thresholds only) or new weights or config (full reload).
+
+        Whatever goes wrong reading the new manifest or weights — a half-written file, a hostile manifest, a
+        weights file that does not fit — the model in hand keeps scoring; the failure is logged once per
+        distinct error, counted, and shown in :attr:`reload_errors` (heartbeat, ``status``) until a reload works.
+        """
         path = self.models_dir / product
+        stat = self._stamps[product][1]
         try:
             stat = self._stat(path)
             if stat == self._stamps[product][1]:
+                self._stamps[product] = (time.monotonic(), stat)
                 return
             manifest = load_manifest(path)
             pipe = self._pipes[product]
-            if manifest.weights_sha256[:12] == pipe.model_version[:12]:
+            if weights_of(manifest.model_version) == weights_of(pipe.model_version):
                 pipe.apply_thresholds(manifest, self.threshold)
                 log.info("%s: thresholds revised (image %.5g, version %s)", product, pipe.threshold, pipe.model_version)
             else:
                 self._pipes[product] = self._load(path)
                 log.info("%s: new model loaded (version %s)", product, self._pipes[product].model_version)
-        except (OSError, ArtifactError) as exc:  # a manifest being replaced: keep the model in hand, retry later
-            log.warning("%s: not reloading (%s)", product, exc)
-            stat = self._stamps[product][1]
+            if self.reload_errors.pop(product, None) is not None:
+                log.info("%s: reloading works again", product)
+        except Exception as exc:  # noqa: BLE001 - a bad model file never stops good scoring
+            message = f"{type(exc).__name__}: {exc}"[:500]
+            if self.reload_errors.get(product) != message:
+                log.warning("%s: not reloading, the model in hand keeps scoring (%s)", product, message)
+            self.reload_errors[product] = message
+            self.reload_failures += 1
         self._stamps[product] = (time.monotonic(), stat)
 
     def known(self) -> list[str]:
@@ -235,8 +253,10 @@ class Worker:
         self._last_errors: dict[str, str] = {}
         self._huge_decode = threading.Lock()
         self._deferred: list[q.ValidEntry] = []  # validated entries past the batch's pixel budget, next in line
-        self._parked: list[q.Rejection] = []  # dead letters a full Redis refused, retried from the main loop
+        self._parked: list[q.Rejection] = []  # dead letters a full Redis refused and no disk took: retried
         self._parked_lock = threading.Lock()
+        #: dead letters a full Redis refused, on local disk until it has room (WorkerConfig.dlq_spill_dir)
+        self._parked_spill = q.DeadLetterSpill(getattr(cfg, "dlq_spill_dir", None) or q.default_spill_dir(cfg.out_dir))
         self._last_parked_try = 0.0
         self._rows: list[dict[str, Any]] = []
         self._unacked: list[str] = []
@@ -249,6 +269,10 @@ class Worker:
         self._recovery_cursor: str | None = "0"  # own pending entries are re-read once, at start
         self._held: set[str] = set()  # stream ids fetched and not yet acknowledged or dead-lettered
         self._last_heartbeat = 0.0
+        #: consecutive failed results writes (0: writing works); while > 0 nothing new is read
+        self._write_failures = 0
+        self._write_retry_at = 0.0
+        self._last_touch = 0.0
         self._fault_point = os.environ.get(FAULT_POINT_ENV)
         self._fault_after = int(os.environ.get(FAULT_AFTER_ENV, "1"))
 
@@ -323,11 +347,16 @@ class Worker:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> dict[str, Any]:
-        q.verify_connection(self.client, self.cfg.redis_url)  # set-up mistakes fail now, in one line
-        try:
+        q.verify_connection(self.client, self.cfg.redis_url)  # set-up mistakes (ACL, replica) fail now, in one line
+        with q.setup_errors(self.cfg.redis_url, "read the server's configuration (INFO, CONFIG GET)"):
             q.check_eviction_policy(self.client, self.cfg.allow_eviction)
-        except redis.exceptions.NoPermissionError as exc:
-            raise q.permission_error(exc, "read the server's configuration (CONFIG GET)") from None
+            no_persistence = q.check_persistence(self.client)
+        if no_persistence:
+            log.warning("%s", no_persistence)
+        if self._parked_spill.files():  # left by a run that Redis was full for (or that was killed): posted first
+            log.info(
+                "dead letters spilled earlier in %s: posting them once Redis has room", self._parked_spill.directory
+            )
         if self.cfg.metrics_port:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
         self._redis(lambda: q.ensure_group(self.client, self.scfg), "group creation")
@@ -344,7 +373,9 @@ class Worker:
         try:
             while True:
                 # with a batch in flight, only take what is already there: blocking would delay its verdicts
-                entries = [] if self._stop.is_set() else self._fetch(may_block=in_flight is None and not self._deferred)
+                # while results cannot be written, take nothing new: the rows in hand wait for the disk
+                reading = not self._stop.is_set() and not self._write_failures
+                entries = self._fetch(may_block=in_flight is None and not self._deferred) if reading else []
                 # decode the next batch on the pool while the device scores the previous one
                 next_batch = self._prefetch.submit(self._prepare, entries) if entries or self._deferred else None
                 if in_flight is not None:
@@ -358,6 +389,10 @@ class Worker:
                 if entries:
                     idle_since = time.monotonic()
                 self._maybe_flush()
+                if self._write_failures:  # nothing is read meanwhile: wait for the retry, keep the entries ours
+                    self._keep_held_claimed()
+                    if in_flight is None:
+                        self._stop.wait(max(0.0, min(0.2, self._write_retry_at - time.monotonic())))
                 self._retry_parked()
                 self._maybe_heartbeat()
                 if self._stop.is_set() and in_flight is None and not self._parked and not self._deferred:
@@ -492,27 +527,47 @@ class Worker:
                 lambda: q.dead_letter(self.client, self.scfg, rejections, self.cfg.name), "dead letter", raise_oom=True
             )
         except redis.OutOfMemoryError as exc:
-            # Redis is full: the entries stay pending and held here, their dead letters parked until it has
-            # room again (retried from the main loop); never dead-lettered as max_deliveries for the server's fault
+            # Redis is full: the letters go to local disk (fsync'd) and only then are the entries acked and
+            # deleted, which frees what big junk holds; the spill is posted once Redis has room (_retry_parked).
+            # Without a disk either, the entries stay pending and held here, their letters parked in memory
+            # and retried: never dead-lettered as max_deliveries for the server's fault
             self._note_oom("dead letter", exc)
-            with self._parked_lock:
-                self._parked.extend(rejections)
-            return
+            letters = [q.letter_fields(self.scfg, r, self.cfg.name) for r in rejections]
+            try:
+                self._parked_spill.write(self.scfg.dlq, self.scfg.dlq_maxlen, letters)
+            except OSError as err:
+                log.error("cannot spill %d dead letters (%s): their entries stay pending", len(letters), err)
+                with self._parked_lock:
+                    self._parked.extend(rejections)
+                return
+            ids = [r.entry.stream_id for r in rejections]
+            self._redis(lambda: q.ack(self.client, self.scfg, ids), "ack of spilled dead letters")
+            self.stats["dead_letters_spilled"] = self.stats.get("dead_letters_spilled", 0) + len(ids)
+            log.info(
+                "redis is full: %d dead letters kept in %s until it has room", len(ids), self._parked_spill.directory
+            )
         self._held.difference_update(r.entry.stream_id for r in rejections)
         self.stats["dead_letters"] += len(rejections)
         for r in rejections:
             self.metrics.dead_letters(str(r.reason))
 
     def _retry_parked(self) -> None:
-        """Write the dead letters a full Redis refused, at most once a second."""
+        """Once a second: post the dead letters spilled to disk while Redis was full, retry the parked ones."""
         now = time.monotonic()
-        if not self._parked or now - self._last_parked_try < 1.0:
+        if now - self._last_parked_try < 1.0:
             return
         self._last_parked_try = now
-        with self._parked_lock:
-            parked, self._parked = self._parked, []
-        self._dead_letter(parked)
-        if not self._parked:
+        if not self._parked and not self._parked_spill.files():
+            return
+        try:
+            self._parked_spill.repost(self.client)  # stops at the first file a full Redis refuses
+        except redis.RedisError as exc:  # unreachable for now: the files wait for the next try
+            log.debug("spilled dead letters not posted yet: %s", exc)
+        if self._parked:
+            with self._parked_lock:
+                parked, self._parked = self._parked, []
+            self._dead_letter(parked)
+        if not self._parked and not self._parked_spill.files():
             self._oom_cleared()
 
     def _decode(self, ve: q.ValidEntry) -> Frame | q.Rejection:
@@ -622,9 +677,12 @@ class Worker:
         return reports
 
     def _flush_due(self, ahead: float = 0.0) -> bool:
-        """Rows to flush now: enough of them, or the oldest would wait past flush_seconds within ``ahead``."""
+        """Rows to flush now: enough of them, or the oldest would wait past flush_seconds within ``ahead``
+        (after a failed write: once its backoff has passed)."""
         if not self._rows:
             return False
+        if self._write_failures:
+            return time.monotonic() >= self._write_retry_at
         waited = time.monotonic() - (self._first_buffered or time.monotonic())
         return len(self._rows) >= self.cfg.flush_rows or waited + ahead >= self.cfg.flush_seconds
 
@@ -633,11 +691,25 @@ class Worker:
             self._flush()
 
     def _flush(self) -> None:
-        """Durable Parquet first, then XACK: an entry is acknowledged only once its row is on disk."""
+        """Durable Parquet first, then XACK: an entry is acknowledged only once its row is on disk.
+
+        A write that fails (a full disk, a store that is down) keeps the rows in hand and their entries
+        pending and held by this worker: nothing is read meanwhile, the write is retried with backoff,
+        and the held entries are kept claimed (XCLAIM JUSTID, which does not count a delivery) so that
+        neither a restart loop nor another worker turns the worker's own fault into ``max_deliveries``.
+        """
         if not self._rows:
             return
         rows, ids = self._rows, self._unacked
-        self.writer.write(rows)
+        try:
+            self.writer.write(rows)
+        except OSError as exc:  # ENOSPC, EIO, a store's IOError (pyarrow's are OSError too)
+            self._write_failed(exc)
+            return
+        if self._write_failures:
+            log.info("results are written again after %d failed tries", self._write_failures)
+            self._write_failures = 0
+            self.metrics.results_write_failing.set(0)
         self._fault("before_ack")
         self._rows, self._unacked, self._first_buffered = [], [], None
         try:
@@ -654,6 +726,32 @@ class Worker:
         self.stats["flushes"] += 1
         self.metrics.images.inc(len(rows))
 
+    def _write_failed(self, exc: OSError) -> None:
+        """Back off after a failed results write: say so once per episode, keep the held entries claimed."""
+        if not self._write_failures:
+            log.error(
+                "cannot write results (%s): %d rows kept, their entries stay pending; retrying with backoff",
+                exc, len(self._rows),
+            )  # fmt: skip
+        self._write_failures += 1
+        self.stats["write_failures"] = self.stats.get("write_failures", 0) + 1
+        self.metrics.results_write_failing.set(1)
+        delay = min(WRITE_BACKOFF_CAP_S, WRITE_BACKOFF_S * 2 ** min(self._write_failures - 1, 16))
+        self._write_retry_at = time.monotonic() + delay
+        self._keep_held_claimed()
+
+    def _keep_held_claimed(self) -> None:
+        """Reset the idle time of the entries this worker holds, at most every half ``claim_idle_ms``."""
+        now = time.monotonic()
+        if not self._held or now - self._last_touch < self.scfg.claim_idle_ms / 2000:
+            return
+        self._last_touch = now
+        held = sorted(self._held)
+        try:
+            self._redis(lambda: q.keep_claimed(self.client, self.scfg, self.cfg.name, held), "keep entries claimed")
+        except redis.RedisError as exc:  # only when stopping with Redis gone; the entries stay pending anyway
+            log.warning("could not keep %d entries claimed (%s)", len(held), exc)
+
     def _maybe_heartbeat(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_heartbeat < self.cfg.heartbeat_every_s:
@@ -668,9 +766,11 @@ class Worker:
                     **self.stats,
                     "pid": os.getpid(),
                     "products": ",".join(self.models.known()),
+                    "model_errors": json.dumps(self.models.reload_errors),
                     "drift": json.dumps(self._drift_reports()),
                 },
             )
+            self.metrics.model_reload_errors.set(len(self.models.reload_errors))
             lag, pending = q.backlog(self.client, self.scfg)
             self.metrics.lag.set(lag)
             self.metrics.pending.set(pending)

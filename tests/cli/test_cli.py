@@ -212,7 +212,7 @@ def test_parquet_schema_and_hive_layout(tiny_model, synthetic_root, tmp_path):
     assert str(table.schema.field("processed_at").type) == "timestamp[ms, tz=UTC]"
     row = table.slice(0, 1).to_pylist()[0]
     assert row["normalized_score"] == pytest.approx(row["score"] / row["threshold"], rel=1e-5)
-    assert row["mosaic_scale"] == 8 and len(row["model_version"]) == 12
+    assert row["mosaic_scale"] == 8 and len(row["model_version"]) == 19  # <weights 12>-<config 6>
     hive = ds.dataset(out, format="parquet", partitioning="hive").to_table()  # readable as a hive dataset
     assert hive.num_rows == table.num_rows and "date" in hive.column_names
 

@@ -67,3 +67,14 @@ def test_older_trees_with_product_inside_still_read(tree, tmp_path):
     merged = read_results(tmp_path / "old")
     assert merged.num_rows == 5 + 2 - 2  # tile-0/tile-1 of the old part are duplicates of the new ones
     assert merged.schema == SCHEMA
+
+
+def test_an_unreadable_part_is_skipped_with_a_warning_not_a_traceback(tmp_path, caplog):
+    ResultWriter(tmp_path, "w").write(_rows("tile", 3))
+    day = next((tmp_path / "product=tile").iterdir())
+    (day / "part-w-0000000000000000000-000099.parquet").write_bytes(b"")  # a 0-byte part
+    (day / "part-w-0000000000000000001-000100.parquet").write_bytes(b"PAR1 not really")
+    with caplog.at_level("WARNING", logger="ear_stream.io.results"):
+        table = read_results(tmp_path)
+    assert table.num_rows == 3
+    assert sum("skipping unreadable results part" in r.getMessage() for r in caplog.records) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -95,7 +96,6 @@ def test_tiny_model_on_real_images_reloads_to_identical_scores(real_data, tmp_pa
 
 
 def test_artifact_rejects_tampered_weights(tiny_model, tmp_path):
-    import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model, copy)
@@ -107,7 +107,43 @@ def test_artifact_rejects_tampered_weights(tiny_model, tmp_path):
     with pytest.raises(ArtifactError, match="not a model directory"):
         load_artifact(tmp_path)
     manifest = json.loads((tiny_model / "manifest.json").read_text())
-    assert manifest["model_version"] == manifest["weights_sha256"][:12]
+    assert manifest["model_version"].startswith(manifest["weights_sha256"][:12] + "-")
+
+
+def test_a_config_change_with_the_same_weights_is_a_new_version(tiny_model, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    before = load_manifest(copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["config"]["scoring"]["median"] = not data["config"]["scoring"]["median"]  # same weights, scored differently
+    (copy / "manifest.json").write_text(json.dumps(data))
+    after = load_manifest(copy)
+    assert after.weights_sha256 == before.weights_sha256 and after.model_version != before.model_version
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 100_000 + b"]" * 100_000, b"[1, 2]", b"\xff\xfe not json", b'{"config": {"image_size": "x"}}'],
+    ids=["deeply-nested", "not-an-object", "not-utf8", "bad-config"],
+)
+def test_a_hostile_manifest_is_refused_as_an_artifact_error(tiny_model, tmp_path, content):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    (copy / "manifest.json").write_bytes(content)
+    with pytest.raises(ArtifactError, match="not a valid manifest"):
+        load_manifest(copy)
+
+
+def test_an_oversized_manifest_is_refused_without_reading_it(tiny_model, tmp_path, monkeypatch):
+    from ear_stream.model import artifact
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    monkeypatch.setattr(artifact, "MAX_MANIFEST_BYTES", 1024)
+    with open(copy / "manifest.json", "ab") as f:
+        f.write(b" " * 2048)
+    with pytest.raises(ArtifactError, match="over the 1024"):
+        load_manifest(copy)
 
 
 @pytest.mark.parametrize("layout", ["official", "timm", "teacher"])

@@ -28,7 +28,8 @@ def _select(redis_url, stream, dlq, reason, product, ids):  # type: ignore[no-un
     client = q.connect(redis_url, verify=True)
     cfg = q.StreamConfig(stream=stream, dlq=dlq)
     wanted = {i.strip() for i in ids.split(",") if i.strip()} if ids else None
-    return client, cfg, list(dead.iter_dead_letters(client, cfg, reason, product, wanted))
+    with q.setup_errors(redis_url, "read the dead-letter stream"):
+        return client, cfg, list(dead.iter_dead_letters(client, cfg, reason, product, wanted))
 
 
 @click.group()
@@ -89,9 +90,11 @@ def replay(redis_url, stream, dlq, reason, product, ids, max_backlog, max_replay
     stream; the exit status is then 2.
     """
     from ..stream import dlq as dead
+    from ..stream import queue as q
 
     client, cfg, letters = _select(redis_url, stream, dlq, reason, product, ids)
-    replayed, refused = dead.replay(client, cfg, letters, max_backlog, max_replays)
+    with q.setup_errors(redis_url, "replay dead letters"):
+        replayed, refused = dead.replay(client, cfg, letters, max_backlog, max_replays)
     click.echo(f"replayed {replayed} entries to {stream}; refused {len(refused)}")
     for x in refused:
         why = "payload not kept" if not x.replayable else f"replayed {dead.replays_of(x)} times already"
@@ -109,5 +112,9 @@ def purge(redis_url, stream, dlq, reason, product, ids, purge_all) -> None:
 
     if not (reason or product or ids or purge_all):
         raise click.UsageError("give --reason, --product or --ids, or --all to purge everything")
+    from ..stream import queue as q
+
     client, cfg, letters = _select(redis_url, stream, dlq, reason, product, ids)
-    click.echo(f"purged {dead.purge(client, cfg, letters)} dead letters from {dlq}")
+    with q.setup_errors(redis_url, "delete dead letters"):
+        purged = dead.purge(client, cfg, letters)
+    click.echo(f"purged {purged} dead letters from {dlq}")

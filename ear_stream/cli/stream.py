@@ -23,6 +23,19 @@ from .options import (
 @click.argument("inputs", nargs=-1, required=True)
 @REDIS_OPTION
 @click.option("--product", required=True, help="Product name; a worker needs MODELS_DIR/<product>/.")
+@click.option(
+    "--models",
+    "models_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The workers' model folder: refuse the push unless MODELS/<product>/ holds a model.",
+)
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Push without decoding each file first (format, pixel budget, integrity): the workers dead-letter "
+    "what they cannot decode.",
+)
 @click.option("--id-prefix", default="", help="Prefix of the entry ids (the file path follows it).")
 @click.option(
     "--max-backlog",
@@ -34,38 +47,83 @@ from .options import (
     "--wait-timeout", default=30.0, show_default=True, help="Give up (exit status 3) after waiting this long (s)."
 )
 @_stream_options
-def push(inputs, redis_url, product, id_prefix, max_backlog, wait_timeout, stream, group, dlq, results_stream) -> None:
+def push(
+    inputs,
+    redis_url,
+    product,
+    models_dir,
+    no_check,
+    id_prefix,
+    max_backlog,
+    wait_timeout,
+    stream,
+    group,
+    dlq,
+    results_stream,
+) -> None:
     """XADD image files (INPUTS: files, folders or globs) to the input stream.
 
     Each entry carries id (prefix + path), product, the encoded image bytes and a
     meta JSON with the file name. Invalid files are refused before they reach Redis
-    (exit status 2). When the workers fall behind by --max-backlog entries, push
-    waits for them; after --wait-timeout it stops with exit status 3, and the files
-    not yet pushed are listed as such: nothing is ever dropped.
+    (one line each, exit status 2): a format other than PNG/JPEG/BMP/TIFF, more
+    pixels than the workers decode, a file that does not decode (truncated,
+    corrupt), and with --models a product that has no model (nothing is pushed
+    then). When the workers fall behind by --max-backlog entries, push waits for
+    them; after --wait-timeout it stops with exit status 3, and the files not yet
+    pushed are listed as such: nothing is ever dropped.
     """
     from tqdm import tqdm
 
     from ..io.decode import list_images
     from ..stream import queue as q
 
+    if models_dir is not None:
+        _require_model(models_dir, product)
     cfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
-    producer = q.Producer(q.connect(redis_url, verify=True), cfg, max_backlog=max_backlog, wait_timeout_s=wait_timeout)
     files = list_images(list(inputs))
-    refused = pushed = 0
-    for path in tqdm(files, desc=f"pushing {product}", file=sys.stderr):
-        try:
-            producer.push(product, path.read_bytes(), f"{id_prefix}{path}", {"file": path.name})
-            pushed += 1
-        except q.ValidationError as exc:
-            refused += 1
-            click.echo(f"refused [{exc.reason}] {path}: {exc}", err=True)
-        except q.BackpressureError as exc:
-            click.echo(f"pushed {pushed} images to {stream}; {len(files) - pushed - refused} not pushed", err=True)
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(3)
+    with q.setup_errors(redis_url, "push to the input stream"):
+        producer = q.Producer(
+            q.connect(redis_url, verify=True), cfg, max_backlog=max_backlog, wait_timeout_s=wait_timeout
+        )
+        refused = pushed = 0
+        for path in tqdm(files, desc=f"pushing {product}", file=sys.stderr, disable=None):  # no bar in logs
+            try:
+                image = path.read_bytes()
+                if not no_check:
+                    q.check_image(image)
+                producer.push(product, image, f"{id_prefix}{path}", {"file": path.name})
+                pushed += 1
+            except q.ValidationError as exc:
+                refused += 1
+                tqdm.write(f"refused [{exc.reason}] {path}: {exc}", file=sys.stderr)  # a line of its own, above the bar
+            except q.BackpressureError as exc:
+                click.echo(f"pushed {pushed} images to {stream}; {len(files) - pushed - refused} not pushed", err=True)
+                click.echo(f"Error: {exc}", err=True)
+                sys.exit(3)
     waited = f" (waited {producer.waited_s:.1f}s for the workers)" if producer.waited_s >= 0.05 else ""
-    click.echo(f"pushed {pushed} images to {stream}{waited}")
+    click.echo(f"pushed {pushed} images to {stream}{waited}" + (f"; refused {refused}" if refused else ""))
     if refused:
+        sys.exit(2)
+
+
+def _require_model(models_dir: Path, product: str) -> None:
+    """Exit 2 before anything is read or pushed when MODELS/<product>/ has no model: every entry would be
+    dead-lettered as ``unknown_product``."""
+    from ..model.artifact import MANIFEST_FILE
+    from ..stream.protocol import UNKNOWN_PRODUCT, ValidationError, check_product
+
+    try:
+        check_product(product)
+    except ValidationError as exc:
+        click.echo(f"refused [{exc.reason}] product {product!r}: {exc}; nothing pushed", err=True)
+        sys.exit(2)
+    if not (models_dir / product / MANIFEST_FILE).is_file():
+        known = sorted(p.name for p in models_dir.iterdir() if (p / MANIFEST_FILE).is_file())
+        click.echo(
+            f"refused [{UNKNOWN_PRODUCT}] product {product!r}: no model in {models_dir / product} "
+            f"(models there: {', '.join(known) or 'none'}); nothing pushed",
+            err=True,
+        )
         sys.exit(2)
 
 
@@ -88,6 +146,7 @@ def worker(redis_url, models_dir, out_dir, name, metrics_port, metrics_host, exi
     announce_backend(opts["precision"], opts["device"])
     import logging
 
+    from ..stream import queue as q
     from ..stream.worker import Worker, default_worker_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,10 +160,24 @@ def worker(redis_url, models_dir, out_dir, name, metrics_port, metrics_host, exi
         metrics_host=metrics_host,
         **opts,
     )
-    w = Worker(cfg)
-    w.install_signal_handlers()
-    stats = w.run()
+    with q.setup_errors(redis_url):  # rights cut or the primary demoted while it runs: one line, not a traceback
+        w = Worker(cfg)
+        w.install_signal_handlers()
+        stats = w.run()
+        _mark_stopped(w, cfg)
     click.echo(json.dumps(stats))
+
+
+def _mark_stopped(w, cfg) -> None:  # type: ignore[no-untyped-def]
+    """The clean-exit marker, so that ``status`` drops this worker now (best effort: Redis may be gone)."""
+    import contextlib
+
+    import redis
+
+    from ..stream import queue as q
+
+    with contextlib.suppress(redis.RedisError):
+        q.mark_stopped(w.client, cfg.stream, cfg.name)
 
 
 @click.command()
@@ -112,11 +185,19 @@ def worker(redis_url, models_dir, out_dir, name, metrics_port, metrics_host, exi
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @_stream_options
 def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
-    """Stream lengths, group lag and pending, pending per consumer, DLQ size, Redis memory, live workers."""
+    """Stream lengths, group lag and pending, pending per consumer, DLQ size, Redis memory, live workers.
+
+    Live workers are those whose heartbeat is recent; each one's counts are those of its last heartbeat
+    (every 2 s), the same counts as its /metrics (``ear_images_scored_total``: rows durably written).
+    Workers that stopped or fell silent are listed apart until their heartbeat expires.
+    """
     from ..stream import queue as q
 
     scfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream or "ear:out")
-    st = q.stream_status(q.connect(redis_url, verify=True), scfg)
+    with q.setup_errors(redis_url, "read the stream status"):
+        st = q.stream_status(q.connect(redis_url, verify=True), scfg)
+    if st["persistence_warning"]:
+        click.secho(f"warning: {st['persistence_warning']}", fg="yellow", err=True)
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
@@ -135,20 +216,34 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
         click.echo(f"  consumer {consumer}: pending {c['pending']}, idle {c['idle_ms'] / 1000:.1f}s")
     click.echo(f"live workers: {len(st['workers'])}")
     for name, w in st["workers"].items():
-        click.echo(
-            f"  {name}: scored {w.get('scored')}, dead letters {w.get('dead_letters')}, products {w.get('products')}"
-            + (f", redis_oom {w['redis_oom']} (Redis was full)" if w.get("redis_oom") not in (None, "0") else "")
-            + (f", warm-up {w['warmup_s']} s" if w.get("warmup_s") else "")
-        )
-        for product, d in json.loads(w.get("drift") or "{}").items():
-            if "ratio" in d:
-                flag = "  ALERT" if d.get("alert") else ""
-                click.echo(
-                    f"    drift {product}: {d['ratio']:.2f} (good-side p50 {d['p50']:.4g} / calibrated "
-                    f"{d['calibration_p50']:.4g}, p95 {d['p95']:.4g} / {d['calibration_p95']:.4g}, n={d['n']}){flag}"
-                )
-            else:
-                click.echo(f"    drift {product}: n={d.get('n', 0)} good-side scores so far (need 20)")
+        _print_worker(name, w)
+    for name, w in st["gone"].items():
+        why = "stopped" if q.worker_state(w) == q.STOPPED else f"silent for {w.get('age_s')} s (killed or stuck)"
+        _print_worker(f"gone {name}", w, f"{why}; ")
+
+
+def _print_worker(name: str, w: dict, gone: str = "") -> None:
+    """One worker: why it is gone (if it is), its counts as of its last heartbeat, its drift per product."""
+    age = f" (heartbeat {w['age_s']} s ago)" if w.get("age_s") is not None and not gone else ""
+    spilled = w.get("dead_letters_spilled")
+    click.echo(
+        f"  {name}: {gone}scored {w.get('scored')}, dead letters {w.get('dead_letters')}, products {w.get('products')}"
+        + (f", redis_oom {w['redis_oom']} (Redis was full)" if w.get("redis_oom") not in (None, "0") else "")
+        + (f", {spilled} dead letters spilled to disk while Redis was full" if spilled not in (None, "0") else "")
+        + (f", warm-up {w['warmup_s']} s" if w.get("warmup_s") else "")
+        + age
+    )
+    for product, error in json.loads(w.get("model_errors") or "{}").items():
+        click.echo(f"    model {product}: not reloading, the model in hand keeps scoring ({error})")
+    for product, d in json.loads(w.get("drift") or "{}").items():
+        if "ratio" in d:
+            flag = "  ALERT" if d.get("alert") else ""
+            click.echo(
+                f"    drift {product}: {d['ratio']:.2f} (good-side p50 {d['p50']:.4g} / calibrated "
+                f"{d['calibration_p50']:.4g}, p95 {d['p95']:.4g} / {d['calibration_p95']:.4g}, n={d['n']}){flag}"
+            )
+        else:
+            click.echo(f"    drift {product}: n={d.get('n', 0)} good-side scores so far (need 20)")
 
 
 @click.command()

@@ -13,11 +13,11 @@ from ..errors import SetupError
 #: the rights of the Redis user that workers, ``push``, ``status``, ``dlq`` and the review station share: the
 #: one ACL the permission error recommends, docs/design.md shows and tests/stream/test_redis_honest.py grants.
 #: ``~ear:*`` must cover the --stream, --dlq and --results-stream names (and their heartbeat keys);
-#: +multi +exec +discard: dead letters and replays are transactions; +eval: ack + delete without XACKDEL;
-#: +config|get: the eviction and persistence checks; +hset +expire +hgetall +pttl +scan: heartbeats
+#: +multi +exec: dead letters and replays are transactions; +eval: ack + delete without XACKDEL; +info
+#: +config|get: the replica, eviction and persistence checks; +hset +expire +hgetall +pttl +scan: heartbeats;
+#: +select: a database other than /0
 ACL_RIGHTS = (
-    "~ear:* -@all +@stream +ping +info +config|get +multi +exec +discard +eval +evalsha "
-    "+hset +expire +hgetall +pttl +scan +select"
+    "~ear:* -@all +@stream +ping +info +config|get +multi +exec +eval +hset +expire +hgetall +pttl +scan +select"
 )
 #: the whole command, with placeholders (a user is created with ``on >PASSWORD``; ``reset`` clears old rights)
 ACL_SETUSER = f"ACL SETUSER <user> reset on ><password> {ACL_RIGHTS}"
@@ -168,7 +168,7 @@ def atomic(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
         try:
             conn.read_response()
         except redis.exceptions.NoPermissionError as exc:
-            raise TransactionRefused(str(permission_error(exc, "run MULTI (nothing was applied)"))) from None
+            raise TransactionRefused(f"nothing was applied: {permission_error(exc, 'run MULTI')}") from None
         conn.send_packed_command(conn.pack_commands([*commands, ("EXEC",)]))
         refused = _queued_refusal(conn, len(commands))
         try:
@@ -200,5 +200,5 @@ def _queued_refusal(conn: Any, n: int) -> redis.ResponseError | None:
 def _refusal(exc: redis.ResponseError) -> Exception:
     """What a discarded transaction raises: OOM as itself (callers keep their data), NOPERM as the ACL line."""
     if isinstance(exc, redis.exceptions.NoPermissionError):
-        return TransactionRefused(str(permission_error(exc, "run a command of a transaction (nothing was applied)")))
+        return TransactionRefused(f"nothing was applied: {permission_error(exc, 'run a command of a transaction')}")
     return exc

@@ -252,9 +252,19 @@ def heartbeat(client: redis.Redis, cfg: StreamConfig, worker: str, stats: dict[s
 
 
 def mark_stopped(client: redis.Redis, cfg: StreamConfig, worker: str) -> None:
-    """The clean-exit marker, written after the last heartbeat: ``status`` stops listing the worker as live
-    at once instead of once its heartbeat is stale; a worker restarted under the same name beats ``running``."""
-    client.hset(cfg.heartbeat_prefix + worker, "state", STOPPED)
+    """The clean-exit marker, written once a worker has left: ``status`` lists it as gone at once instead of
+    once its heartbeat is stale; a worker restarted under the same name beats ``running`` again.
+
+    Nothing is written for a worker that never beat (or whose heartbeat expired already); the key gets its
+    TTL again: a marker is never left behind for ever.
+    """
+    key = cfg.heartbeat_prefix + worker
+    if client.pttl(key) == -2:  # no such key
+        return
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(key, "state", STOPPED)
+    pipe.expire(key, cfg.heartbeat_ttl_s)
+    pipe.execute()
 
 
 def consumer_pending(client: redis.Redis, cfg: StreamConfig, consumer: str) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from .consumer import post_letters
+from .status import redis_memory
 
 log = logging.getLogger("ear_stream.stream.spill")
 
@@ -115,16 +116,22 @@ class DeadLetterSpill:
     def repost(self, client: redis.Redis) -> int:
         """Post spilled batches to their dead-letter streams, oldest first; returns the letters posted.
 
-        Stops at the first batch a full Redis refuses (the rest wait for the next call); a batch another
-        worker is posting is skipped. Other Redis errors propagate (the caller retries later).
+        A batch is posted only when it fits below maxmemory (re-posted junk must not fill Redis and stop
+        the producers) and stops at the first batch that does not, or that a full Redis refuses: the rest
+        wait for the next call. A batch another worker is posting is skipped. Other Redis errors propagate
+        (the caller retries later).
         """
         self.sweep_tmp()
         posted = 0
         for path in self.files():
             try:
+                if not _has_room(client, path.stat().st_size):
+                    return posted
                 n = self._repost_file(client, path)
             except redis.OutOfMemoryError:
                 return posted
+            except FileNotFoundError:  # posted by another worker meanwhile
+                continue
             posted += n
         return posted
 
@@ -182,6 +189,15 @@ class DeadLetterSpill:
             except (OSError, ValueError, AttributeError):
                 continue
         return total
+
+
+def _has_room(client: redis.Redis, need: int) -> bool:
+    """Whether Redis holds ``need`` more bytes below its maxmemory (True without a limit, or without +info)."""
+    try:
+        mem = redis_memory(client)
+    except redis.ResponseError:
+        return True
+    return not mem["maxmemory"] or mem["used_memory"] + need < mem["maxmemory"]
 
 
 def _same_file(path: Path, fh: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -13,6 +14,7 @@ import threading
 import time
 import urllib.request
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -318,7 +320,11 @@ def test_cli_push_status_worker_and_metrics(redis_server, models_dir, synthetic_
             time.sleep(0.1)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'ear_images_scored_total{worker="w-metrics"} 6.0' in body
-        status = json.loads(runner.invoke(main, ["status", "--json", *opts]).output)
+        # status reads the same counter, as of the worker's next heartbeat (every 2 s)
+        while time.monotonic() < deadline and _status_of(runner, opts, "w-metrics").get("scored") != "6":
+            time.sleep(0.2)
+        status = json.loads(runner.invoke(main, ["status", "--json", *opts]).stdout)
+        assert status["workers"]["w-metrics"]["scored"] == "6" and status["workers"]["w-metrics"]["age_s"] < 10
         assert status["length"] == 0 and status["group"]["pending"] == 0  # scored entries left the stream
         assert status["redis"]["used_memory"] > 0 and status["redis"]["maxmemory_policy"] == "noeviction"
         assert "ear_redis_used_memory_bytes" in body and "ear_stream_length{stream=" in body
@@ -344,3 +350,66 @@ def test_cli_push_status_worker_and_metrics(redis_server, models_dir, synthetic_
         ],
     )
     assert res.exit_code == 0, res.output
+
+
+def _status_of(runner, opts, worker: str) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(runner.invoke(main, ["status", "--json", *opts]).stdout)["workers"].get(worker, {})
+
+
+def test_status_counts_live_workers_only(redis_server, stream_cfg):
+    """A worker that stopped (its clean-exit marker) or went silent (killed: no heartbeat for
+    STALE_HEARTBEAT_S) is listed as gone, not live."""
+    client = q.connect(redis_server.url)
+    for name in ("alive", "done", "killed"):
+        q.heartbeat(client, stream_cfg, name, {"scored": 3, "dead_letters": 0})
+    q.mark_stopped(client, stream_cfg, "done")
+    client.expire(stream_cfg.heartbeat_prefix + "killed", stream_cfg.heartbeat_ttl_s - int(q.STALE_HEARTBEAT_S) - 5)
+    opts = ["--redis", redis_server.url, "--stream", stream_cfg.stream, "--group", stream_cfg.group]
+    status = json.loads(CliRunner().invoke(main, ["status", "--json", *opts]).stdout)
+    assert list(status["workers"]) == ["alive"] and sorted(status["gone"]) == ["done", "killed"]
+    text = CliRunner().invoke(main, ["status", *opts]).output
+    assert "live workers: 1" in text and "gone done: stopped" in text and "gone killed: silent for 15" in text
+    q.heartbeat(client, stream_cfg, "done", {"scored": 0})  # restarted under the same name: live again
+    assert "done" in json.loads(CliRunner().invoke(main, ["status", "--json", *opts]).stdout)["workers"]
+
+
+def _jpeg(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(side).random((side, side, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_push_refuses_what_a_worker_could_not_score(redis_server, models_dir, payloads, stream_cfg, tmp_path):
+    """Random bytes, truncated JPEG and PNG, a pixel bomb, a GIF: one line each, exit 2, only the good file
+    pushed; with --models a product without a model pushes nothing; --no-check pushes everything."""
+    files = tmp_path / "in"
+    files.mkdir()
+    gif = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(gif, "GIF")
+    bad = {
+        "random.png": (os.urandom(5000), "unsupported_format"),
+        "truncated.jpg": (_jpeg(700)[:30_000], "decode_error"),
+        "truncated.png": (payloads[0][: len(payloads[0]) // 2], "decode_error"),
+        "bomb.png": (_png_header_bomb(20000, 20000), "too_large"),
+        "animation.png": (gif.getvalue(), "unsupported_format"),
+    }
+    for name, (data, _) in bad.items():
+        (files / name).write_bytes(data)
+    (files / "good.png").write_bytes(payloads[0])
+    client = q.connect(redis_server.url)
+    opts = ["--redis", redis_server.url, "--stream", stream_cfg.stream]
+    runner = CliRunner()
+    res = runner.invoke(main, ["push", str(files), "--product", "synthetic", "--models", str(models_dir), *opts])
+    assert res.exit_code == 2 and "pushed 1 images" in res.output and "refused 5" in res.output
+    refused = re.findall(r"^refused \[(\w+)\] (\S+):", res.stderr, re.MULTILINE)  # one line each
+    assert sorted((reason, Path(path).name) for reason, path in refused) == sorted(
+        (reason, name) for name, (_, reason) in bad.items()
+    ), res.stderr
+    assert client.xlen(stream_cfg.stream) == 1
+    res = runner.invoke(main, ["push", str(files / "good.png"), "--product", "nosuch", "--models", str(models_dir),
+                               *opts])  # fmt: skip
+    assert res.exit_code == 2 and "[unknown_product]" in res.stderr and "nothing pushed" in res.stderr
+    assert client.xlen(stream_cfg.stream) == 1
+    res = runner.invoke(main, ["push", str(files), "--product", "synthetic", "--no-check", *opts])
+    assert res.exit_code == 0 and "pushed 6 images" in res.output
+    assert client.xlen(stream_cfg.stream) == 7

@@ -143,6 +143,7 @@ class Supervisor:
         left = q.consumer_pending(self._client, self.template.stream, slot.name)
         self.drains.append({"name": slot.name, "returned": returned, "pending_at_kill": left})
         ray.kill(slot.handle, no_restart=True)
+        q.mark_stopped(self._client, self.template.stream, slot.name)  # `status` drops it now, not when stale
         log.info("stopped %s", slot.name)
 
     def _revive_finished(self) -> None:

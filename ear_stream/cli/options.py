@@ -167,6 +167,14 @@ def _retention_options(fn):
         help="Start even if Redis' maxmemory-policy can evict keys (it can evict the input stream itself).",
     )(fn)
     fn = click.option(
+        "--dlq-spill",
+        "dlq_spill_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Local folder for dead letters a full Redis refuses (kept until it has room, then posted; "
+        "default: OUT-dlq-spill beside a local --out, ~/.local/state/ear-stream/dlq-spill for a store).",
+    )(fn)
+    fn = click.option(
         "--dlq-maxlen",
         default=default_of(StreamConfig, "dlq_maxlen"),
         show_default=True,

@@ -66,6 +66,9 @@ class WorkerConfig:
     metrics_host: str = "127.0.0.1"
     #: start even if Redis' maxmemory-policy may evict keys (it can evict the input stream)
     allow_eviction: bool = False
+    #: where dead letters a full Redis refuses are kept until it has room (None: beside a local results
+    #: folder, ``OUT-dlq-spill``; the user's state folder for an object store; ``stream.spill.default_dir``)
+    dlq_spill_dir: Path | None = None
     #: the U-Net's numeric path (``ear_stream.model.precision``) and whether to compile it for inference
     precision: str = DEFAULT_PRECISION
     compile: bool = False
@@ -73,7 +76,7 @@ class WorkerConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON types only (paths as strings): what crosses to a Ray actor, no pickled objects."""
         data = dataclasses.asdict(self)
-        for key in ("models_dir", "out_dir", "dino_weights"):
+        for key in ("models_dir", "out_dir", "dino_weights", "dlq_spill_dir"):
             if data[key] is not None:
                 data[key] = str(data[key])
         return data
@@ -86,7 +89,7 @@ class WorkerConfig:
             if isinstance(values.get("stream"), dict)
             else values.get("stream", StreamConfig())
         )
-        for key in ("models_dir", "dino_weights"):
+        for key in ("models_dir", "dino_weights", "dlq_spill_dir"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         out = values.get("out_dir")

@@ -256,7 +256,7 @@ class Worker:
         self._parked: list[q.Rejection] = []  # dead letters a full Redis refused and no disk took: retried
         self._parked_lock = threading.Lock()
         #: dead letters a full Redis refused, on local disk until it has room (WorkerConfig.dlq_spill_dir)
-        self._parked_spill = q.DeadLetterSpill(getattr(cfg, "dlq_spill_dir", None) or q.default_spill_dir(cfg.out_dir))
+        self._parked_spill = q.DeadLetterSpill(cfg.dlq_spill_dir or q.default_spill_dir(cfg.out_dir))
         self._last_parked_try = 0.0
         self._rows: list[dict[str, Any]] = []
         self._unacked: list[str] = []

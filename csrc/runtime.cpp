@@ -1,8 +1,10 @@
 // Runtime switches of the ear:: operators (shared by the Python module and the CMake library).
 #include <atomic>
+#include <tuple>
 #include <torch/library.h>
 
 #include "ops/checks.h"
+#include "ops/limits.h"
 
 namespace ear {
 
@@ -17,11 +19,15 @@ static bool cuda_available() {
 #endif
 }
 
+// (largest CUDA box, most scales): arguments past them run the reference ops on that device
+static std::tuple<int64_t, int64_t> cuda_limits() { return {kMaxCudaBox, kMaxScales}; }
+
 static void set_poison(bool on) { g_poison.store(on); }
 
 }  // namespace ear
 
 TORCH_LIBRARY_FRAGMENT(ear, m) {
   m.def("_cuda_available() -> bool", &ear::cuda_available);
+  m.def("_cuda_limits() -> (int, int)", &ear::cuda_limits);
   m.def("_set_poison(bool on) -> ()", &ear::set_poison);
 }

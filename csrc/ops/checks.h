@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include "limits.h"
+
 namespace ear {
 
 inline void check_excise_args(const at::Tensor& images, const c10::optional<at::Tensor>& attention, int64_t m) {
@@ -32,7 +34,7 @@ inline void check_msgms_args(const at::Tensor& images, const at::Tensor& recon, 
   TORCH_CHECK(images.device() == recon.device(), "msgms: images and recon must be on the same device");
   TORCH_CHECK(images.size(1) >= 1 && images.size(2) >= 1 && images.size(3) >= 1,
               "msgms: images must have C, H, W >= 1, got ", images.sizes());
-  TORCH_CHECK(scales >= 1 && scales <= 16, "msgms: scales must be in [1, 16], got ", scales);
+  TORCH_CHECK(scales >= 1 && scales <= kMaxScales, "msgms: scales must be in [1, ", kMaxScales, "], got ", scales);
   const int64_t smallest = int64_t(1) << (scales - 1);
   TORCH_CHECK(images.size(0) == 0 || (images.size(2) >= smallest && images.size(3) >= smallest),
               "msgms: image ", images.size(2), "x", images.size(3), " is too small for ", scales, " scales");

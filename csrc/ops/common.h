@@ -1,7 +1,7 @@
 // Index rules and small filters shared by the CPU and CUDA kernels.
 //
 // Every function here reproduces one PyTorch rule that the Python reference
-// (ear_stream/reference.py) relies on, so both backends agree with it to
+// (ear_stream/model/reference.py) relies on, so both backends agree with it to
 // float rounding: the nearest-neighbour source index, the bilinear
 // (align_corners=False) source index and weights, the 3x3 median and the
 // Prewitt gradient magnitude.

@@ -14,11 +14,14 @@ void expect(bool ok, const char* what) {
   if (!ok) ++failures;
 }
 
+// the EAR paper's GMS constant (GMS_C in ear_stream/model/config.py, which Python passes to the op)
+constexpr double kGmsC = 0.0026;
+
 std::tuple<at::Tensor, at::Tensor> msgms(const at::Tensor& a, const at::Tensor& b, int64_t scales, bool want_map) {
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("ear::msgms", "")
                        .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t,
                                                                  double, bool, int64_t, bool)>();
-  return op.call(a, b, scales, 0.0026, true, 21, want_map);
+  return op.call(a, b, scales, kGmsC, true, 21, want_map);
 }
 
 std::tuple<at::Tensor, at::Tensor> excise(const at::Tensor& x, const c10::optional<at::Tensor>& att, int64_t m) {

@@ -23,10 +23,15 @@ try:
         raise ImportError("EAR_STREAM_BACKEND=reference")
     from .. import _C  # type: ignore[attr-defined]  # noqa: F401  (registers torch.ops.ear.*)
 
+    #: the CUDA kernels' limits (csrc/ops/limits.h); a library built from older sources lacks the op
+    _CUDA_LIMITS: tuple[int, int] = tuple(int(v) for v in torch.ops.ear._cuda_limits())  # type: ignore[assignment]
     _HAS_EXTENSION = True
 except ImportError as exc:  # not built, or built against another torch
     _HAS_EXTENSION = False
     _EXTENSION_ERROR = str(exc)
+except (AttributeError, RuntimeError):  # built from older sources than this checkout: the reference ops, said once
+    _HAS_EXTENSION = False
+    _EXTENSION_ERROR = "ear_stream._C is older than csrc/ (no ear::_cuda_limits): rebuild it (make build)"
 
 
 def backend() -> str:
@@ -51,9 +56,10 @@ def backend_description() -> str:
     return "extension (cpu+cuda)" if extension_has_cuda() else "extension (cpu; built without CUDA kernels)"
 
 
-#: largest box the CUDA msgms kernel filters in shared memory (``kMaxBox`` in csrc/ops/cuda/msgms_kernel.cu);
-#: larger boxes run the reference ops on that device, with the same numerics
-MAX_CUDA_BOX = 129
+#: largest box the CUDA msgms kernel filters in shared memory, read from the op library (``kMaxCudaBox`` in
+#: csrc/ops/limits.h); larger boxes run the reference ops on that device, with the same numerics. Without the
+#: extension every box runs the reference ops, and the bound is moot (0).
+MAX_CUDA_BOX: int = _CUDA_LIMITS[0] if _HAS_EXTENSION else 0
 #: CUDA devices whose architecture the extension has no kernel image for: they use the reference ops
 _REFERENCE_DEVICES: set[int] = set()
 log = logging.getLogger("ear_stream.model.ops")
@@ -85,7 +91,7 @@ if _HAS_EXTENSION:
         return torch.empty_like(images), images.new_empty((images.shape[0],), dtype=torch.float32)
 
     @torch.library.register_fake("ear::msgms")
-    def _msgms_fake(images, recon, scales=3, c=0.0026, median=True, box=21, want_map=False):
+    def _msgms_fake(images, recon, scales, c, median, box, want_map):
         b, _, h, w = images.shape
         score = images.new_empty((b,), dtype=torch.float32)
         dmap = images.new_empty((b, 1, h, w) if want_map else (0,), dtype=torch.float32)

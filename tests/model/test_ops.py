@@ -10,6 +10,7 @@ import torch
 
 from ear_stream.model import ops
 from ear_stream.model import reference as ref
+from ear_stream.model.config import GMS_C
 
 needs_ext = pytest.mark.skipif(ops.backend() != "extension", reason=f"extension not built: {ops.extension_error()}")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ops.extension_has_cuda() else [])
@@ -97,9 +98,15 @@ def test_mixed_precision_inputs_are_compared_in_float():
         (lambda: torch.ops.ear.excise(torch.rand(3, 8, 8), None, 2, True), "rank"),
         (lambda: torch.ops.ear.excise(torch.rand(1, 3, 8, 8), None, 0, True), "m must be >= 1"),
         (lambda: torch.ops.ear.excise(torch.rand(1, 3, 8, 8), torch.rand(2, 4, 4), 2, True), "batch"),
-        (lambda: torch.ops.ear.msgms(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9)), "same shape"),
-        (lambda: torch.ops.ear.msgms(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), 3, 0.0026, True, 4), "odd"),
-        (lambda: torch.ops.ear.msgms(torch.rand(1, 3, 2, 8), torch.rand(1, 3, 2, 8), 3), "too small"),
+        (
+            lambda: torch.ops.ear.msgms(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 9), 3, GMS_C, True, 5, False),
+            "same shape",
+        ),
+        (lambda: torch.ops.ear.msgms(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), 3, GMS_C, True, 4, False), "odd"),
+        (
+            lambda: torch.ops.ear.msgms(torch.rand(1, 3, 2, 8), torch.rand(1, 3, 2, 8), 3, GMS_C, True, 5, False),
+            "too small",
+        ),
     ],
 )
 def test_extension_rejects_bad_arguments_with_python_errors(call, match):
@@ -124,7 +131,7 @@ def test_wrappers_raise_value_error(call):
 def test_fake_registrations_pass_opcheck():
     x, y = torch.rand(2, 3, 32, 40), torch.rand(2, 3, 32, 40)
     torch.library.opcheck(
-        torch.ops.ear.msgms.default, (x, y, 3, 0.0026, True, 5, True), test_utils=("test_schema", "test_faketensor")
+        torch.ops.ear.msgms.default, (x, y, 3, GMS_C, True, 5, True), test_utils=("test_schema", "test_faketensor")
     )
     torch.library.opcheck(
         torch.ops.ear.excise.default, (x, torch.rand(2, 7, 7), 4, True), test_utils=("test_schema", "test_faketensor")
@@ -135,7 +142,7 @@ def test_fake_registrations_pass_opcheck():
 def test_ops_trace_under_torch_compile():
     def pipeline(x, y, att):
         comp, _ = torch.ops.ear.excise(x, att, 4, True)
-        score, _ = torch.ops.ear.msgms(comp, y, 2, 0.0026, True, 5, False)
+        score, _ = torch.ops.ear.msgms(comp, y, 2, GMS_C, True, 5, False)
         return score * 2
 
     x, y, att = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32), torch.rand(2, 4, 4)
@@ -165,7 +172,7 @@ def test_kernels_take_channels_last_and_bf16_without_a_copy(dtype):
     r = torch.rand(4, 3, 40, 56).to(dtype).contiguous(memory_format=torch.channels_last)
     att = torch.rand(4, 8, 8)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        ops.msgms(x, r, 2, 0.0026, True, 5, True)
+        ops.msgms(x, r, 2, GMS_C, True, 5, True)
         ops.excise(x, att, 8, True)
     copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::contiguous", "aten::clone")]
     assert copies == []

@@ -19,15 +19,15 @@
 
 #include "../checks.h"
 #include "../common.h"
+#include "../limits.h"
 #include "cuda_helpers.cuh"
 
 namespace ear {
 namespace {
 
-constexpr int kMaxScales = 16;
 constexpr int kGmsTileX = 32, kGmsTileY = 8;    // gms_tile_kernel: one thread per output pixel
 constexpr int kBoxTileX = 64, kBoxTileY = 32;   // box_max_kernel output tile, 256 threads
-constexpr int kMaxBox = 129;
+constexpr int kMaxBox = kMaxCudaBox;
 
 struct Levels {
   const float* dist[kMaxScales];

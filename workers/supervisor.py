@@ -6,7 +6,10 @@ how many actors that calls for, tells the Ray autoscaler (``request_resources``)
 so GPU nodes are added or released, starts actors, and drains surplus ones
 (stop → finish, flush, ack → kill). Actor names are stable slots
 (``<prefix>-0``, ``<prefix>-1``…) so a slot that comes back re-reads its own
-unacknowledged entries.
+unacknowledged entries; with ``metrics_port`` set, slot ``i`` serves its Prometheus metrics on
+``metrics_port + i`` on its node. Its Redis calls go through the worker's policy
+(:class:`~ear_stream.stream.redis_calls.RedisCalls`): a Redis restart is waited out, not a crash of
+the driver; once stopping, an unreachable Redis gets a few tries and the actors are drained regardless.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import redis
 
 from ear_stream.stream import queue as q
-from ear_stream.stream.worker import WorkerConfig
+from ear_stream.stream.redis_calls import RedisCalls
+from ear_stream.stream.settings import WorkerConfig
 
 from .actor import actor_class
-from .policy import ScalingPolicy, resource_bundles
+from .policy import DEFAULT_POLL_S, ScalingPolicy, resource_bundles
 
 log = logging.getLogger("ear_stream_workers.supervisor")
 
@@ -78,6 +83,19 @@ def gpu_offer(autoscaling_config: str | Path | None = None) -> tuple[bool, str]:
     return gpus > 0, f"resources of the nodes up now ({gpus:g} GPUs)"
 
 
+def actor_config(template: WorkerConfig, index: int, name_prefix: str = "ear-actor") -> WorkerConfig:
+    """The settings of slot ``index``'s actor: the template's, with the two that belong to one process set here.
+
+    Its name is the slot's (``<prefix>-<index>``: a slot that comes back re-reads its own pending entries);
+    the supervisor decides when it leaves (no idle timeout); with a metrics port P it serves on P + index, so
+    actors sharing a node never share a port.
+    """
+    port = template.metrics_port
+    return dataclasses.replace(
+        template, name=f"{name_prefix}-{index}", metrics_port=port + index if port else None, exit_when_idle_s=None
+    )
+
+
 @dataclass
 class Slot:
     name: str
@@ -93,7 +111,7 @@ class Supervisor:
     #: autoscaler config to read the node types from (see :func:`gpu_offer`)
     autoscaling_config: Path | None = None
     name_prefix: str = "ear-actor"
-    poll_s: float = 2.0
+    poll_s: float = DEFAULT_POLL_S
     drain_timeout_s: float = 120.0
     request_resources: Callable[[list[dict[str, float]]], None] = default_request_resources
     clock: Callable[[], float] = time.monotonic
@@ -107,12 +125,22 @@ class Supervisor:
             log.info("actors ask for %s (%s)", "GPUs" if self.use_gpu else "CPUs", why)
         self._actor_cls = actor_class(self.use_gpu)
         self._client = q.connect(self.template.redis_url)
-        q.ensure_group(self._client, self.template.stream)
+        self._stopping = False
+        self._redis = RedisCalls(self._client, self.template.stream, stopping=lambda: self._stopping)
+        self._redis(lambda: q.ensure_group(self._client, self.template.stream), "group creation")
         self._last_request: int | None = None
 
+    def stop(self) -> None:
+        """Leave :meth:`run` at its next step (from a signal handler); Redis calls then give up sooner."""
+        self._stopping = True
+
     # ------------------------------------------------------------------ one control step
+    def backlog(self) -> tuple[int, int]:
+        """(lag, pending) of the workers' group."""
+        return self._redis(lambda: q.backlog(self._client, self.template.stream), "backlog")
+
     def step(self) -> int:
-        lag, pending = q.backlog(self._client, self.template.stream)
+        lag, pending = self.backlog()
         desired = self.policy.desired(len(self.slots), lag, pending, self.clock())
         if desired != self._last_request:
             self.request_resources(resource_bundles(desired, bool(self.use_gpu)))
@@ -125,8 +153,8 @@ class Supervisor:
         return desired
 
     def _start(self, index: int) -> None:
-        name = f"{self.name_prefix}-{index}"
-        cfg = dataclasses.replace(self.template, name=name, metrics_port=None, exit_when_idle_s=None)
+        cfg = actor_config(self.template, index, self.name_prefix)
+        name = cfg.name
         handle = self._actor_cls.remote(cfg.to_dict())
         self.slots[index] = Slot(name, handle, handle.run.remote())
         log.info("started %s (%s)", name, "GPU" if self.use_gpu else "CPU")
@@ -140,10 +168,18 @@ class Supervisor:
             returned = True
         except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to drain
             log.warning("draining %s: %s", slot.name, exc)
-        left = q.consumer_pending(self._client, self.template.stream, slot.name)
+        stream = self.template.stream
+        left: int | None = None
+        try:
+            left = self._redis(lambda: q.consumer_pending(self._client, stream, slot.name), "pending count")
+        except redis.RedisError as exc:  # only when stopping with Redis gone: its entries stay pending anyway
+            log.warning("pending entries of %s unknown (%s)", slot.name, exc)
         self.drains.append({"name": slot.name, "returned": returned, "pending_at_kill": left})
         ray.kill(slot.handle, no_restart=True)
-        q.mark_stopped(self._client, self.template.stream, slot.name)  # `status` drops it now, not when stale
+        try:  # `status` drops it now, not when stale
+            self._redis(lambda: q.mark_stopped(self._client, stream, slot.name), "clean-exit marker")
+        except redis.RedisError as exc:
+            log.warning("%s not marked stopped (%s): status lists it until its heartbeat expires", slot.name, exc)
         log.info("stopped %s", slot.name)
 
     def _revive_finished(self) -> None:
@@ -164,7 +200,7 @@ class Supervisor:
     # ------------------------------------------------------------------ loops
     def run(self, until: Callable[[], bool] | None = None, max_seconds: float | None = None) -> None:
         started = self.clock()
-        while True:
+        while not self._stopping:
             self.step()
             if until is not None and until():
                 return
@@ -173,12 +209,13 @@ class Supervisor:
             time.sleep(self.poll_s)
 
     def drained(self) -> bool:
-        return q.backlog(self._client, self.template.stream) == (0, 0)
+        return self.backlog() == (0, 0)
 
     def stats(self) -> list[dict[str, Any]]:
         return ray.get([slot.handle.stats.remote() for slot in self.slots.values()], timeout=60)
 
     def shutdown(self) -> None:
+        self._stopping = True
         for index in sorted(self.slots, reverse=True):
             self._drain(index)
         self.request_resources([])

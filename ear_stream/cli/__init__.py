@@ -22,11 +22,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import batch, bench, demo, dlq, model, review, stream, threshold
+    from . import batch, bench, demo, dlq, evaluate, labels, model, review, stream, threshold
 
     for command in (
         model.train,
-        model.evaluate_cmd,
+        evaluate.evaluate_cmd,
         model.simulate,
         threshold.threshold,
         batch.score,
@@ -37,7 +37,8 @@ def _register() -> None:
         stream.status,
         stream.cluster,
         dlq.dlq,
-        model.mosaic_search,
+        labels.labels,
+        evaluate.mosaic_search,
         bench.bench,
         model.weights,
         demo.demo,

@@ -1,9 +1,13 @@
-"""Model verbs: train, eval, mosaic-search and the DINO weights file."""
+"""Training verbs: ``train`` (its options, the configs they describe, the report on what was written),
+``simulate`` (the simulated defects training uses) and ``weights`` (the DINO weights file).
+
+Evaluating a trained model is :mod:`.evaluate`'s (``eval``, ``mosaic-search``). The ``--saliency``
+choices and help come from the saliency registry (:mod:`ear_stream.model.registry`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,10 +16,9 @@ import click
 
 from ..model.config import (
     AUTO_WEIGHT_FREE,
+    AUTO_WITH_DINO,
     METHODS,
-    MOSAIC_SCALES,
     SALIENCY_CHOICES,
-    SALIENCY_VARIANTS,
     SCHEDULES,
     ModelConfig,
     ScoringConfig,
@@ -23,10 +26,10 @@ from ..model.config import (
     default_keep_context,
     resolve_saliency,
 )
+from ..model.registry import AUTO, DEFAULT_GRID, DINO_ENV, saliency_help, saliency_spec
 from .options import (
     DEVICE_OPTION,
     DINO_OPTION,
-    MODEL_OPTION,
     PRECISION_OPTION,
     _mosaic_scale,
     _warn,
@@ -34,6 +37,7 @@ from .options import (
     default_of,
     tile_options,
 )
+from .threshold import PolicyOption
 
 
 @click.command()
@@ -77,14 +81,14 @@ from .options import (
 @click.option(
     "--saliency",
     type=click.Choice(SALIENCY_CHOICES),
-    default="auto",
+    default=AUTO,
     show_default=True,
-    help=f"What to excise. auto = dino when DINO weights are configured, else {AUTO_WEIGHT_FREE} (best weight-free "
-    "variant on real data, BENCHMARKS.md). dino = full EAR; spectral = spectral-residual saliency; stats = "
-    "deviation from per-cell statistics of the training images (aligned products); self = two-pass EAR (a first "
-    "U-Net pass finds what to excise); none = mosaic the whole image; binary = DINO mask without mosaic hint.",
+    help=f"What to excise. auto = {AUTO_WITH_DINO} when DINO weights are configured, else {AUTO_WEIGHT_FREE} (best "
+    f"weight-free variant on real data, BENCHMARKS.md). {saliency_help()}",
 )
-@click.option("--grid", type=int, default=None, help="Attention grid side of the weight-free variants (default 16).")
+@click.option(
+    "--grid", type=int, default=None, help=f"Attention grid side of the weight-free variants (default {DEFAULT_GRID})."
+)
 @click.option(
     "--keep-context/--no-keep-context",
     default=None,
@@ -193,10 +197,12 @@ from .options import (
 @click.option("--head-width", default=default_of(ModelConfig, "head_width"), show_default=True, help="Head channels.")
 @click.option(
     "--threshold-policy",
+    cls=PolicyOption,
+    labelled=False,  # no labelled defects at training time: f1 is refused before a minute is spent
     default=default_of(TrainConfig, "threshold_policy"),
     show_default=True,
-    help="Image threshold policy applied after training: sigma:K, quantile:Q, fpr:F, simf1 (F1 between held-out "
-    "good images and the same images with a simulated defect), manual:T. Change it later with 'ear-stream threshold'.",
+    intro="Image threshold policy applied after training: ",
+    outro=" Change it later with 'ear-stream threshold'.",
 )
 @PRECISION_OPTION
 def train(data_root: Path, category: str, out_dir: Path, **opts: Any) -> None:
@@ -236,10 +242,10 @@ def train(data_root: Path, category: str, out_dir: Path, **opts: Any) -> None:
 
 def model_config_from(opts: dict[str, Any]) -> ModelConfig:
     """The ModelConfig ``train``'s options describe (saliency resolved, native-resolution options checked)."""
-    has_weights = bool(opts["dino_weights"] or os.environ.get("EAR_DINO_WEIGHTS"))
+    has_weights = bool(opts["dino_weights"] or os.environ.get(DINO_ENV))
     saliency = resolve_saliency(opts["saliency"], has_weights)
     if opts["method"] == "ear":
-        why = "(--saliency auto: no DINO weights configured)" if opts["saliency"] == "auto" and not has_weights else ""
+        why = "(--saliency auto: no DINO weights configured)" if opts["saliency"] == AUTO and not has_weights else ""
         _warn(f"saliency: {saliency} {why}".rstrip())
     crop = opts["train_crop"]
     if opts["scale"] is not None and crop is None:
@@ -259,7 +265,7 @@ def model_config_from(opts: dict[str, Any]) -> ModelConfig:
         scoring=ScoringConfig(
             scales=opts["scales"], box=opts["box"], border=opts["border"], normal_map=opts["normal_map"]
         ),
-        saliency_params={"grid": grid} if grid and saliency not in ("dino", "binary", "none") else {},
+        saliency_params={"grid": grid} if grid and saliency_spec(saliency).weight_free else {},
         keep_context=default_keep_context(saliency) if opts["keep_context"] is None else opts["keep_context"],
         head=opts["head"] and opts["method"] == "ear",
         head_width=opts["head_width"],
@@ -293,151 +299,6 @@ def report_trained(path: Path) -> None:
             **{k: recovery[k] for k in ("recon_error", "flat_error", "excised_error", "colour_cast", "n_images")}
         )
         (_warn if check.degenerate else click.echo)(check.verdict())
-
-
-def recalibrate_for_eval(pipe, model_dir: Path, data_root: Path) -> None:  # type: ignore[no-untyped-def]
-    """The stored threshold belongs to the model's own scoring: recalibrate it for the overridden one."""
-    from ..errors import EarStreamError
-    from ..inspect.thresholds import recalibrate
-    from ..model.artifact import load_manifest
-
-    manifest = load_manifest(model_dir)
-    try:
-        threshold = recalibrate(pipe, manifest, data_root)
-    except EarStreamError as exc:  # no training images here, or a policy that needs labels
-        _warn(
-            f"scoring overridden, but the threshold could not be recalibrated ({exc}): the false rejects and "
-            f"escapes below compare the new scores with the stored threshold {manifest.threshold:.4g}"
-        )
-        return
-    _warn(
-        f"scoring overridden: threshold recalibrated by {manifest.threshold_policy} on the held-out good "
-        f"images: {threshold:.4g} (stored: {manifest.threshold:.4g})"
-    )
-
-
-@click.command("eval")
-@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--category", required=True, help="Product folder under DATA_ROOT with test/ and ground_truth/.")
-@MODEL_OPTION
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write a self-contained HTML report (ROC curve, per-defect table, worst examples).",
-)
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write metrics as JSON (image_auroc, pixel_auroc, n_good, n_defect, per_defect, ...).",
-)
-@click.option("--batch-size", default=16, show_default=True, help="Images per scoring batch.")
-@DINO_OPTION
-@DEVICE_OPTION
-@PRECISION_OPTION
-@click.option("--box", type=int, default=None, help="Override the model's MSGMS box-filter size (k <= 1 disables).")
-@click.option("--median/--no-median", default=None, help="Override the model's 3x3 median before the gradients.")
-@click.option("--border", type=int, default=None, help="Override the pixels at each edge left out of the score.")
-@tile_options
-def evaluate_cmd(
-    data_root,
-    category,
-    model_dir,
-    report,
-    json_out,
-    batch_size,
-    dino_weights,
-    device,
-    precision,
-    box,
-    median,
-    border,
-    tile,
-    tile_overlap,
-) -> None:
-    """Image and pixel AUROC of a model on DATA_ROOT/CATEGORY/test."""
-    announce_backend(precision, device)
-    from ..inspect.evaluation import evaluate, write_report
-    from ..inspect.pipeline import Pipeline
-
-    pipe = Pipeline.from_artifact(model_dir, device, dino_weights, tile, tile_overlap, precision=precision)
-    overrides = {k: v for k, v in {"box": box, "median": median, "border": border}.items() if v is not None}
-    if overrides:
-        pipe.config.scoring = dataclasses.replace(pipe.config.scoring, **overrides)
-        recalibrate_for_eval(pipe, model_dir, data_root)
-    click.echo(f"saliency: {pipe.config.saliency} {pipe.config.saliency_params or ''}".rstrip(), err=True)
-    result, material = evaluate(pipe, data_root, category, batch_size=batch_size)
-    pix = "n/a" if result.pixel_auroc is None else f"{result.pixel_auroc:.4f}"
-    click.echo(
-        f"{category}: image AUROC {result.image_auroc:.4f}, pixel AUROC {pix} "
-        f"({result.n_good} good, {result.n_defect} defective, {result.ms_per_image:.1f} ms/image)"
-    )
-
-    def fmt(v) -> str:  # type: ignore[no-untyped-def]
-        return "n/a" if v is None or v != v else f"{v:.4f}"
-
-    click.echo(
-        f"  image F1-max {fmt(result.image_f1_max)}; at threshold {result.threshold:.4g}: false rejects "
-        f"{fmt(result.false_reject_rate)}, escapes {fmt(result.escape_rate)}; pixel F1-max "
-        f"{fmt(result.pixel_f1_max)}, AUPRO@0.3 {fmt(result.aupro_30)}"
-    )
-    for defect, row in result.per_defect.items():
-        click.echo(f"  {defect:<12} n={row['n']:<4} AUROC {row['image_auroc']:.4f}  flagged {row['detected']:.1%}")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.to_json(), indent=2))
-    if report:
-        path = write_report(report, pipe, result, material, title=f"EAR evaluation: {category}")
-        click.echo(f"report: {path}")
-
-
-@click.command("mosaic-search")
-@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--category", required=True, help="Product folder with train/good and a labelled test/ set.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder for the trial models.")
-@click.option("--scales", default=",".join(map(str, MOSAIC_SCALES)), show_default=True, help="Candidate m values.")
-@click.option("--image-size", default=128, show_default=True, help="Side the images are resized to for the trials.")
-@click.option("--epochs", default=5, show_default=True, help="Training epochs of each trial model.")
-@click.option("--width", "base_channels", default=32, show_default=True, help="U-Net base channel count.")
-@click.option(
-    "--saliency",
-    type=click.Choice(SALIENCY_VARIANTS),
-    default="none",
-    show_default=True,
-    help="Saliency variant of the trial models (see train --help).",
-)
-@DINO_OPTION
-@DEVICE_OPTION
-@click.option("--seed", default=0, show_default=True, help="Seed of every trial (split, order, initialisation).")
-def mosaic_search(
-    data_root, category, out_dir, scales, image_size, epochs, base_channels, saliency, dino_weights, device, seed
-) -> None:
-    """Grid search of the mosaic scale m on a labelled validation set (image AUROC per m)."""
-    from ..inspect.evaluation import evaluate
-    from ..inspect.pipeline import Pipeline
-    from ..inspect.training import train_model
-
-    table = {}
-    for m in [int(s) for s in scales.split(",")]:
-        cfg = ModelConfig(image_size=image_size, saliency=saliency, base_channels=base_channels)
-        path = train_model(
-            data_root,
-            category,
-            out_dir / f"m{m}",
-            cfg,
-            TrainConfig(epochs=epochs, seed=seed),
-            mosaic_scale=m,
-            dino_weights=dino_weights,
-            device=device,
-        )
-        res, _ = evaluate(Pipeline.from_artifact(path, device=device, dino_weights=dino_weights), data_root, category)
-        table[m] = res.image_auroc
-        click.echo(f"m={m:<3} image AUROC {res.image_auroc:.4f}")
-    best = max(table, key=lambda k: table[k])
-    click.echo(f"best m = {best}")
-    (out_dir / "mosaic_search.json").write_text(json.dumps({"auroc": table, "best": best}, indent=2))
 
 
 @click.group()

@@ -216,6 +216,9 @@ def stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dl
 def worker_options(fn):  # type: ignore[no-untyped-def]
     """Every option of a stream worker, one definition for ``worker`` and ``cluster``; defaults are the
     fields of :class:`~ear_stream.stream.settings.WorkerConfig` and :class:`~ear_stream.stream.protocol.StreamConfig`.
+
+    Only ``worker``'s ``--name`` and ``--exit-when-idle`` are its own: ``cluster`` names its actors by slot
+    and decides itself when they leave (README, "Ray cluster").
     """
     from ..stream.protocol import StreamConfig
     from ..stream.settings import WorkerConfig
@@ -261,13 +264,34 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
             "--drift-window",
             default=w("drift_window"),
             show_default=True,
-            help="Good-side scores kept per product for drift.",
+            help="Good-side scores and frames kept per product for drift.",
         ),
         click.option(
             "--drift-alert",
             default=w("drift_alert"),
             show_default=True,
-            help="Drift ratio (live good-side p50/p95 over the calibration's) at which the worker warns.",
+            help="Drift ratio (live good-side p50/p95 over the calibration's) at which the worker warns, for models "
+            "calibrated without image statistics (older ones); the ratio is reported for every model.",
+        ),
+        click.option(
+            "--drift-shift",
+            default=w("drift_shift"),
+            show_default=True,
+            help="Input drift at which the worker warns: the live median of an image statistic (brightness, "
+            "contrast, sharpness, recovery error) this many held-out spreads from the good images'.",
+        ),
+        click.option(
+            "--metrics-port",
+            type=int,
+            default=w("metrics_port"),
+            help="Serve Prometheus metrics on this port (cluster: actor i serves on PORT+i on its node).",
+        ),
+        click.option(
+            "--metrics-host",
+            default=w("metrics_host"),
+            show_default=True,
+            help="Address of the metrics endpoint (cluster: on each actor's node; 0.0.0.0 to be scraped from "
+            "elsewhere).",
         ),
         click.option(
             "--frame-check/--no-frame-check",

@@ -8,15 +8,22 @@ from pathlib import Path
 
 import click
 
+from ..stream.scaling import DEFAULT_POLL_S, ScalingPolicy
 from .options import (
     MODELS_DIR_OPTION,
     REDIS_OPTION,
     RESULTS_OPTION,
     _stream_options,
     announce_backend,
+    default_of,
     worker_config,
     worker_options,
 )
+
+
+def _scaling(name: str):  # type: ignore[no-untyped-def]
+    """The default of a ``cluster`` scaling option: the field of the pure policy (no Ray imported)."""
+    return default_of(ScalingPolicy, name)
 
 
 @click.command()
@@ -132,11 +139,9 @@ def _require_model(models_dir: Path, product: str) -> None:
 @MODELS_DIR_OPTION
 @RESULTS_OPTION
 @click.option("--name", default=None, help="Consumer name (default host-pid); reuse it to resume its pending entries.")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
-@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
 @click.option("--exit-when-idle", type=float, default=None, help="Leave once the stream is drained for this long (s).")
 @worker_options
-def worker(redis_url, models_dir, out_dir, name, metrics_port, metrics_host, exit_when_idle, **opts) -> None:
+def worker(redis_url, models_dir, out_dir, name, exit_when_idle, **opts) -> None:
     """Score the input stream into Parquet until SIGTERM/SIGINT (one process, no Ray).
 
     Rows are written to a durable Parquet part before the entries are acknowledged;
@@ -156,8 +161,6 @@ def worker(redis_url, models_dir, out_dir, name, metrics_port, metrics_host, exi
         out_dir,
         name=name or default_worker_name(),
         exit_when_idle_s=exit_when_idle,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
         **opts,
     )
     with q.setup_errors(redis_url):  # rights cut or the primary demoted while it runs: one line, not a traceback
@@ -235,15 +238,11 @@ def _print_worker(name: str, w: dict, gone: str = "") -> None:
     )
     for product, error in json.loads(w.get("model_errors") or "{}").items():
         click.echo(f"    model {product}: not reloading, the model in hand keeps scoring ({error})")
+    from ..stream.drift import describe_drift
+
     for product, d in json.loads(w.get("drift") or "{}").items():
-        if "ratio" in d:
-            flag = "  ALERT" if d.get("alert") else ""
-            click.echo(
-                f"    drift {product}: {d['ratio']:.2f} (good-side p50 {d['p50']:.4g} / calibrated "
-                f"{d['calibration_p50']:.4g}, p95 {d['p95']:.4g} / {d['calibration_p95']:.4g}, n={d['n']}){flag}"
-            )
-        else:
-            click.echo(f"    drift {product}: n={d.get('n', 0)} good-side scores so far (need 20)")
+        flag = "  ALERT" if d.get("alert") else ""
+        click.echo(f"    drift {product}: {describe_drift(d)}{flag}")
 
 
 @click.command()
@@ -251,11 +250,27 @@ def _print_worker(name: str, w: dict, gone: str = "") -> None:
 @MODELS_DIR_OPTION
 @RESULTS_OPTION
 @click.option("--address", default=None, help="Ray cluster: 'auto', 'ray://head:10001'; default: start a local Ray.")
-@click.option("--min-workers", default=1, show_default=True, help="Fewest inspection actors.")
-@click.option("--max-workers", default=4, show_default=True, help="Most inspection actors (one GPU each on GPU nodes).")
-@click.option("--high-watermark", default=256, show_default=True, help="Backlog per actor that triggers scale-up.")
-@click.option("--cooldown", default=60.0, show_default=True, help="Seconds of empty backlog before scaling down.")
-@click.option("--poll", default=2.0, show_default=True, help="Seconds between supervisor decisions.")
+@click.option("--min-workers", default=_scaling("min_workers"), show_default=True, help="Fewest inspection actors.")
+@click.option(
+    "--max-workers",
+    default=_scaling("max_workers"),
+    show_default=True,
+    help="Most inspection actors (one GPU each on GPU nodes).",
+)
+@click.option(
+    "--high-watermark",
+    default=_scaling("high_watermark"),
+    show_default=True,
+    help="Backlog per actor that triggers scale-up.",
+)
+@click.option(
+    "--cooldown",
+    "scale_down_cooldown_s",
+    default=_scaling("scale_down_cooldown_s"),
+    show_default=True,
+    help="Seconds of empty backlog before scaling down.",
+)
+@click.option("--poll", default=DEFAULT_POLL_S, show_default=True, help="Seconds between supervisor decisions.")
 @click.option("--exit-when-drained", is_flag=True, help="Stop (draining the actors) once the stream is empty.")
 @click.option("--max-seconds", type=float, default=None, help="Stop after this long.")
 @click.option(
@@ -274,7 +289,7 @@ def cluster(
     min_workers,
     max_workers,
     high_watermark,
-    cooldown,
+    scale_down_cooldown_s,
     poll,
     exit_when_drained,
     max_seconds,
@@ -286,6 +301,9 @@ def cluster(
     One actor per GPU (num_gpus=1) on GPU clusters, CPU actors otherwise; actors
     restart on failure; the supervisor asks the Ray autoscaler for the resources
     the backlog calls for (request_resources). SIGINT/SIGTERM drain the actors.
+    Takes every worker option but --name (actors are named by slot) and
+    --exit-when-idle (see --exit-when-drained); with --metrics-port P, actor i
+    serves its metrics on P+i on its node.
     """
     announce_backend(opts["precision"], opts["device"])
     import logging
@@ -295,21 +313,22 @@ def cluster(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ear_stream_workers.local import init_ray
-    from ear_stream_workers.policy import ScalingPolicy
     from ear_stream_workers.supervisor import Supervisor
 
     q.connect(redis_url, verify=True)  # a wrong URL or password fails here, before Ray starts
     init_ray(address)
     template = worker_config(redis_url, models_dir.resolve(), out_dir, **opts)
     policy = ScalingPolicy(
-        min_workers=min_workers, max_workers=max_workers, high_watermark=high_watermark, scale_down_cooldown_s=cooldown
+        min_workers=min_workers,
+        max_workers=max_workers,
+        high_watermark=high_watermark,
+        scale_down_cooldown_s=scale_down_cooldown_s,
     )
     sup = Supervisor(template, policy, poll_s=poll, autoscaling_config=autoscaling_config)
-    stopping = {"flag": False}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.update(flag=True))
+        signal.signal(sig, lambda *_: sup.stop())
     try:
-        sup.run(until=lambda: stopping["flag"] or (exit_when_drained and sup.drained()), max_seconds=max_seconds)
+        sup.run(until=lambda: exit_when_drained and sup.drained(), max_seconds=max_seconds)
     finally:
         sup.shutdown()
     click.echo("cluster stopped; all actors drained")

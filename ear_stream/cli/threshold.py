@@ -4,28 +4,83 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.shell_completion import CompletionItem
 
+from ..errors import ConfigError
 from ..model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
 from ..review.config import login_name
 from .options import DEVICE_OPTION
+
+if TYPE_CHECKING:  # the policy registry imports numpy: read when a policy is parsed or help is shown
+    from ..inspect.threshold_policies import Scope
+
+
+class PolicyType(click.ParamType):
+    """A threshold policy (``fpr:0.02``), refused at parse time unless the registry accepts it for ``scope``
+    (``labelled=False``: training, which has no labelled items). The text is passed on as written."""
+
+    name = "policy"
+
+    def __init__(self, scope: Scope = "image", labelled: bool = True) -> None:
+        self.scope, self.labelled = scope, labelled
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..inspect.threshold_policies import parse_policy
+
+        try:
+            parse_policy(str(value), pixel=self.scope == "pixel", labelled=self.labelled)
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+        return value
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+        from ..inspect.threshold_policies import policy_names
+
+        return [CompletionItem(n) for n in policy_names(self.scope, self.labelled) if n.startswith(incomplete)]
+
+
+class PolicyOption(click.Option):
+    """An option taking a threshold policy (type :class:`PolicyType`) whose help lists the registered
+    policies of its scope: ``intro``, the list, ``outro``. The list is read when the help is, so the
+    registry (and numpy) is imported only by a verb that shows or parses a policy."""
+
+    def __init__(
+        self, *args: Any, scope: Scope = "image", labelled: bool = True, intro: str = "", outro: str = "", **kw: Any
+    ) -> None:
+        kw.setdefault("type", PolicyType(scope, labelled))
+        super().__init__(*args, **kw)
+        self.scope, self.labelled, self.intro, self.outro = scope, labelled, intro, outro
+
+    @property
+    def help(self) -> str:
+        from ..inspect.threshold_policies import policy_help
+
+        return f"{self.intro}{policy_help(self.scope, self.labelled)}.{self.outro}"
+
+    @help.setter
+    def help(self, value: str | None) -> None:
+        """click stores the help it was given: the registry's list replaces it, so there is nothing to keep."""
 
 
 @click.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--policy",
+    cls=PolicyOption,
     default=None,
-    help=f"Image threshold: sigma:K (max(mean+K·std, max) of held-out good scores; training uses "
-    f"{DEFAULT_IMAGE_POLICY}), quantile:Q, fpr:F (lowest threshold with at most F false rejects among "
-    "held-out good images), f1 (F1-optimal on --data/--category), manual:T. Default: keep the current one.",
+    intro="Image threshold: ",
+    outro=f" Training applies {DEFAULT_IMAGE_POLICY}; default: keep the current one.",
 )
 @click.option(
     "--pixel-policy",
+    cls=PolicyOption,
+    scope="pixel",
     default=None,
-    help=f"Which map pixels form defect regions: image (the image threshold; default {DEFAULT_PIXEL_POLICY}), "
-    "sigma:K, quantile:Q, fpr:F over held-out good pixels, manual:T.",
+    intro="Which map pixels form defect regions: ",
+    outro=f" Training applies {DEFAULT_PIXEL_POLICY}; default: keep the current one.",
 )
 @click.option(
     "--data",

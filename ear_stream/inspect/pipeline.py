@@ -1,14 +1,19 @@
 """The inference pipeline shared by every entry point (CLI, stream worker, Ray actors).
 
-Batch of images in [0, 1] → attention (DINO, when the variant uses it) →
-fused ``excise`` → U-Net recovery → fused ``msgms`` score → verdicts.
+Batch of images in [0, 1] → attention (when the variant uses it) → fused ``excise`` →
+U-Net recovery → fused ``msgms`` score, or the learned head's map → verdicts.
+
+This module owns :class:`Pipeline`: one :class:`~ear_stream.model.container.ProductModel`
+on one device with its thresholds, and the whole-image scoring path. Around it, each
+with its own job: :mod:`.inputs` (image batches, files, the device), :mod:`.maps` (map →
+score, the normal map), :mod:`.tiled` (native resolution over tiles), :mod:`.verdicts`
+(:class:`BatchResult`, fail-closed verdicts). Their public names are importable from
+here too, where callers have always found them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,165 +22,44 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError, SetupError
 from ..io.decode import to_model_input, to_native_input
-from ..model import ops
-from ..model.artifact import ArtifactError, load_artifact_parts, sha256_file
-from ..model.config import ModelConfig, ScoringConfig
-from ..model.head import HEAD_PREFIX, AnomalyHead, head_inputs, smoothed_map
+from ..model.artifact import ArtifactError
+from ..model.config import ModelConfig
+from ..model.container import ProductModel
+from ..model.factory import load_model
+from ..model.head import head_inputs, smoothed_map
 from ..model.precision import DEFAULT_PRECISION, Precision, compile_module, resolve_precision
-from ..model.saliency import resolve_dino_weights
-from ..model.weightfree import SelfSaliency
+from ..model.saliency import SaliencyModule
+from .inputs import DeviceUnavailable, Images, image_sizes, load_images, resolve_device, select
+from .maps import banded_max, fit_normal_map, score_maps
 from .ood import FEATURES, OODCheck, image_features
 from .regions import region_table
-from .tiling import cut, pad_to_tile, paste, plan_tiles
+from .threshold_policies import FollowImagePolicy
+from .tiled import score_tiled
 from .variant import Variant, paste_context, two_pass_attention
+from .verdicts import BatchResult, batch_result
 
-#: an image batch: one [B, 3, S, S] tensor (whole-image models) or a list of [3, H, W] (native resolution)
-Images = torch.Tensor | list[torch.Tensor]
-
-
-class DeviceUnavailable(SetupError):
-    """The device asked for is not there (no silent fallback: a plant sized for a GPU must know)."""
-
-
-def select(images: Images, idx) -> Images:
-    """``images[idx]`` for a tensor batch or a list of native-resolution images alike."""
-    if isinstance(images, list):
-        return [images[int(i)] for i in idx]
-    return images[list(idx)] if not isinstance(idx, slice) else images[idx]
-
-
-def image_sizes(arrays: list[np.ndarray]) -> list[tuple[int, int]]:
-    """(height, width) of decoded [H, W, C] arrays: the frame region boxes are reported in."""
-    return [(int(a.shape[0]), int(a.shape[1])) for a in arrays]
-
-
-def load_images(config: ModelConfig, paths: list, desc: str = "loading", progress: bool = True) -> Images:
-    """Image files loaded the way a model inspects them: resized to image_size², or resampled by ``scale``."""
-    from ..io.datasets import load_native, load_tensor
-
-    if config.native:
-        return load_native(paths, config.native_scale, desc=desc, progress=progress)
-    return load_tensor(paths, config.image_size, desc=desc, progress=progress)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a fallback."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable(
-            f"--device {device} was asked for but no CUDA device is available here "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): use --device cpu or auto"
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise DeviceUnavailable(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return dev
-
-
-def score_maps(
-    images: torch.Tensor,
-    recon: torch.Tensor,
-    sc: ScoringConfig,
-    want_map: bool,
-    normal_map: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Fused MSGMS score (and map), the max taken at least ``sc.border`` pixels from the edges.
-
-    With a border band or a ``normal_map`` ([1, 1, H, W], subtracted first) the map is
-    materialised and the band zeroed (so a saved heatmap shows what was scored); the
-    max keeps NaN like the reference's amax. Without either, the fused op never writes it.
-    """
-    h, w = images.shape[-2:]
-    if min(sc.border_px, (h - 1) // 2, (w - 1) // 2) <= 0 and normal_map is None:
-        return ops.msgms(images, recon, sc.n_scales, sc.c, sc.median, sc.box_px, want_map)
-    _, dmap = ops.msgms(images, recon, sc.n_scales, sc.c, sc.median, sc.box_px, True)
-    assert dmap is not None  # want_map=True
-    if normal_map is not None:
-        dmap = dmap - normal_map.to(dmap.device, dmap.dtype)
-    return banded_max(dmap, sc.border_px, want_map)
-
-
-def banded_max(dmap: torch.Tensor, border: int, want_map: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-image max of a [B, 1, H, W] map at least ``border`` pixels from the edges (NaN-sticky, like amax);
-    the map returned has the band zeroed, so a saved heatmap shows what was scored."""
-    h, w = dmap.shape[-2:]
-    b = min(border, (h - 1) // 2, (w - 1) // 2)
-    inner = dmap[..., b : h - b, b : w - b] if b > 0 else dmap
-    scores = inner.flatten(1).amax(dim=1) if dmap.shape[0] else dmap.new_zeros((0,))
-    if not want_map:
-        return scores, None
-    return scores, (F.pad(inner, (b, b, b, b)) if b > 0 else dmap)
-
-
-def load_head(config: ModelConfig, extras: dict[str, torch.Tensor], model_dir) -> AnomalyHead | None:
-    """The learned head stored as ``head.*`` beside the U-Net (None when the model has none)."""
-    if not config.head:
-        return None
-    state = {k[len(HEAD_PREFIX) :]: v for k, v in extras.items() if k.startswith(HEAD_PREFIX)}
-    if not state:
-        raise ArtifactError(f"{model_dir}: its scoring uses a learned head, but no head weights are stored")
-    head = AnomalyHead(config.head_width)
-    try:
-        head.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{model_dir}: the stored head does not fit its manifest: {exc}") from exc
-    return head.eval()
-
-
-#: where the normal map lives in weights.safetensors
-NORMAL_MAP_KEY = "scoring.normal_map"
-
-
-@torch.no_grad()
-def fit_normal_map(pipe: Pipeline, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    """Mean MSGMS map [1, 1, H, W] of good *training* images (before any band): what is normally hard to recover."""
-    sc = dataclasses.replace(pipe.config.scoring, border=0, normal_map=False)
-    total, n = None, 0
-    for i in range(0, images.shape[0], batch):
-        x = images[i : i + batch].to(pipe.device)
-        _, dmap = score_maps(x, pipe.recover(x)[3], sc, True)
-        assert dmap is not None  # want_map=True
-        total = dmap.sum(0, keepdim=True) if total is None else total + dmap.sum(0, keepdim=True)
-        n += x.shape[0]
-    if total is None:
-        raise DataError("a normal map needs at least one training image")
-    return (total / max(1, n)).cpu()
-
-
-@dataclass
-class BatchResult:
-    """Per-image outputs of one batch; arrays are float32 numpy, maps stay tensors."""
-
-    scores: np.ndarray
-    normalized: np.ndarray
-    #: fail closed: a NaN/inf score counts as anomalous, never as a pass; callers treat
-    #: ``~finite`` entries as errors (stream DLQ, ``score`` failures, ``eval`` refusal)
-    is_anomaly: np.ndarray
-    mask_ratio: np.ndarray
-    #: [B, 1, H, W], or (native resolution, sizes differ) a list of [1, H, W]; ``maps[i]`` works for both
-    maps: Images | None = None
-    recon: Images | None = None
-    composite: Images | None = None
-    #: the excised region S [B, 1, H, W] (with ``want_recon``): what the report overlays on the input
-    mask: Images | None = None
-    #: per image, its defect regions (``want_regions``): boxes in original pixels, area, peak, mean
-    regions: list[list[dict]] | None = None
-    #: [B, len(ood.FEATURES)] global statistics of each image and its recovery (:mod:`.ood`)
-    features: np.ndarray | None = None
-    #: per image, why the model cannot judge it (``out_of_distribution: …``) or None; such images are anomalies
-    ood: list[str | None] | None = None
-
-    @property
-    def finite(self) -> np.ndarray:
-        """Per image: the score is a number. A diverged model (NaN/inf reconstruction) makes it False."""
-        return np.isfinite(self.scores)
+__all__ = [
+    "BatchResult",
+    "DeviceUnavailable",
+    "Images",
+    "Pipeline",
+    "banded_max",
+    "fit_normal_map",
+    "image_sizes",
+    "load_images",
+    "resolve_device",
+    "score_maps",
+    "select",
+]
 
 
 class Pipeline:
-    """One trained product model, ready to score batches on one device."""
+    """One trained product model, ready to score batches on one device.
+
+    The parts live in :attr:`model` (a :class:`ProductModel`, the artifact's weights file); ``unet``,
+    ``attention_model``, ``head`` and ``normal_map`` read them from there.
+    """
 
     def __init__(
         self,
@@ -183,7 +67,7 @@ class Pipeline:
         unet: nn.Module,  # a UNet (the precision path may wrap it)
         threshold: float,
         device: torch.device,
-        attention_model: nn.Module | None = None,
+        attention_model: SaliencyModule | None = None,
         model_version: str = "",
         normal_map: torch.Tensor | None = None,
         tile_batch: int = 16,
@@ -204,24 +88,53 @@ class Pipeline:
         self.threshold = float(threshold)
         self.device = device
         self.model_version = model_version
-        self.unet = unet.to(device).eval()
-        self.attention_model = attention_model
-        #: per-pixel mean map of good training images, subtracted when ``config.scoring.normal_map``
-        self.normal_map = None if normal_map is None else normal_map.to(device)
-        #: the U-Net's numeric path (bf16 autocast, channels_last), resolved for this device
-        self.precision = precision if isinstance(precision, Precision) else resolve_precision(precision, device)
-        self.unet = self.precision.module(self.unet)
-        #: what runs the U-Net: the module itself, or its compiled graph after :meth:`compile`
-        self._unet_forward: nn.Module = self.unet
         if config.head and head is None:
             raise ArtifactError("the model scores with a learned head, but no head weights were given")
-        #: the learned anomaly head (``config.head``): scores come from its map instead of the MSGMS max
-        self.head = None if head is None else self.precision.module(head.to(device).eval())
+        #: every part, on the device in eval mode: the U-Net, the saliency, the learned anomaly head
+        #: (``config.head``: scores come from its map instead of the MSGMS max), the normal map
+        #: (subtracted when ``config.scoring.normal_map``)
+        self.model = ProductModel(unet, attention_model, head, normal_map).to(device).eval()
+        #: the U-Net's numeric path (bf16 autocast, channels_last), resolved for this device; the networks'
+        #: weights take its layout (the saliency keeps its own: DINO's numerics stay those it was checked with)
+        self.precision = precision if isinstance(precision, Precision) else resolve_precision(precision, device)
+        self.precision.module(self.model.unet)
+        if self.model.anomaly_head is not None:
+            self.precision.module(self.model.anomaly_head)
+        #: what runs the U-Net: the module itself, or its compiled graph after :meth:`compile`
+        self._unet_forward: nn.Module = self.unet
+
+    @property
+    def unet(self) -> nn.Module:
+        return self.model.unet
+
+    @property
+    def attention_model(self) -> SaliencyModule | None:
+        return self.model.saliency
+
+    @property
+    def head(self) -> nn.Module | None:
+        return self.model.anomaly_head
+
+    @property
+    def normal_map(self) -> torch.Tensor | None:
+        return self.model.scoring.normal_map
+
+    @normal_map.setter
+    def normal_map(self, value: torch.Tensor | None) -> None:
+        self.model.scoring.normal_map = None if value is None else value.to(self.device)
 
     @property
     def variant(self) -> Variant:
         """What the config's variant does (read from the config each time: eval may change its scoring)."""
         return Variant.of(self.config)
+
+    @classmethod
+    def from_model(
+        cls, config: ModelConfig, model: ProductModel, threshold: float, device: torch.device, **kwargs: Any
+    ) -> Pipeline:
+        """A pipeline over a container's parts (``kwargs``: the constructor's other options)."""
+        return cls(config, model.unet, threshold, device, model.saliency, normal_map=model.scoring.normal_map,
+                   head=model.anomaly_head, **kwargs)  # fmt: skip
 
     @classmethod
     def from_artifact(
@@ -238,38 +151,13 @@ class Pipeline:
         """Load a model directory; ``tile``/``tile_overlap`` override a native model's stored tiling,
         ``threshold`` its image threshold for this run (the pixel threshold then follows it when the
         model's pixel policy is ``image``)."""
-        unet, manifest, extras = load_artifact_parts(model_dir)
+        model, manifest = load_model(model_dir, dino_weights)
         try:
             manifest.config = manifest.config.with_tiling(tile, tile_overlap)
         except ValueError as exc:
             raise ArtifactError(f"{model_dir}: {exc}") from exc
-        dev = resolve_device(device)
-        saliency_state = {k[len("saliency.") :]: v for k, v in extras.items() if k.startswith("saliency.")}
-        attention = Variant.of(manifest.config).build_saliency(
-            manifest.config.saliency_params, dino_weights, dev, saliency_state
-        )
-        normal = extras.get(NORMAL_MAP_KEY)
-        head = load_head(manifest.config, extras, model_dir)
-        if manifest.config.scoring.normal_map and normal is None:
-            raise ArtifactError(f"{model_dir}: its scoring subtracts a normal map, but none is stored")
-        if attention is not None and manifest.dino_weights_sha256:
-            got = sha256_file(resolve_dino_weights(dino_weights))  # type: ignore[arg-type]
-            if got != manifest.dino_weights_sha256:
-                raise ArtifactError(
-                    f"the DINO weights given differ from those {model_dir} was trained with "
-                    f"(sha256 {got[:12]} != {manifest.dino_weights_sha256[:12]})"
-                )
-        pipe = cls(
-            manifest.config,
-            unet,
-            manifest.threshold,
-            dev,
-            attention,
-            manifest.model_version,
-            normal,
-            precision=precision,
-            head=head,
-        )
+        pipe = cls.from_model(manifest.config, model, manifest.threshold, resolve_device(device),
+                              model_version=manifest.model_version, precision=precision)  # fmt: skip
         pipe.apply_thresholds(manifest, threshold)
         if compile:
             pipe.compile()
@@ -299,7 +187,7 @@ class Pipeline:
         if not np.isfinite(threshold):
             raise ArtifactError(f"threshold {threshold} is not a finite number (it would pass every image)")
         self.threshold = threshold
-        self.pixel_threshold = None if manifest.pixel_policy == "image" else manifest.pixel_threshold
+        self.pixel_threshold = None if manifest.pixel_policy == FollowImagePolicy.name else manifest.pixel_threshold
         self.model_version = manifest.model_version
         self.calibration = manifest.calibration
         self.ood_check = OODCheck.from_calibration(manifest.calibration)
@@ -312,12 +200,15 @@ class Pipeline:
 
     @torch.no_grad()
     def attention(self, images: torch.Tensor) -> torch.Tensor | None:
-        if self.attention_model is None:
+        """The attention grids of a batch (None without attention): the saliency module's, or, for a
+        two-pass variant, the grid-pooled error of a first U-Net pass."""
+        saliency = self.attention_model
+        if saliency is None:
             return None
-        if isinstance(self.attention_model, SelfSaliency):
-            return two_pass_attention(self.attention_model, self.reconstruct, images, self.config.scoring)[0]
+        if self.variant.two_pass:
+            return two_pass_attention(saliency, self.reconstruct, images, self.config.scoring)[0]
         with self.precision.autocast():
-            return self.attention_model(images).float()
+            return saliency(images).float()
 
     @torch.no_grad()
     def reconstruct(self, composite: torch.Tensor) -> torch.Tensor:
@@ -405,7 +296,6 @@ class Pipeline:
         out = (np.concatenate(scores) if scores else np.zeros(0, np.float32)), maps
         return (*out, np.concatenate(features)) if want_features else out
 
-    @torch.no_grad()
     def score_tiled(
         self,
         images: list[torch.Tensor],
@@ -419,79 +309,15 @@ class Pipeline:
         Tiles of every image in the list share U-Net batches of ``tile_batch``;
         reconstructions are stitched per image (:mod:`.tiling`) and scored once on
         the whole image, so memory grows with the tile batch and one image, not
-        with the list.
+        with the list (:func:`.tiled.score_tiled`).
         """
-        cfg = self.config
-        if not cfg.native:
-            raise ValueError("score_tiled needs a native-resolution model (trained with --train-crop)")
-        tile, overlap = int(cfg.tile), int(cfg.tile_overlap)  # type: ignore[arg-type]
-        imgs = [img.to(self.device, non_blocking=True).float() for img in images]
-        for img in imgs:
-            if img.dim() != 3 or img.shape[0] != 3:
-                raise ValueError(f"expected [3, H, W] images, got {tuple(img.shape)}")
-        padded = [pad_to_tile(img, tile) for img in imgs]
-        plan = [t for i, img in enumerate(imgs) for t in plan_tiles(i, img.shape[1], img.shape[2], tile, overlap)]
-        # poisoned canvases: a pixel no tile wrote stays NaN and fails the image closed
-        recon = [torch.full_like(img, float("nan")) for img in imgs]
-        mask = [img.new_full((1, *img.shape[1:]), float("nan")) for img in imgs]
-        composite = [torch.full_like(img, float("nan")) for img in imgs] if want_recon else None
-        for k in range(0, len(plan), self.tile_batch):
-            chunk = plan[k : k + self.tile_batch]
-            x = torch.stack([cut(padded[t.image], t, tile) for t in chunk])
-            attention, comp, _, rec = self.recover(x)
-            smask = self.variant.excised_mask(attention, x).to(self.device)
-            for j, t in enumerate(chunk):
-                paste(recon[t.image], rec[j], t)
-                paste(mask[t.image], smask[j], t)
-                if composite is not None:
-                    paste(composite[t.image], comp[j], t)
-        scores, maps, regions, features = [], [], [], []
-        for i, (img, rec) in enumerate(zip(imgs, recon, strict=True)):
-            features.append(image_features(img[None], rec[None]))
-            score, dmap = self.score_recon(img[None], rec[None], want_maps or want_regions)
-            broken = ~torch.isfinite(rec).all()
-            scores.append(torch.where(broken, torch.full_like(score, float("nan")), score))
-            if want_regions:
-                assert dmap is not None  # asked for
-                size = orig_sizes[i] if orig_sizes else (int(img.shape[-2]), int(img.shape[-1]))
-                regions += region_table(dmap[:, 0], dmap[:, 0] > self.region_threshold, [size])
-            if want_maps:
-                assert dmap is not None  # asked for
-                maps.append(dmap[0].cpu())
-        ratio = torch.stack([m.mean() for m in mask]) if mask else torch.zeros(0)
-        score_t = torch.cat(scores) if scores else torch.zeros(0)
-        return self._result(
-            score_t,
-            ratio,
-            maps if want_maps else None,
-            [r.cpu() for r in recon] if want_recon else None,
-            [c.cpu() for c in composite] if composite is not None else None,
-            [m.cpu() for m in mask] if want_recon else None,
-            regions if want_regions else None,
-            np.concatenate(features) if features else np.zeros((0, len(FEATURES))),
-        )
+        return score_tiled(self, images, want_maps, want_recon, want_regions, orig_sizes)
 
     def _result(
         self, scores, ratio, maps, recon, composite, mask, regions, features: np.ndarray | None = None
     ) -> BatchResult:
-        scores_np = scores.float().cpu().numpy().astype(np.float32)
-        ood = None if self.ood_check is None or features is None else self.ood_check.reasons(features)
-        is_anomaly = ~(scores_np <= self.threshold)  # fail closed: NaN on either side is an anomaly
-        if ood is not None:  # a frame the model cannot judge never passes
-            is_anomaly |= np.array([r is not None for r in ood], dtype=bool)
-        return BatchResult(
-            scores=scores_np,
-            normalized=(scores_np / max(self.threshold, 1e-12)).astype(np.float32),
-            is_anomaly=is_anomaly,
-            mask_ratio=ratio.float().cpu().numpy().astype(np.float32),
-            maps=maps,
-            recon=recon,
-            composite=composite,
-            mask=mask,
-            regions=regions,
-            features=features,
-            ood=ood,
-        )
+        return batch_result(scores, ratio, self.threshold, self.ood_check, features, maps=maps, recon=recon,
+                            composite=composite, mask=mask, regions=regions)  # fmt: skip
 
     @torch.no_grad()
     def score_tensor(

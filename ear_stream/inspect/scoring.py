@@ -6,13 +6,14 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from ..io.decode import ImageDecodeError, frame_issue, read_frame
-from ..io.results import ResultWriter, now_utc
+from ..io.results import ResultWriter, now_utc, verdict_row
 from ..model.config import NON_FINITE_SCORE
 from .pipeline import BatchResult, Pipeline
 from .visualize import contour_overlay, defect_mask_png, heatmap_overlay, to_png
@@ -33,40 +34,41 @@ def result_rows(
     worker: str,
     extra: list[dict[str, Any]] | None = None,
     images=None,
+    processed_at: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Parquet rows (docs/design.md, "Parquet") for one scored batch; ``extra`` adds per-row fields (stream ids, timestamps)."""
-    processed = now_utc()
+    """Parquet rows (docs/design.md, "Parquet") for one scored batch, built by :func:`~ear_stream.io.results.verdict_row`.
+
+    ``extra`` adds per-row fields of that builder (``stream_id``, ``enqueued_at``, ``meta``, ``frame_check``);
+    ``processed_at`` is the batch's time (now when not given); ``images`` adds the heatmap overlays. A frame
+    without a camera fault (``frame_check``) that the model finds out of distribution gets that as its check.
+    """
+    processed = processed_at or now_utc()
     rows = []
     for i, ident in enumerate(ids):
-        row: dict[str, Any] = {
-            "id": ident,
-            "stream_id": None,
-            "product": product,
-            "score": float(res.scores[i]),
-            "normalized_score": float(res.normalized[i]),
-            "is_anomaly": bool(res.is_anomaly[i]),
-            "threshold": pipe.threshold,
-            "mask_ratio": float(res.mask_ratio[i]),
-            "mosaic_scale": pipe.config.mosaic_scale,
-            "model_version": pipe.model_version,
-            "worker": worker,
-            "enqueued_at": None,
-            "processed_at": processed,
-            "latency_ms": None,
-            "meta": None,
-            "heatmap": None,
-            "n_regions": None if res.regions is None else len(res.regions[i]),
-            "regions": None if res.regions is None else res.regions[i],
-            "frame_check": None,
-        }
+        fields = dict(extra[i]) if extra else {}
+        frame_check = fields.pop("frame_check", None)
+        if not frame_check and res.ood is not None:  # a camera fault first, else out of distribution
+            frame_check = res.ood[i]
+        heatmap = None
         if res.maps is not None and images is not None:
-            row["heatmap"] = to_png(heatmap_overlay(images[i], res.maps[i], vmax=pipe.threshold * 1.5))
-        if extra:
-            row.update(extra[i])
-        if not row.get("frame_check") and res.ood is not None:  # a camera fault first, else out of distribution
-            row["frame_check"] = res.ood[i]
-        if row.get("frame_check"):  # a frame the model cannot judge is never a good part
-            row["is_anomaly"] = True
+            heatmap = to_png(heatmap_overlay(images[i], res.maps[i], vmax=pipe.threshold * 1.5))
+        row = verdict_row(
+            id=ident,
+            product=product,
+            score=res.scores[i],
+            normalized_score=res.normalized[i],
+            is_anomaly=res.is_anomaly[i],
+            threshold=pipe.threshold,
+            mask_ratio=res.mask_ratio[i],
+            mosaic_scale=pipe.config.mosaic_scale,
+            model_version=pipe.model_version,
+            worker=worker,
+            processed_at=processed,
+            regions=None if res.regions is None else res.regions[i],
+            heatmap=heatmap,
+            frame_check=frame_check,
+            **fields,
+        )
         rows.append(row)
     return rows
 

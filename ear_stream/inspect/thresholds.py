@@ -1,20 +1,14 @@
-"""Decision thresholds chosen by a named policy, recomputable without retraining.
+"""Revising a model's stored thresholds without retraining: propose, check, write, roll back.
 
-The model directory keeps the held-out good images' scores (``calibration.scores``)
-and a quantile grid of their map pixels (``calibration.pixel_quantiles``), so any
-policy can be re-applied later (``ear-stream threshold``). A policy is a string:
+``ear-stream threshold`` and the review station change a model's thresholds only through here:
+:func:`propose` applies named policies (:mod:`.threshold_policies`) to the calibration the manifest
+keeps (:mod:`.calibration` rescores it for older models), :func:`revise` checks the result (the
+held-out false-reject bound :data:`MAX_HELD_OUT_FRR`, the reviewed-label minimum, the confirmed
+proposal) and rewrites the manifest atomically with its history (:func:`revise_manifest`), and
+:func:`rollback` restores earlier thresholds as a new revision.
 
-* ``sigma:K``   — max(mean + K·std, max) of held-out good scores (the training default, K = 3)
-* ``quantile:Q`` — the Q-quantile of held-out good scores
-* ``fpr:F``     — the lowest threshold whose false-reject rate on held-out good images is ≤ F
-* ``f1``        — the F1-optimal threshold on labelled items (``--labels`` from review, or ``--data``)
-* ``simf1``     — the F1-optimal threshold between the held-out good images and the same images with
-  a simulated defect each (``calibration.simulated_scores``): labelled without one real defect
-* ``manual:T``  — T as given
-
-Pixel thresholds (which pixels of a map form defect regions) take the same policies
-over the held-out maps' pixels (``f1`` excepted), plus ``image``: the image threshold
-itself, so an image has regions exactly when its score flags it.
+The policy and statistics names this module exported before they moved (``parse_policy``,
+``image_threshold``, ``f1_optimal``, ``held_out_images``, …) are re-exported, so existing imports keep working.
 """
 
 from __future__ import annotations
@@ -23,7 +17,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -31,28 +25,75 @@ from ..errors import ConfigError
 from ..io.labels import MIN_LABELS_PER_CLASS, LabelStore
 from ..model.artifact import Manifest, load_manifest, write_manifest
 from ..model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
-
-if TYPE_CHECKING:  # the pipeline imports this module's neighbours: no import at run time
-    from .pipeline import Images, Pipeline
+from .calibration import held_out_images, recalibrate, rescore_holdout
+from .threshold_policies import (
+    F1Policy,
+    ThresholdPolicy,
+    image_threshold,
+    parse_policy,
+    pixel_threshold,
+    policy_help,
+    policy_names,
+)
+from .threshold_stats import (
+    PIXEL_GRID,
+    TAIL_CONFIDENCE,
+    TAIL_MIN_SCORES,
+    class_counts,
+    f1_optimal,
+    false_reject_rate,
+    good_score_stats,
+    lowest_threshold_with_frr,
+    operating_point,
+    pixel_quantile_grid,
+    tail_bound,
+)
 
 __all__ = [
     "DEFAULT_IMAGE_POLICY",
     "DEFAULT_PIXEL_POLICY",
-    "IMAGE_POLICIES",
-    "PIXEL_POLICIES",
-    "Policy",
+    "MAX_HELD_OUT_FRR",
+    "MIN_LABELS_PER_CLASS",
+    "PIXEL_GRID",
+    "TAIL_CONFIDENCE",
+    "TAIL_MIN_SCORES",
+    "THRESHOLD_FIELDS",
+    "Refused",
+    "Revision",
+    "ThresholdPolicy",
+    "class_counts",
+    "f1_optimal",
+    "false_reject_rate",
+    "good_score_stats",
+    "held_out_images",
+    "held_out_refusal",
     "image_threshold",
+    "label_refusal",
+    "labelled_scores",
+    "lowest_threshold_with_frr",
+    "operating_point",
     "parse_policy",
+    "pixel_quantile_grid",
+    "pixel_threshold",
+    "policy_help",
+    "policy_names",
+    "propose",
+    "recalibrate",
+    "rescore_holdout",
+    "reviewed_scores",
+    "revise",
+    "revise_manifest",
+    "rollback",
+    "rollback_entry",
+    "tail_bound",
 ]
 
-IMAGE_POLICIES = ("sigma", "quantile", "fpr", "f1", "simf1", "manual")
-PIXEL_POLICIES = ("image", "sigma", "quantile", "fpr", "manual")
-#: points of the stored pixel quantile grid (0, 0.1 %, …, 100 %)
-PIXEL_GRID = 1001
 #: the largest share of the model's held-out good images a revised threshold may reject: above it the
 #: ``threshold`` verb refuses without ``--force`` and the review page refuses outright (an ``f1`` threshold
 #: from a few reviewed rejects, or ``simf1``, easily lands inside the good scores and rejects most good parts)
 MAX_HELD_OUT_FRR = 0.20
+#: the manifest fields a rollback restores
+THRESHOLD_FIELDS = ("threshold", "threshold_policy", "pixel_threshold", "pixel_policy")
 
 
 class Refused(ConfigError):
@@ -63,182 +104,6 @@ class Refused(ConfigError):
         super().__init__(reason)
         #: whether ``force`` would have let it through
         self.forceable = forceable
-
-
-@dataclass(frozen=True)
-class Policy:
-    kind: str
-    value: float | None = None
-
-    def __str__(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
-
-    @property
-    def number(self) -> float:
-        """The policy's parameter (K, Q, F, T); parse_policy guarantees one for the kinds that take it."""
-        if self.value is None:
-            raise ConfigError(f"policy {self.kind} takes no number")
-        return float(self.value)
-
-
-def parse_policy(text: str, pixel: bool = False) -> Policy:
-    """``sigma:3`` → Policy("sigma", 3.0); clear errors for anything else."""
-    allowed = PIXEL_POLICIES if pixel else IMAGE_POLICIES
-    kind, _, raw = text.strip().partition(":")
-    if kind not in allowed:
-        raise ConfigError(
-            f"unknown threshold policy {text!r}: use one of {', '.join(allowed)} (e.g. sigma:3, fpr:0.01)"
-        )
-    if kind in ("f1", "simf1", "image"):
-        if raw:
-            raise ConfigError(f"policy {kind} takes no value, got {text!r}")
-        return Policy(kind)
-    try:
-        value = float(raw)
-    except ValueError:
-        example = {"sigma": "3", "quantile": "0.99", "fpr": "0.01", "manual": "0.5"}[kind]
-        raise ConfigError(f"policy {kind} needs a number, e.g. {kind}:{example}, got {text!r}") from None
-    if not math.isfinite(value):  # NaN compares false with every score: it would pass every image
-        raise ConfigError(f"policy {kind} needs a finite number, got {text!r}")
-    if kind in ("quantile", "fpr") and not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{kind} must be in [0, 1], got {value}")
-    if kind == "sigma" and value < 0:
-        raise ConfigError(f"sigma must be >= 0, got {value}")
-    return Policy(kind, value)
-
-
-def good_score_stats(scores: np.ndarray) -> dict[str, Any]:
-    """What the manifest keeps about held-out good scores: the scores themselves and their summary."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return {
-        "n": int(scores.size),
-        "mean": float(scores.mean()),
-        "std": float(scores.std()),
-        "min": float(scores.min()),
-        "max": float(scores.max()),
-        "p50": float(np.quantile(scores, 0.5)),
-        "p95": float(np.quantile(scores, 0.95)),
-        "scores": [float(s) for s in scores],
-    }
-
-
-#: confidence of the small-sample tail bound of ``fpr:F`` (see :func:`tail_bound`), and the fewest scores it
-#: is fitted to: below 10 the fitted spread is itself too uncertain (with 5 scores the bound reached 6x the
-#: maximum and passed every defect of the demo), so the sample maximum stays the threshold
-TAIL_CONFIDENCE = 0.9
-TAIL_MIN_SCORES = 10
-
-
-def tail_bound(good: np.ndarray, frr: float, confidence: float = TAIL_CONFIDENCE) -> float:
-    """Upper tolerance bound of the good scores: with ``confidence``, at most ``frr`` of good parts lie above it.
-
-    Log-normal model of the scores (they are positive and right-skewed) and the exact one-sided normal
-    tolerance factor (noncentral t). It is what ``fpr:F`` uses when the held-out set is too small to
-    resolve F (fewer than 1/F images: a sample maximum would be the threshold, resting on one image).
-    """
-    from scipy.stats import nct, norm
-
-    logs = np.log(np.maximum(np.asarray(good, dtype=np.float64), 1e-6))
-    n = logs.size
-    if n < 2 or not 0.0 < frr < 1.0:
-        return float(np.exp(logs.max())) if n else float("inf")
-    k = float(nct.ppf(confidence, df=n - 1, nc=norm.ppf(1.0 - frr) * np.sqrt(n)) / np.sqrt(n))
-    return float(np.exp(logs.mean() + k * logs.std(ddof=1)))
-
-
-def lowest_threshold_with_frr(good: np.ndarray, frr: float) -> float:
-    """Smallest t with mean(good > t) ≤ frr: as sensitive as the allowed false rejects permit.
-
-    With fewer than 1/frr held-out scores no order statistic resolves frr: the threshold is then the
-    larger of the sample maximum and the small-sample tail bound (:func:`tail_bound`, from
-    :data:`TAIL_MIN_SCORES` scores on), so a small set's threshold does not rest on its single highest image.
-    """
-    good = np.sort(np.asarray(good, dtype=np.float64))
-    allowed = int(np.floor(frr * good.size + 1e-9))
-    if allowed == 0 and good.size >= TAIL_MIN_SCORES and frr > 0:
-        return max(float(good[-1]), tail_bound(good, frr))
-    return float(good[good.size - 1 - min(allowed, good.size - 1)]) if allowed < good.size else float(good[0]) - 1e-12
-
-
-def f1_optimal(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 of ``score > threshold`` against ``labels`` (True = defective)."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    if labels.all() or not labels.any():
-        raise ConfigError("the f1 policy needs both good and defective images in the validation set")
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    last = np.r_[s[1:] != s[:-1], True]  # threshold just below each distinct score: flag it and all above
-    tp, fp, cut = tp[last], fp[last], s[last]
-    f1 = 2 * tp / (tp + fp + labels.sum())
-    best = int(np.argmax(f1))
-    below = s[s < cut[best]]
-    threshold = (cut[best] + below.max()) / 2 if below.size else cut[best] - 1e-12
-    return float(threshold), float(f1[best])
-
-
-def image_threshold(
-    policy: Policy,
-    good: np.ndarray,
-    labelled: tuple[np.ndarray, np.ndarray] | None = None,
-    simulated: np.ndarray | None = None,
-) -> float:
-    """The image threshold a policy gives on held-out good scores (+ a labelled set for ``f1``, the
-    simulated-defect scores for ``simf1``)."""
-    good = np.asarray(good, dtype=np.float64)
-    if policy.kind == "manual":
-        return float(policy.number)
-    if policy.kind == "simf1":
-        sim = np.asarray([] if simulated is None else simulated, dtype=np.float64)
-        if sim.size == 0 or good.size == 0:
-            raise ConfigError(
-                "the simf1 policy needs the simulated-defect scores of the held-out images, which this model "
-                "does not store (trained before they existed, or native-resolution): retrain, or use sigma/fpr"
-            )
-        return f1_optimal(np.r_[good, sim], np.r_[np.zeros(good.size, bool), np.ones(sim.size, bool)])[0]
-    if policy.kind == "f1":
-        if labelled is None:
-            raise ConfigError(
-                "the f1 policy needs a labelled validation set: pass --labels DIR or --data ROOT --category C"
-            )
-        return f1_optimal(*labelled)[0]
-    if good.size == 0:
-        raise ConfigError("no held-out good scores stored: pass --data ROOT --category C to rescore them")
-    if policy.kind == "sigma":
-        return max(float(good.mean() + policy.number * good.std()), float(good.max()))
-    if policy.kind == "quantile":
-        return float(np.quantile(good, policy.number))
-    return lowest_threshold_with_frr(good, policy.number)
-
-
-def pixel_quantile_grid(values: np.ndarray) -> list[float]:
-    """Held-out map pixels as a quantile grid (what pixel policies need, in 1001 numbers)."""
-    return [float(v) for v in np.quantile(np.asarray(values, dtype=np.float64), np.linspace(0, 1, PIXEL_GRID))]
-
-
-def pixel_threshold(policy: Policy, image_thr: float, calibration: dict[str, Any]) -> float:
-    if policy.kind == "image":
-        return float(image_thr)
-    if policy.kind == "manual":
-        return float(policy.number)
-    grid = np.asarray(calibration.get("pixel_quantiles") or [], dtype=np.float64)
-    if grid.size == 0:
-        raise ConfigError("no pixel statistics stored in this model: pass --data ROOT --category C to rescore them")
-    qs = np.linspace(0, 1, grid.size)
-    if policy.kind == "quantile":
-        return float(np.interp(policy.number, qs, grid))
-    if policy.kind == "fpr":
-        return float(np.interp(1.0 - policy.number, qs, grid))
-    mean, std = calibration.get("pixel_mean"), calibration.get("pixel_std")
-    if mean is None or std is None:
-        raise ConfigError("no pixel statistics stored in this model: pass --data ROOT --category C to rescore them")
-    return float(mean + policy.number * std)
-
-
-def false_reject_rate(good: np.ndarray, threshold: float) -> float:
-    good = np.asarray(good)
-    return float((good > threshold).mean()) if good.size else float("nan")
 
 
 def held_out_refusal(good: np.ndarray, threshold: float, bound: float = MAX_HELD_OUT_FRR) -> str | None:
@@ -255,12 +120,6 @@ def held_out_refusal(good: np.ndarray, threshold: float, bound: float = MAX_HELD
     return None
 
 
-def class_counts(labels: np.ndarray) -> dict[str, int]:
-    """How many labels (True = defect) say defect and how many say good part."""
-    defects = int(np.count_nonzero(labels))
-    return {"defects": defects, "good": int(np.size(labels)) - defects}
-
-
 def label_refusal(labels: np.ndarray, minimum: int) -> str | None:
     """Why reviewed labels are too few to choose a threshold from (None: enough of each class)."""
     counts = class_counts(labels)
@@ -270,24 +129,6 @@ def label_refusal(labels: np.ndarray, minimum: int) -> str | None:
         f"a threshold from reviewed items needs at least {minimum} labels of each class judged by these weights "
         f"(there are {counts['defects']} defects and {counts['good']} good parts)"
     )
-
-
-def operating_point(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
-    """What ``score > threshold`` does on labelled items (True = defect): the counts a line manager reads."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    flagged = scores > threshold
-    good, bad = int((~labels).sum()), int(labels.sum())
-    false_alarms, escapes = int((flagged & ~labels).sum()), int((~flagged & labels).sum())
-    return {
-        "threshold": float(threshold),
-        "items": int(labels.size),
-        "defects": bad,
-        "caught": bad - escapes,
-        "escapes": escapes,
-        "false_alarms": false_alarms,
-        "escape_rate": escapes / bad if bad else None,
-        "false_reject_rate": false_alarms / good if good else None,
-    }
 
 
 def revise_manifest(model_dir: str | Path, changes: dict[str, Any], note: dict[str, Any]) -> Manifest:
@@ -316,45 +157,6 @@ def revise_manifest(model_dir: str | Path, changes: dict[str, Any], note: dict[s
     return manifest
 
 
-def held_out_images(manifest: Manifest, data_root: str | Path) -> Images:
-    """A model's held-out good images, loaded as it scores them: the hold-out split is a pure function of
-    the training images, the seed and the fraction in the manifest."""
-    from ..io.datasets import train_images
-    from .calibration import split_holdout
-    from .pipeline import load_images
-
-    t = manifest.training
-    files = train_images(data_root, t["category"])
-    _, hold = split_holdout(len(files), float(t.get("holdout_fraction", 0.1)), int(t.get("seed", 0)))
-    return load_images(manifest.config, [files[i] for i in hold], progress=False)
-
-
-def rescore_holdout(model_dir: str | Path, data_root: str | Path, device: str = "auto") -> dict[str, Any]:
-    """Recompute the calibration statistics (scores and pixel grid) of a model's held-out good images
-    (for models written before the scores were kept)."""
-    from .calibration import calibrate
-    from .pipeline import Pipeline
-
-    manifest = load_manifest(model_dir)
-    return calibrate(Pipeline.from_artifact(model_dir, device=device), held_out_images(manifest, data_root))[1]
-
-
-def recalibrate(pipe: Pipeline, manifest: Manifest, data_root: str | Path) -> float:
-    """Re-derive ``pipe``'s image (and pixel) threshold under its *current* scoring with the model's own
-    policies, from its held-out good images; returns the image threshold.
-
-    A stored threshold belongs to the scoring it was calibrated under: after ``eval --box`` or a study's
-    scoring choice, comparing the new scores with it would report meaningless false rejects and escapes.
-    """
-    from .calibration import calibrate
-
-    threshold, stats = calibrate(pipe, held_out_images(manifest, data_root), manifest.threshold_policy)
-    pipe.threshold = threshold
-    if manifest.pixel_policy != "image":
-        pipe.pixel_threshold = pixel_threshold(parse_policy(manifest.pixel_policy, pixel=True), threshold, stats)
-    return threshold
-
-
 def reviewed_scores(labels_dir: str | Path, model_version: str) -> tuple[np.ndarray, np.ndarray]:
     """Scores and labels (True = defect) of the items people reviewed (``ear-stream review``) under these weights."""
     scores, labels, other = LabelStore(labels_dir).scores_for(model_version)
@@ -367,14 +169,19 @@ def reviewed_scores(labels_dir: str | Path, model_version: str) -> tuple[np.ndar
 
 
 def labelled_scores(
-    model_dir: str | Path, data_root: str | Path | None, category: str | None, device: str = "auto"
+    model_dir: str | Path,
+    data_root: str | Path | None,
+    category: str | None,
+    device: str = "auto",
+    policy: str = F1Policy.name,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores and labels (True = defective) of a labelled MVTec-layout set, for the ``f1`` policy."""
+    """Scores and labels (True = defective) of a labelled MVTec-layout set, for a policy that needs labels
+    (``policy``, named in the error when there is no set)."""
     from ..io.datasets import test_samples
 
     if data_root is None or category is None:
         raise ConfigError(
-            "the f1 policy needs labelled items: reviewed labels (--labels DIR) or a labelled set "
+            f"the {policy} policy needs labelled items: reviewed labels (--labels DIR) or a labelled set "
             "(--data ROOT --category C)"
         )
     from .pipeline import Pipeline, load_images
@@ -426,11 +233,11 @@ def propose(
         calibration.update(rescore_holdout(model_dir, data_root, device))
         changes["calibration"] = calibration
     labelled = None
-    if img.kind == "f1":
+    if img.needs_labels:
         labelled = (
             _enough_reviewed(reviewed_scores(labels_dir, manifest.model_version), minimum)
             if labels_dir is not None
-            else labelled_scores(model_dir, data_root, category, device)
+            else labelled_scores(model_dir, data_root, category, device, img.name)
         )
     good = np.asarray(calibration.get("scores") or [], dtype=np.float64)
     threshold = image_threshold(img, good, labelled, calibration.get("simulated_scores"))
@@ -520,10 +327,6 @@ def _check_expected(rev: Revision, model_version: str, threshold: float) -> None
 def _signed(note: dict[str, Any], reviewer: str | None) -> dict[str, Any]:
     """The history note with who made the change (when known)."""
     return {**note, "reviewer": reviewer} if reviewer else dict(note)
-
-
-#: the manifest fields a rollback restores
-THRESHOLD_FIELDS = ("threshold", "threshold_policy", "pixel_threshold", "pixel_policy")
 
 
 def rollback_entry(manifest: Manifest) -> dict[str, Any]:

@@ -1,253 +1,71 @@
-"""Training one product model on normal images only (docs/design.md, "Training").
+"""Training one product model on normal images only (docs/design.md, "Training"): the run.
 
-Attention maps are deterministic, so they are computed once per training image
-and cached for every epoch. Part of the normal images is held out to calibrate
-the decision threshold: ``threshold = mean + k·std`` of their scores (k = 3 by
-default), never below their maximum — stored with the statistics in the manifest.
+:class:`Trainer` owns the run from data to artifact: setup (data, saliency, mosaic scale,
+networks, resume), the loop with its limits, evaluations and checkpoints, and the artifact
+(best weights, normal map, calibration, recovery check, one :class:`ProductModel` saved).
+Part of the normal images is held out to calibrate the decision threshold with the image
+threshold policy (``TrainConfig.threshold_policy``, default ``fpr:0.02``: at most 1 of the
+usual 50 held-out good images above it; :mod:`.thresholds` lists the policies), stored with the
+calibration statistics in the manifest.
+
+Around it, each with its own job: :mod:`.trainset` (the images as the model sees them, the
+attention cache, the mosaic-scale estimate), :mod:`.steps` (what one step computes: simulated
+defects, the losses of U-Net and head), :mod:`.resume` (learning curve, resumable checkpoints) and
+:mod:`.limits` (what stops a run, its progress bar).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..io.datasets import train_images
-from ..model import riad
-from ..model.artifact import Manifest, build_unet, save_artifact, sha256_file
+from ..model.artifact import Manifest, build_unet, save_artifact
 from ..model.config import ModelConfig, TrainConfig, max_mosaic_scale, min_mosaic_scale
-from ..model.head import HEAD_PREFIX, AnomalyHead, focal_dice_loss, head_inputs
-from ..model.mosaic_scale import MosaicEstimator, r10
+from ..model.container import ProductModel
+from ..model.factory import build_saliency, dino_weights_hash
+from ..model.head import AnomalyHead
+from ..model.mosaic_scale import MosaicEstimator
 from ..model.precision import compile_module, resolve_precision
-from ..model.reference import combined_loss, saliency_mask
-from ..model.saliency import resolve_dino_weights
-from ..model.weightfree import SelfSaliency, WeightFreeSaliency
-from .augment import (
-    augment,
-    augmentations,
-    batches_of,
-    center_crops,
-    epoch_order,
-    random_crops,
-    step_generator,
-    steps_per_epoch,
-)
+from .augment import augment, augmentations, batches_of, epoch_order, step_generator, steps_per_epoch
 from .calibration import calibrate, split_holdout
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
-from .pipeline import NORMAL_MAP_KEY, Images, Pipeline, fit_normal_map, load_images, resolve_device, select
+from .checkpoint import CHECKPOINT_NAME
+from .inputs import load_images, resolve_device, select
+from .limits import RunLimits
+from .maps import fit_normal_map
+from .pipeline import Pipeline
 from .recovery import recovery_check
-from .simulate import simulate_defects
-from .variant import Variant, paste_context, two_pass_attention
-from .visualize import line_chart_png
+from .resume import LearningCurve, restore_checkpoint, write_checkpoint
+from .steps import StepInputs, StepModules, corrupt, heldout_loss, make_scheduler, step_loss
+from .threshold_policies import parse_policy
+from .trainset import TrainingSet, compute_attention, estimate_mosaic_scale
+from .variant import Variant
+
+__all__ = [
+    "NORMAL_MAP_IMAGES",
+    "RunLimits",
+    "StepInputs",
+    "StepModules",
+    "Trainer",
+    "TrainingSet",
+    "compute_attention",
+    "corrupt",
+    "estimate_mosaic_scale",
+    "heldout_loss",
+    "make_scheduler",
+    "step_loss",
+    "train_model",
+]
 
 #: training images whose mean MSGMS map is the normal map (enough for a stable per-pixel mean)
 NORMAL_MAP_IMAGES = 256
-
-
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """fixed, linear warm-up (Goyal et al.) or SGDR (cosine with restarts every epoch ×2)."""
-    if cfg.schedule == "fixed":
-        return None
-    if cfg.schedule == "warmup":
-        warm = max(1, cfg.warmup_epochs * steps_per_epoch)
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
-    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, steps_per_epoch), T_mult=2)
-
-
-def compute_attention(attention_model, images: torch.Tensor, device: torch.device, batch: int = 32) -> torch.Tensor:
-    """Attention maps for a whole image set, computed once (the attention cache of docs/design.md, "Training")."""
-    out = [attention_model(images[i : i + batch].to(device)).cpu() for i in range(0, images.shape[0], batch)]
-    return torch.cat(out)
-
-
-def estimate_mosaic_scale(
-    images: torch.Tensor, attention: torch.Tensor | None, estimator: MosaicEstimator, floor: int = 1
-) -> tuple[int, float]:
-    """m̂ from the mean r10 over the training images (saliency region only when a mask exists).
-
-    Bounded below by ``floor`` and above by :func:`max_mosaic_scale` (at least 4×4 cells).
-    """
-    mask = None if attention is None else saliency_mask(attention, (int(images.shape[-2]), int(images.shape[-1])))
-    value = float(r10(images, mask).mean())
-    ceiling = max_mosaic_scale(int(images.shape[-1]))
-    return min(ceiling, max(floor, estimator.estimate(value))), value
-
-
-@dataclass
-class TrainingSet:
-    """The training images as the model sees them.
-
-    Whole-image models: one resized [N, 3, S, S] tensor, attention cached per image
-    when nothing changes an image between epochs. Native-resolution models
-    (``config.scale``): a list of [3, H, W] images, a fresh random S×S crop of each
-    per step, attention computed on the crop.
-    """
-
-    images: Images
-    crop: int
-    attention: torch.Tensor | None = None
-
-    @property
-    def native(self) -> bool:
-        return isinstance(self.images, list)
-
-    def batch(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.native:
-            return random_crops([self.images[int(i)] for i in idx], self.crop, gen), None
-        return self.images[idx], None if self.attention is None else self.attention[idx]
-
-    def fixed(self, idx) -> torch.Tensor:
-        """Deterministic views of some images (centre crops when native)."""
-        if self.native:
-            return center_crops([self.images[int(i)] for i in idx], self.crop)
-        return self.images[torch.as_tensor(idx)]
-
-
-@dataclass
-class StepInputs:
-    """What one optimisation step feeds the U-Net, compares against, and (``keep_context``) pastes back.
-
-    ``context``: the input the unexcised pixels are pasted from (the corrupted image, as at
-    inference); ``target``: the clean image the recovery must return.
-    """
-
-    composite: torch.Tensor
-    target: torch.Tensor
-    context: torch.Tensor
-    mask: torch.Tensor | None = None
-
-
-def corrupt(
-    cfg: ModelConfig,
-    unet,
-    saliency: torch.nn.Module | None,
-    x: torch.Tensor,
-    att: torch.Tensor | None,
-    clean: torch.Tensor | None = None,
-) -> StepInputs:
-    """The inputs of one step; two-pass variants see both their passes' inputs (training matches inference).
-
-    ``x`` is what the model is shown (a simulated defect included), ``clean`` what it must recover
-    (default ``x``).
-    """
-    clean = x if clean is None else clean
-    variant = Variant.of(cfg)
-    if isinstance(saliency, SelfSaliency):
-        with torch.no_grad():
-            att, light, _ = two_pass_attention(saliency, unet, x, cfg.scoring)
-        strong, _ = variant.excise(x, att)
-        mask = variant.context_mask(x, att)
-        if mask is not None:  # the light first pass mosaics everything: nothing to keep there (S = 1)
-            mask = torch.cat([torch.ones_like(mask), mask])
-        return StepInputs(torch.cat([light, strong]), torch.cat([clean, clean]), torch.cat([x, x]), mask)
-    composite, _ = variant.excise(x, att)
-    return StepInputs(composite, clean, x, variant.context_mask(x, att))
-
-
-@dataclass
-class StepModules:
-    """What a training step runs: the U-Net forward (precision applied), the saliency, the optional head."""
-
-    forward: Callable[[torch.Tensor], torch.Tensor]  # composite → reconstruction in fp32
-    saliency: torch.nn.Module | None
-    head: Callable[[torch.Tensor], torch.Tensor] | None = None  # head inputs → logits in fp32
-
-
-def step_loss(
-    cfg: ModelConfig, tcfg: TrainConfig, mods: StepModules, x: torch.Tensor, att, gen: torch.Generator
-) -> torch.Tensor:
-    """One step's loss; attention not given (not cached) is computed here, on the image the model is shown.
-
-    With ``tcfg.simulate`` a share of the batch gets a simulated defect first: the
-    U-Net must return the clean image (its error inside the defect weighs
-    ``1 + defect_weight``), and the head, when the model has one, must segment it.
-    """
-    saliency = mods.saliency
-    if Variant.of(cfg).is_riad:
-        return combined_loss(
-            x, riad.training_reconstruction(mods.forward, x, gen), tcfg.loss_weights, cfg.scoring.n_scales
-        )
-    clean, defect = x, None
-    if tcfg.simulate > 0:
-        sim = simulate_defects(x, gen, tcfg.simulate)
-        x, defect, att = sim.images, sim.mask, None  # attention of the corrupted image, as at inference
-    if att is None and saliency is not None and not isinstance(saliency, SelfSaliency):
-        with torch.no_grad():
-            att = saliency(x).float()
-    inputs = corrupt(cfg, mods.forward, saliency, x, att, clean)
-    recon = paste_context(mods.forward(inputs.composite), inputs.context, inputs.mask)
-    loss = combined_loss(inputs.target, recon, tcfg.loss_weights, cfg.scoring.n_scales)
-    strong = recon[-x.shape[0] :]  # two-pass variants: the second (scored) pass
-    if defect is not None and tcfg.defect_weight > 0 and defect.sum() > 0:
-        err = (strong - clean).abs().mean(dim=1, keepdim=True)
-        loss = loss + tcfg.defect_weight * (err * defect).sum() / defect.sum()
-    if mods.head is not None:
-        target = torch.zeros_like(x[:, :1]) if defect is None else defect
-        logits = mods.head(head_inputs(x, strong.detach(), cfg.scoring))
-        loss = loss + focal_dice_loss(logits, target)
-    return loss
-
-
-@torch.no_grad()
-def heldout_loss(cfg, tcfg, mods: StepModules, modules, images, attention, batch: int = 16) -> float:
-    """Mean training loss on held-out normal images, in eval mode, with a fixed generator (learning curve).
-
-    ``attention``: the held-out images' attention, computed once per run (None for variants without;
-    unused when defects are simulated, since they change the image). ``modules``: what to put in eval mode.
-    """
-    was_training = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    for i in range(0, images.shape[0], batch):
-        x = images[i : i + batch]
-        att = None if attention is None else attention[i : i + batch]
-        losses.append(float(step_loss(cfg, tcfg, mods, x, att, gen)) * x.shape[0])
-    for m, flag in zip(modules, was_training, strict=True):
-        m.train(flag)
-    return sum(losses) / max(1, images.shape[0])
-
-
-def write_curve_png(curve: list[dict], path: Path) -> None:
-    """curve.png: train and held-out loss against the step."""
-    series = {
-        "train loss": [(r["step"], r["train_loss"]) for r in curve if r.get("train_loss") is not None],
-        "held-out loss": [(r["step"], r["heldout_loss"]) for r in curve if r.get("heldout_loss") is not None],
-    }
-    path.write_bytes(line_chart_png(series, title="learning curve", xlabel="step", ylabel="loss"))
-
-
-def _comparable(cfg: ModelConfig | TrainConfig) -> dict:
-    """A config as JSON types (tuples → lists), to compare a checkpoint's with a run's."""
-    return json.loads(json.dumps(asdict(cfg)))
-
-
-@dataclass
-class RunLimits:
-    """What bounds a run beyond its epochs, and what it reports on the way (``train_model``'s knobs)."""
-
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    curve_every_minutes: float | None = None
-    on_curve: Callable[[dict, Pipeline], dict | None] | None = None
-    progress: bool = True
-    #: "wall" (what an operator waits for) or "cpu" (this process's CPU seconds): a study that shares its cores
-    #: with other work budgets CPU time, so every variant gets the same compute however busy the machine was.
-    clock: Literal["wall", "cpu"] = "wall"
-
-    def now(self) -> float:
-        return time.process_time() if self.clock == "cpu" else time.time()
 
 
 class Trainer:
@@ -296,6 +114,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> Trainer:
+        # a policy that cannot be applied after training (f1 needs labelled defects) fails now, not at the end
+        parse_policy(self.train_cfg.threshold_policy, labelled=False)
         torch.manual_seed(self.train_cfg.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._setup_data()
@@ -317,16 +137,23 @@ class Trainer:
         self.fixed_train = self.data.fixed(self.train_idx)
 
     def _setup_saliency(self) -> None:
-        cfg = self.model_cfg
-        self.saliency = Variant.of(cfg).build_saliency(cfg.saliency_params, self.dino_weights, self.dev)
-        if isinstance(self.saliency, WeightFreeSaliency):
+        """The variant's module (its spec says what it needs), its parameters recorded, fitted when it fits;
+        the attention cached when nothing changes an image between epochs."""
+        cfg, variant = self.model_cfg, Variant.of(self.model_cfg)
+        saliency = (
+            build_saliency(cfg.saliency, cfg.saliency_params, self.dino_weights) if variant.uses_attention else None
+        )
+        self.saliency = None if saliency is None else saliency.to(self.dev)
+        if self.saliency is not None and variant.spec.weight_free:
             self.model_cfg.saliency_params = self.saliency.params()
-            if self.saliency.fitted:
-                self.saliency.fit(self.fixed_train.to(self.dev))
-        self.plain_saliency = self.saliency is not None and not isinstance(self.saliency, SelfSaliency)
+        if self.saliency is not None and variant.spec.fitted:
+            self.saliency.fit(self.fixed_train.to(self.dev))
+        #: the saliency whose attention depends on the image alone (not two-pass): computed once per image
+        self.plain_saliency = self.saliency if variant.single_pass else None
         changes_images = bool(augmentations(self.train_cfg)) or self.train_cfg.simulate > 0
-        if self.plain_saliency and not self.data.native and not changes_images:  # nothing changes an image: cache
-            self.data.attention = compute_attention(self.saliency, self.data.images, self.dev)  # type: ignore[arg-type]
+        plain = self.plain_saliency
+        if plain is not None and not self.data.native and not changes_images:  # nothing changes an image: cache
+            self.data.attention = compute_attention(plain, self.data.images, self.dev)  # type: ignore[arg-type]
 
     def _setup_mosaic_scale(self) -> None:
         """m given, or estimated from the training images between the floor and S/4."""
@@ -334,12 +161,13 @@ class Trainer:
         cfg = self.model_cfg
         if self.mosaic_scale is None:
             floor = min_mosaic_scale(cfg.image_size, cfg.saliency)
-            att = None
-            if self.plain_saliency:
-                cached = self.data.attention
-                att = cached[self.train_idx] if cached is not None else compute_attention(
-                    self.saliency, self.fixed_train, self.dev
-                )  # fmt: skip
+            att, plain, cached = None, self.plain_saliency, self.data.attention
+            if plain is not None:
+                att = (
+                    cached[self.train_idx]
+                    if cached is not None
+                    else compute_attention(plain, self.fixed_train, self.dev)
+                )
             est = MosaicEstimator()
             m, r10_value = estimate_mosaic_scale(self.fixed_train.cpu(), att, est, floor)
             self.estimated = {"r10": r10_value, "estimator": asdict(est), "floor": floor}
@@ -350,6 +178,8 @@ class Trainer:
         cfg, tcfg, precision = self.model_cfg, self.train_cfg, self.precision
         self.unet = precision.module(build_unet(cfg).to(self.dev))
         self.head = precision.module(AnomalyHead(cfg.head_width).to(self.dev)) if cfg.head else None
+        #: what the artifact saves; ``net``: what is trained (the optimizer's, the checkpoint's, early stopping's)
+        self.model = ProductModel(self.unet, self.saliency, self.head)
         self.net = torch.nn.ModuleDict({"unet": self.unet, **({"head": self.head} if self.head is not None else {})})
         compiled = compile_module(self.unet) if tcfg.compile else self.unet
         head = self.head
@@ -366,36 +196,18 @@ class Trainer:
         bound = tcfg.epochs * self.per_epoch
         self.total = bound if self.limits.max_steps is None else min(self.limits.max_steps, bound)
         self.held_out = self.data.fixed(self.hold_idx).to(self.dev)
-        sal = self.saliency
-        self.held_att = compute_attention(sal, self.held_out, self.dev).to(self.dev) if self.plain_saliency else None
+        plain = self.plain_saliency
+        self.held_att = None if plain is None else compute_attention(plain, self.held_out, self.dev).to(self.dev)
 
     def _setup_state(self) -> None:
         """A fresh run, or the state of ``checkpoint.pt`` (``--resume``); the learning curve to append to."""
-        self.curve_path, self.ckpt_path = self.out_dir / "curve.jsonl", self.out_dir / CHECKPOINT_NAME
-        if not self.resume:
-            self.curve_path.unlink(missing_ok=True)
-            self.ckpt_path.unlink(missing_ok=True)
+        self.ckpt_path = self.out_dir / CHECKPOINT_NAME
+        if self.resume:
+            restore_checkpoint(self)
+            self.curve = LearningCurve.resume(self.out_dir, self.step_count)
         else:
-            ck = load_checkpoint(self.ckpt_path)
-            if ck["model_config"] != _comparable(self.model_cfg) or ck["train_config"] != _comparable(self.train_cfg):
-                raise CheckpointError(
-                    f"{self.ckpt_path} was written for another configuration: resume with the same options as the "
-                    "killed run"
-                )
-            self.net.load_state_dict(ck["unet"])
-            self.opt.load_state_dict(ck["optimizer"])
-            if self.sched is not None:
-                self.sched.load_state_dict(ck["scheduler"])
-            torch.set_rng_state(ck["torch_rng"])
-            self.step_count, self.losses, self.elapsed_before = (
-                int(ck["step"]),
-                list(ck["losses"]),
-                float(ck["elapsed"]),
-            )
-            self.best, self.since_best = ck["best"], int(ck["since_best"])
-            kept = [r for r in _read_curve(self.curve_path) if r["step"] <= self.step_count]  # the rest is redone
-            self.curve_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        self.curve = _read_curve(self.curve_path)
+            self.ckpt_path.unlink(missing_ok=True)
+            self.curve = LearningCurve.start(self.out_dir)
 
     # ------------------------------------------------------------------ the loop
     def elapsed(self) -> float:
@@ -403,9 +215,7 @@ class Trainer:
 
     def pipeline(self) -> Pipeline:
         """The networks as an inference pipeline (threshold 1 until calibrated)."""
-        return Pipeline(
-            self.model_cfg, self.unet, 1.0, self.dev, self.saliency, precision=self.precision, head=self.head
-        )
+        return Pipeline.from_model(self.model_cfg, self.model, 1.0, self.dev, precision=self.precision)
 
     def step(self) -> float:
         """One optimisation step; every random draw comes from the (seed, step) generator (resumable)."""
@@ -447,9 +257,6 @@ class Trainer:
             rec.update(self.limits.on_curve(rec, pipe) or {})
         net.train()
         self.curve.append(rec)
-        with open(self.curve_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        write_curve_png(self.curve, self.out_dir / "curve.png")
         return rec
 
     def keep_if_best(self, rec: dict) -> None:
@@ -461,47 +268,11 @@ class Trainer:
             self.since_best += 1
 
     def checkpoint(self) -> None:
-        save_checkpoint(
-            self.ckpt_path,
-            {
-                "step": self.step_count,
-                "unet": self.net.state_dict(),
-                "optimizer": self.opt.state_dict(),
-                "scheduler": None if self.sched is None else self.sched.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "losses": self.losses[-20:],
-                "elapsed": self.elapsed(),
-                "best": self.best,
-                "since_best": self.since_best,
-                "model_config": _comparable(self.model_cfg),
-                "train_config": _comparable(self.train_cfg),
-            },
-        )
-
-    def _limit_reached(self) -> str | None:
-        lim = self.limits
-        if self.step_count >= self.total:
-            return "max_steps" if lim.max_steps is not None and self.step_count >= lim.max_steps else "epochs"
-        if lim.max_minutes is not None and self.elapsed() >= 60.0 * lim.max_minutes:
-            return "max_minutes"
-        return None
-
-    def _progress_bar(self):
-        """Under a time budget the bar counts minutes, not the epoch bound's steps (an ETA of hours is a lie)."""
-        lim = self.limits
-        self._timed = lim.max_minutes is not None and lim.max_steps is None
-        return tqdm(
-            total=round(lim.max_minutes, 1) if self._timed else self.total,
-            initial=round(self.elapsed() / 60, 1) if self._timed else self.step_count,
-            desc=f"training {self.category}",
-            unit="min" if self._timed else "step",
-            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} min {postfix}" if self._timed else None,
-            disable=not lim.progress,
-        )
+        write_checkpoint(self)
 
     def _after_step(self, bar, next_curve: float | None, next_ckpt: float | None) -> tuple[float | None, float | None]:
         tcfg, lim = self.train_cfg, self.limits
-        bar.update(round(self.elapsed() / 60, 1) - bar.n if self._timed else 1)
+        lim.advance(bar, self.elapsed())
         bar.set_postfix(loss=f"{self.losses[-1]:.4f}", step=self.step_count)
         if tcfg.eval_every and self.step_count % tcfg.eval_every == 0:
             self.keep_if_best(self.evaluate())
@@ -523,18 +294,17 @@ class Trainer:
         lim, tcfg = self.limits, self.train_cfg
         next_curve = self.elapsed() + 60.0 * lim.curve_every_minutes if lim.curve_every_minutes else None
         next_ckpt = self.elapsed() + 60.0 * tcfg.checkpoint_minutes if tcfg.checkpoint_minutes else None
-        bar = self._progress_bar()
+        bar = lim.progress_bar(self.total, self.step_count, self.elapsed(), f"training {self.category}")
         self.net.train()
         while self.stop_reason is None:
-            self.stop_reason = self._limit_reached()
+            self.stop_reason = lim.reached(self.step_count, self.total, self.elapsed())
             if self.stop_reason is not None:
                 break
             self.step()
             next_curve, next_ckpt = self._after_step(bar, next_curve, next_ckpt)
         bar.close()
-        if (lim.curve_every_minutes or tcfg.eval_every) and (
-            not self.curve or self.curve[-1]["step"] != self.step_count
-        ):
+        records = self.curve.records
+        if (lim.curve_every_minutes or tcfg.eval_every) and (not records or records[-1]["step"] != self.step_count):
             rec = self.evaluate()
             if tcfg.eval_every:  # the last weights compete with the best ones too
                 self.keep_if_best(rec)
@@ -542,31 +312,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ the artifact
     def finalize(self) -> Path:
-        """Best weights, normal map, calibration, recovery check; writes the artifact."""
+        """Best weights, normal map, calibration, recovery check; writes the artifact (the pipeline's container:
+        U-Net, saliency, head and normal map in one weights file)."""
         if self.best is not None:  # early stopping keeps the best held-out weights, not the last ones
             self.net.load_state_dict(self.best["state"])
         self.net.eval()
         pipe = self.pipeline()
-        extras: dict[str, torch.Tensor] = {}
         if self.model_cfg.scoring.normal_map:  # from training images only: the held-out ones calibrate
             pipe.normal_map = fit_normal_map(pipe, self.data.images[self.train_idx[:NORMAL_MAP_IMAGES]])
-            extras[NORMAL_MAP_KEY] = pipe.normal_map
         threshold, stats = calibrate(pipe, select(self.data.images, self.hold_idx), self.train_cfg.threshold_policy)
         recovery = recovery_check(pipe, self.held_out)
-        dino_path = resolve_dino_weights(self.dino_weights) if Variant.of(self.model_cfg).needs_dino else None
         manifest = Manifest(
             config=self.model_cfg,
             threshold=threshold,
             calibration=stats,
             training=self._training_record(recovery),
-            dino_weights_sha256=sha256_file(dino_path) if dino_path else None,
+            dino_weights_sha256=dino_weights_hash(self.model_cfg.saliency, self.dino_weights),
             threshold_policy=self.train_cfg.threshold_policy,
         )
-        if isinstance(self.saliency, WeightFreeSaliency):
-            extras.update({f"saliency.{k}": v for k, v in self.saliency.state_dict().items()})
-        if self.head is not None:
-            extras.update({f"{HEAD_PREFIX}{k}": v for k, v in self.head.state_dict().items()})
-        return save_artifact(self.out_dir, self.unet.cpu(), manifest, extras)  # type: ignore[arg-type]
+        return save_artifact(self.out_dir, pipe.model, manifest)
 
     def _training_record(self, recovery) -> dict:
         best, lim = self.best, self.limits
@@ -585,7 +349,7 @@ class Trainer:
             "best_heldout_loss": None if best is None else best["loss"],
             "resumed": bool(self.resume),
             "final_loss": self.losses[-1] if self.losses else None,
-            "final_heldout_loss": self.curve[-1]["heldout_loss"] if self.curve else None,
+            "final_heldout_loss": self.curve.records[-1]["heldout_loss"] if self.curve.records else None,
             "seconds": round(self.elapsed(), 1),
             "device": str(self.dev),
             "threads": torch.get_num_threads(),
@@ -632,9 +396,3 @@ def train_model(
     trainer = Trainer(data_root, category, out_dir, model_cfg, train_cfg, mosaic_scale, dino_weights, device, limits,
                       resume)  # fmt: skip
     return trainer.setup().run()
-
-
-def _read_curve(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, EarStreamError
+from ..errors import DataError, EarStreamError, Reason
 from .limits import DEFAULT_MAX_PIXELS, FRAME_MAX_ASPECT, FRAME_MIN_STD
 
 #: Default pixel limit: rejects decompression bombs before any pixel is decoded.
@@ -125,13 +125,13 @@ def frame_issue(arr: np.ndarray, min_std: float = FRAME_MIN_STD, max_aspect: flo
     """
     h, w = arr.shape[:2]
     if max_aspect > 0 and max(h, w) > max_aspect * min(h, w):
-        return f"invalid_frame: aspect ratio {max(h, w) / min(h, w):.0f}:1 (> {max_aspect:g}:1)"
+        return f"{Reason.INVALID_FRAME}: aspect ratio {max(h, w) / min(h, w):.0f}:1 (> {max_aspect:g}:1)"
     if min_std > 0:
         step = max(1, int(np.sqrt(h * w / 65536)))  # a strided sample is plenty for a standard deviation
         gray = as_float(arr[::step, ::step]).mean(axis=2)
         std = float(gray.std())
         if std < min_std:
-            return f"invalid_frame: near-constant (grey std {std:.4f} < {min_std:g}, mean {float(gray.mean()):.3f})"
+            return f"{Reason.INVALID_FRAME}: near-constant (grey std {std:.4f} < {min_std:g}, mean {float(gray.mean()):.3f})"
     return None
 
 

@@ -1,8 +1,12 @@
 """Verdict rows as Parquet (docs/design.md, "Parquet"): atomic part files in a Hive layout, read back de-duplicated.
 
-``OUT/product=P/date=YYYY-MM-DD/part-<worker>-<seq>.parquet`` — written to a
-temporary name, fsynced, renamed and the folder fsynced, so a part is either
-absent or whole. The stream worker acknowledges entries only after this.
+``OUT/product=P/date=YYYY-MM-DD/part-<worker>-<ns>-<seq>.parquet`` (``<ns>`` the write time in
+nanoseconds, so names stay unique across restarts of a worker) — written to a temporary name,
+fsynced, renamed and the folder fsynced, so a part is either absent or whole. The stream worker
+acknowledges entries only after this.
+
+A row has the columns of :data:`SCHEMA` and is built in one place, :func:`verdict_row`, next to the
+schema: ``score`` (offline), the stream worker and the Ray actors all write through it.
 
 The partition keys live in the path only: ``product`` is not repeated inside the files
 (:data:`FILE_SCHEMA`), so every reader's default call opens the tree — pandas,
@@ -18,11 +22,13 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -70,11 +76,63 @@ SCHEMA = pa.schema(
         ("frame_check", pa.string()),
     ]
 )
+
 #: what a part file holds: every column but the partition keys (product and date come from its path)
 FILE_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "product"])
 #: the hive partition keys of a results tree, as strings
 PARTITIONING = pa.schema([("product", pa.string()), ("date", pa.string())])
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def verdict_row(
+    *,
+    id: str,
+    product: str,
+    score: float,
+    normalized_score: float,
+    is_anomaly: bool,
+    threshold: float,
+    mask_ratio: float,
+    mosaic_scale: int,
+    model_version: str,
+    worker: str,
+    processed_at: datetime,
+    regions: list[dict[str, Any]] | None = None,
+    heatmap: bytes | None = None,
+    frame_check: str | None = None,
+    stream_id: str | None = None,
+    enqueued_at: datetime | None = None,
+    meta: str | None = None,
+) -> dict[str, Any]:
+    """One Parquet row with every column of :data:`SCHEMA`, in its order (docs/design.md, "Parquet").
+
+    The stream's fields (``stream_id``, ``enqueued_at``, ``meta``) are optional; what follows from other
+    columns is derived here, once: ``latency_ms`` from the enqueue and processing times, ``n_regions`` from
+    the regions, and fail closed, a row with a ``frame_check`` (a frame the model cannot judge) is never a
+    good part (``is_anomaly`` true).
+    """
+    latency = None if enqueued_at is None else (processed_at - enqueued_at).total_seconds() * 1000
+    return {
+        "id": id,
+        "stream_id": stream_id,
+        "product": product,
+        "score": float(score),
+        "normalized_score": float(normalized_score),
+        "is_anomaly": bool(is_anomaly) or bool(frame_check),
+        "threshold": threshold,
+        "mask_ratio": float(mask_ratio),
+        "mosaic_scale": mosaic_scale,
+        "model_version": model_version,
+        "worker": worker,
+        "enqueued_at": enqueued_at,
+        "processed_at": processed_at,
+        "latency_ms": latency,
+        "meta": meta,
+        "heatmap": heatmap,
+        "n_regions": None if regions is None else len(regions),
+        "regions": regions,
+        "frame_check": frame_check,
+    }
 
 
 def safe_component(value: str) -> str:
@@ -139,9 +197,17 @@ def write_object_atomic(fs: pafs.FileSystem, table: pa.Table, folder: str, name:
     """
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    data = sink.getvalue()
+    return write_bytes_object_atomic(fs, sink.getvalue(), folder, name)
+
+
+def write_bytes_object_atomic(fs: pafs.FileSystem, data: bytes | pa.Buffer, folder: str, name: str) -> str:
+    """Upload ``data`` as ``folder/name``, absent or whole (:func:`write_object_atomic`'s upload, for any bytes).
+
+    The hidden temporary name is unique per call, so two writers of the same name (the blob store's
+    same content from two threads) never move each other's upload.
+    """
     fs.create_dir(folder, recursive=True)
-    final, tmp = f"{folder}/{name}", f"{folder}/.{name}.tmp"
+    final, tmp = f"{folder}/{name}", f"{folder}/.{name}.{secrets.token_hex(4)}.tmp"
     try:
         with fs.open_output_stream(tmp) as f:
             f.write(data)
@@ -163,11 +229,20 @@ def write_table_atomic(table: pa.Table, final: Path) -> Path:
     A hidden temporary name (readers skip ``.``-prefixed files), fsync, rename, fsync of the folder; the
     temporary file is removed when any step fails.
     """
+    return write_file_atomic(final, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def write_file_atomic(final: Path, fill: Callable[[BinaryIO], object]) -> Path:
+    """Write a local file that is either absent or whole (:func:`write_table_atomic`'s steps, for any content).
+
+    ``fill`` writes the content into the open temporary file; its name is unique per call, so two writers
+    of the same final name (the blob store's same content from two threads) never share one.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)

@@ -1,17 +1,21 @@
 """Model artifact: a directory with ``weights.safetensors`` and ``manifest.json``.
 
 Loading never unpickles: weights are safetensors, everything else is JSON.
-The manifest carries the config, the mosaic scale, the decision threshold with
+The weights file is one module's ``state_dict`` (:class:`~.container.ProductModel`:
+U-Net, fitted saliency, head, normal map; :mod:`.factory` rebuilds it). The manifest carries the config, the mosaic scale, the decision threshold with
 its calibration statistics, library versions and SHA-256 hashes, so a result
 row's ``model_version`` identifies exactly which weights produced it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,10 +23,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..errors import EarStreamError
-from .config import DEFAULT_IMAGE_POLICY, ModelConfig
-from .head import HEAD_PREFIX
+from .config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY, ModelConfig
 from .unet import UNet
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -39,6 +43,8 @@ class ArtifactError(EarStreamError, ValueError):
 
 @dataclass
 class Manifest:
+    """What ``manifest.json`` holds: these fields (``dataclasses.asdict``) and the derived ``model_version``."""
+
     config: ModelConfig
     threshold: float
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -52,7 +58,7 @@ class Manifest:
     threshold_policy: str = DEFAULT_IMAGE_POLICY
     #: MSGMS value above which a map pixel belongs to a defect region (None: the image threshold)
     pixel_threshold: float | None = None
-    pixel_policy: str = "image"
+    pixel_policy: str = DEFAULT_PIXEL_POLICY
     #: how often ``ear-stream threshold`` revised the thresholds, and what they were before
     threshold_revision: int = 0
     threshold_history: list[dict[str, Any]] = field(default_factory=list)
@@ -75,23 +81,53 @@ class Manifest:
         return base if not self.threshold_revision else f"{base}.t{self.threshold_revision}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "format_version": self.format_version,
-            "model_version": self.model_version,
-            "config": self.config.to_dict(),
-            "threshold": self.threshold,
-            "calibration": self.calibration,
-            "training": self.training,
-            "dino_weights_sha256": self.dino_weights_sha256,
-            "weights_sha256": self.weights_sha256,
-            "versions": self.versions,
-            "created_at": self.created_at,
-            "threshold_policy": self.threshold_policy,
-            "pixel_threshold": self.pixel_threshold,
-            "pixel_policy": self.pixel_policy,
-            "threshold_revision": self.threshold_revision,
-            "threshold_history": self.threshold_history,
-        }
+        """Every field, plus ``model_version``; the two version keys first, where a reader of the file looks."""
+        fields = dataclasses.asdict(self)
+        return {"format_version": fields.pop("format_version"), "model_version": self.model_version, **fields}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """The fields a manifest holds, each read as its declared type; keys that are no field (the derived
+        ``model_version``) are skipped, absent ones take their default, or what an older manifest without
+        them meant (:data:`_LEGACY_DEFAULTS`). Raises (KeyError, TypeError, ValueError) on anything else."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object is expected, got {type(data).__name__}")
+        hints = _field_types()
+        values = {**_LEGACY_DEFAULTS, **{k: v for k, v in data.items() if k in hints}}
+        return cls(**{k: _coerce(hints[k], v, k) for k, v in values.items()})
+
+
+#: the image policy of manifests written before the policy was recorded (they were all mean + 3·std)
+LEGACY_IMAGE_POLICY = "sigma:3"
+#: what a manifest written before a field existed meant by its absence, where that differs from the default
+#: of a new one
+_LEGACY_DEFAULTS: dict[str, Any] = {"threshold_policy": LEGACY_IMAGE_POLICY}
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(Manifest)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Manifest)}
+
+
+def _coerce(hint: Any, value: Any, name: str = "") -> Any:
+    """``value`` as the field's type says: a config from its dict, numbers and strings converted, None kept
+    where the type allows it, a missing list empty, dicts as they are."""
+    args = typing.get_args(hint)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    kind = typing.get_origin(hint) or hint
+    if kind is ModelConfig:
+        return ModelConfig.from_dict(value)
+    if kind is list:
+        return list(value or [])
+    if kind in (float, int, str):
+        if value is None:  # not "None": a null hash or threshold is a broken manifest, said as such
+            raise TypeError(f"{name or 'a field'} is null (a {kind.__name__} is expected)")
+        return kind(value)
+    return value
 
 
 def sha256_file(path: str | Path) -> str:
@@ -110,34 +146,21 @@ def _versions() -> dict[str, str]:
     return {"ear_stream": __version__, "torch": torch.__version__, "timm": timm.__version__}
 
 
-#: prefixes of the tensors stored beside the U-Net weights (hashed with them): fitted saliency
-#: statistics (``saliency.*``), the scoring's per-pixel normal map (``scoring.normal_map``) and the
-#: learned anomaly head (``anomaly_head.*``)
-EXTRA_PREFIXES = ("saliency.", "scoring.", HEAD_PREFIX)
-
-
 def build_unet(cfg: ModelConfig) -> UNet:
     """The U-Net a config describes (fresh weights)."""
     return UNet(base_channels=cfg.base_channels, kernel_size=cfg.kernel_size)
 
 
-def save_artifact(
-    model_dir: str | Path, unet: UNet, manifest: Manifest, extras: dict[str, torch.Tensor] | None = None
-) -> Path:
+def save_artifact(model_dir: str | Path, model: nn.Module, manifest: Manifest) -> Path:
     """Write weights then manifest (manifest last: its presence marks a complete artifact).
 
-    ``extras`` (keys starting with one of :data:`EXTRA_PREFIXES`: fitted saliency statistics, the
-    normal map) go into the same safetensors file, so ``model_version`` covers them.
+    The weights file is ``model.state_dict()``: a :class:`~.container.ProductModel` with every part, or a
+    bare U-Net for a model that has no other (the same keys either way), so ``model_version`` covers them all.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     weights = model_dir / WEIGHTS_FILE
-    state = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-    for key, value in (extras or {}).items():
-        if not key.startswith(EXTRA_PREFIXES):
-            raise ValueError(f"extra tensor {key!r} must start with one of {EXTRA_PREFIXES}")
-        state[key] = value.detach().cpu().contiguous()
-    save_file(state, str(weights))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     manifest.weights_sha256 = sha256_file(weights)
     manifest.versions = _versions()
     manifest.created_at = datetime.now(timezone.utc).isoformat()
@@ -166,25 +189,7 @@ def load_manifest(model_dir: str | Path) -> Manifest:
         if size > MAX_MANIFEST_BYTES:
             raise ArtifactError(f"{path} is {size} bytes, over the {MAX_MANIFEST_BYTES} a manifest may have")
         with open(path, "rb") as f:
-            data = json.loads(f.read(MAX_MANIFEST_BYTES + 1))
-        if not isinstance(data, dict):
-            raise TypeError(f"a JSON object is expected, got {type(data).__name__}")
-        manifest = Manifest(
-            config=ModelConfig.from_dict(data["config"]),
-            threshold=float(data["threshold"]),
-            calibration=data.get("calibration", {}),
-            training=data.get("training", {}),
-            dino_weights_sha256=data.get("dino_weights_sha256"),
-            weights_sha256=data.get("weights_sha256", ""),
-            versions=data.get("versions", {}),
-            created_at=data.get("created_at", ""),
-            format_version=int(data.get("format_version", FORMAT_VERSION)),
-            threshold_policy=str(data.get("threshold_policy", "sigma:3")),
-            pixel_threshold=None if data.get("pixel_threshold") is None else float(data["pixel_threshold"]),
-            pixel_policy=str(data.get("pixel_policy", "image")),
-            threshold_revision=int(data.get("threshold_revision", 0)),
-            threshold_history=list(data.get("threshold_history") or []),
-        )
+            manifest = Manifest.from_dict(json.loads(f.read(MAX_MANIFEST_BYTES + 1)))
     except ArtifactError:
         raise
     except OSError as exc:
@@ -216,25 +221,26 @@ def check_manifest(manifest: Manifest, path: Path) -> None:
             raise ArtifactError(f"{path}: {name} {value} is outside [{low}, {high}]")
 
 
-def load_artifact(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Manifest]:
-    """Rebuild the U-Net from a model directory; checks the weights hash when ``verify``."""
-    unet, manifest, _ = load_artifact_parts(model_dir, verify)
-    return unet, manifest
-
-
-def load_artifact_parts(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Manifest, dict[str, torch.Tensor]]:
-    """U-Net, manifest and the extra tensors by full key (``saliency.*``, ``scoring.*``; ``{}`` when none)."""
-    manifest = load_manifest(model_dir)
+def read_weights(model_dir: str | Path, manifest: Manifest, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights.safetensors`` by key, checked against the manifest's hash when ``verify``."""
     weights = Path(model_dir) / WEIGHTS_FILE
     if not weights.is_file():
         raise ArtifactError(f"{model_dir} has no {WEIGHTS_FILE}")
     if verify and manifest.weights_sha256 and sha256_file(weights) != manifest.weights_sha256:
         raise ArtifactError(f"{weights} does not match the hash in its manifest (corrupt or replaced)")
-    state = load_file(str(weights))
-    extras = {k: state.pop(k) for k in list(state) if k.startswith(EXTRA_PREFIXES)}
+    return load_file(str(weights))
+
+
+def load_artifact(model_dir: str | Path, verify: bool = True) -> tuple[UNet, Manifest]:
+    """The U-Net alone and the manifest (checks the weights hash when ``verify``); the other parts are left
+    in the file (:func:`ear_stream.model.factory.load_model` loads them all)."""
+    manifest = load_manifest(model_dir)
+    state = read_weights(model_dir, manifest, verify)
     unet = build_unet(manifest.config)
     try:
-        unet.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{weights} does not fit the U-Net its manifest describes: {exc}") from exc
-    return unet.eval(), manifest, extras
+        missing = unet.load_state_dict(state, strict=False).missing_keys
+    except RuntimeError as exc:  # a stored tensor of another shape
+        raise ArtifactError(f"{model_dir}: the stored U-Net does not fit its manifest: {exc}") from exc
+    if missing:
+        raise ArtifactError(f"{model_dir}: the stored U-Net does not fit its manifest: missing {missing[:5]}")
+    return unet.eval(), manifest

@@ -12,13 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, Reason
+from .registry import AUTO, saliency_names, saliency_spec
 
-#: weight-free variants (``ear_stream.model.weightfree``): no pretrained weights needed
-WEIGHT_FREE_SALIENCY = ("spectral", "stats", "self")
+#: stabiliser of the gradient-magnitude similarity (RIAD / EAR value): the one Python definition, read by the
+#: reference (:mod:`.reference`), the fused ops' defaults (:mod:`.ops`) and ``ScoringConfig.c``
+GMS_C = 0.0026
+#: weight-free variants (``ear_stream.model.weightfree``): no pretrained weights needed (:mod:`.registry`)
+WEIGHT_FREE_SALIENCY = saliency_names(weight_free=True)
 #: what a trained model can record; ``auto`` is resolved at training time (see :func:`resolve_saliency`)
-SALIENCY_VARIANTS = ("dino", "none", "binary", *WEIGHT_FREE_SALIENCY)
-SALIENCY_CHOICES = ("auto", *SALIENCY_VARIANTS)
-#: the weight-free variant ``auto`` picks without DINO weights: the best of the study in BENCHMARKS.md
+SALIENCY_VARIANTS = saliency_names()
+SALIENCY_CHOICES = (AUTO, *SALIENCY_VARIANTS)
+#: what ``auto`` picks: full EAR when DINO weights are configured, else the best weight-free variant of the
+#: study in BENCHMARKS.md
+AUTO_WITH_DINO = "dino"
 AUTO_WEIGHT_FREE = "spectral"
 #: whether weight-free variants keep the unexcised pixels verbatim unless told (study in BENCHMARKS.md)
 AUTO_KEEP_CONTEXT = False
@@ -43,16 +49,16 @@ METHODS = ("ear", "riad")
 
 def resolve_saliency(requested: str, has_dino_weights: bool) -> str:
     """``auto`` → ``dino`` when weights are configured, else the best weight-free variant."""
-    if requested == "auto":
-        return "dino" if has_dino_weights else AUTO_WEIGHT_FREE
-    if requested not in SALIENCY_VARIANTS:
-        raise ConfigError(f"saliency must be one of {SALIENCY_CHOICES}, got {requested!r}")
+    if requested == AUTO:
+        return AUTO_WITH_DINO if has_dino_weights else AUTO_WEIGHT_FREE
+    if requested not in saliency_names():
+        raise ConfigError(f"saliency must be one of {(AUTO, *saliency_names())}, got {requested!r}")
     return requested
 
 
 def default_keep_context(saliency: str) -> bool:
     """``keep_context`` when not given: the study's choice for weight-free variants, off for DINO and none."""
-    return AUTO_KEEP_CONTEXT and saliency in WEIGHT_FREE_SALIENCY
+    return AUTO_KEEP_CONTEXT and saliency_spec(saliency).weight_free
 
 
 def default_box(image_size: int) -> int:
@@ -74,11 +80,11 @@ def max_mosaic_scale(image_size: int) -> int:
 def min_mosaic_scale(image_size: int, saliency: str) -> int:
     """Smallest mosaic scale the estimator may choose: below it the U-Net can copy its input.
 
-    A whole-image mosaic (``none``) must leave at most 16 tiles a side (m ≥ S/16,
-    never below 8); a masked mosaic keeps the context around the excised cells,
-    so it may go finer, but never below 4 px or S/32.
+    A whole-image mosaic (a variant without attention, ``none``) must leave at most 16
+    tiles a side (m ≥ S/16, never below 8); a masked mosaic keeps the context around
+    the excised cells, so it may go finer, but never below 4 px or S/32.
     """
-    if saliency == "none":
+    if not saliency_spec(saliency).attention:
         return max(8, image_size // 16)
     return max(4, image_size // 32)
 
@@ -99,7 +105,7 @@ class ScoringConfig:
     """
 
     scales: int | None = None
-    c: float = 0.0026
+    c: float = GMS_C
     median: bool = True
     box: int | None = None
     border: int | None = None
@@ -192,8 +198,7 @@ class ModelConfig:
             self.scoring = ScoringConfig(**self.scoring)
         self.scoring = self.scoring.resolved(self.image_size)
 
-        if self.saliency not in SALIENCY_VARIANTS:
-            raise ConfigError(f"saliency must be one of {SALIENCY_VARIANTS}, got {self.saliency!r}")
+        saliency_spec(self.saliency)  # a registered variant, or a ConfigError naming them
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.image_size < 32 or self.image_size % 32:

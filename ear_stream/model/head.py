@@ -20,9 +20,10 @@ from torch import nn
 
 from . import ops
 from .config import ScoringConfig
+from .container import HEAD_PREFIX  # where the head's tensors sit in weights.safetensors: its container attribute
 
-#: key prefix of the head's tensors in weights.safetensors (beside the U-Net's; the U-Net has its own ``head``)
-HEAD_PREFIX = "anomaly_head."
+__all__ = ["HEAD_IN_CHANNELS", "HEAD_PREFIX", "AnomalyHead", "focal_dice_loss", "head_inputs", "smoothed_map"]
+
 #: channels the head sees: input RGB, reconstruction RGB, the MSGMS map
 HEAD_IN_CHANNELS = 7
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .config import GMS_C  # the stabiliser of the gradient-magnitude similarity, defined with the scoring knobs
+
 #: Q3 multiplier: mean + 0.674·std is the upper quartile of a normal distribution.
 Q3_SIGMA = 0.674
-#: Stabiliser of the gradient-magnitude similarity (RIAD / EAR value).
-GMS_C = 0.0026
 #: Added under the square root of the gradient magnitude so that the loss has a
 #: finite gradient on flat regions; it changes magnitudes by at most 1e-6.
 GRAD_EPS = 1e-12

@@ -1,4 +1,7 @@
-"""Saliency (excision masks) from DINO ViT-S/8 attention, docs/design.md, "Attention".
+"""Saliency (excision masks) from DINO ViT-S/8 attention, docs/design.md, "Attention"; the saliency base class.
+
+Every saliency module (DINO here, the weight-free ones in :mod:`.weightfree`) is a
+:class:`SaliencyModule`; what each variant needs and does is its spec in :mod:`.registry`.
 
 Only the [CLS] row of the last block's attention is needed, so the last block
 is evaluated by hand: one query against all keys, never the N×N matrix.
@@ -19,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from .registry import DINO_ENV
 
 DINO_ARCH = "vit_small_patch8_224"
 DINO_INPUT = 224
-DINO_ENV = "EAR_DINO_WEIGHTS"
 DINO_URL = "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,6 +35,22 @@ _KEY_PREFIXES = ("module.", "backbone.", "teacher.", "student.", "model.")
 
 class DinoWeightsError(ConfigError):
     """The DINO weights file is missing, unreadable or of an unknown layout."""
+
+
+class SaliencyModule(nn.Module):
+    """Base of every saliency: ``forward(images [B,3,H,W] in [0,1]) -> attention [B, g, g]``.
+
+    ``state_dict`` holds what the artifact stores as ``saliency.*`` (fitted statistics; nothing for DINO,
+    whose weights have their own file). :meth:`params` and :meth:`fit` are no-ops unless a variant's spec
+    says it has parameters (``weight_free``) or fits (``fitted``).
+    """
+
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments, recorded in the manifest as ``saliency_params``."""
+        return {}
+
+    def fit(self, images: torch.Tensor) -> None:
+        """Learn statistics from normal training images."""
 
 
 def resolve_dino_weights(path: str | os.PathLike | None) -> Path | None:
@@ -96,8 +115,12 @@ def build_dino(weights: str | os.PathLike) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-class DinoAttention(nn.Module):
-    """[CLS]-to-patch attention of the last block, averaged over heads: [B,3,H,W] → [B,28,28]."""
+class DinoAttention(SaliencyModule):
+    """[CLS]-to-patch attention of the last block, averaged over heads: [B,3,H,W] → [B,28,28].
+
+    The ViT's weights stay out of ``state_dict``: they come from the DINO file (its hash is in the manifest),
+    never from the artifact, and loading a state without them keeps the ones the module was built with.
+    """
 
     mean: torch.Tensor  # buffers, typed (nn.Module's __getattr__ would say Tensor | Module)
     std: torch.Tensor
@@ -108,6 +131,8 @@ class DinoAttention(nn.Module):
         self.vit = vit
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_state_dict_post_hook(_drop_vit)
+        self.register_load_state_dict_pre_hook(_keep_vit)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,6 +145,16 @@ class DinoAttention(nn.Module):
         for blk in vit.blocks[:-1]:
             x = blk(x)
         return cls_attention(vit.blocks[-1], x)
+
+
+def _drop_vit(module: DinoAttention, state: dict[str, torch.Tensor], prefix: str, local_metadata: Any) -> None:
+    for key in [k for k in state if k.startswith(f"{prefix}vit.")]:
+        del state[key]
+
+
+def _keep_vit(module: DinoAttention, state: dict[str, torch.Tensor], prefix: str, *_: Any) -> None:
+    for key, value in module.vit.state_dict().items():
+        state.setdefault(f"{prefix}vit.{key}", value)
 
 
 def cls_attention(block: Any, tokens: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,10 @@ Air-gapped plants (and every machine of this project) have no DINO checkpoint.
 Each variant here produces the same thing DINO does — an attention grid
 ``[B, g, g]`` whose upper quartile (Q3 rule, :func:`reference.q3_threshold`)
 marks the regions to excise — so the fused ``excise`` and everything after it
-stay unchanged. Variants register themselves by name (timm-style registry);
-``ModelConfig.saliency`` selects one and ``ModelConfig.saliency_params`` holds
-its parameters, so the manifest records exactly what ran.
+stay unchanged. Each class registers itself against its spec in :mod:`.registry`
+(the traits: fitted, two-pass); ``ModelConfig.saliency`` selects one and
+``ModelConfig.saliency_params`` holds its parameters, so the manifest records
+exactly what ran.
 
 * ``spectral`` — spectral residual (Hou & Zhang, CVPR 2007) of the gray image:
   what the image's log-amplitude spectrum has beyond its smooth trend. The
@@ -29,41 +30,46 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import ConfigError
 from .reference import prewitt_magnitude, to_gray
+from .registry import DEFAULT_GRID, SaliencySpec, register_spec, saliency_names, saliency_spec
+from .saliency import SaliencyModule
 
-#: default side of the attention grid of the weight-free variants (DINO's is 28 at 224 px)
-DEFAULT_GRID = 16
-
-_REGISTRY: dict[str, type[WeightFreeSaliency]] = {}
+_CLASSES: dict[str, type[WeightFreeSaliency]] = {}
 
 
-def register_saliency(name: str) -> Callable[[type[WeightFreeSaliency]], type[WeightFreeSaliency]]:
-    """Class decorator: make a variant selectable as ``--saliency NAME``."""
+def register_saliency(variant: str | SaliencySpec) -> Callable[[type[WeightFreeSaliency]], type[WeightFreeSaliency]]:
+    """Class decorator: make a weight-free variant selectable as ``--saliency NAME``.
+
+    ``variant``: the name of a spec declared in :mod:`.registry` (the built-ins: the CLI lists them before
+    torch loads), or a new :class:`~.registry.SaliencySpec` to declare with the class.
+    """
+    spec = register_spec(variant) if isinstance(variant, SaliencySpec) else saliency_spec(variant)
+    if not spec.weight_free:
+        raise ConfigError(f"saliency {spec.name!r} needs DINO or no attention: it is not a weight-free module")
 
     def wrap(cls: type[WeightFreeSaliency]) -> type[WeightFreeSaliency]:
-        cls.name = name
-        _REGISTRY[name] = cls
+        cls.name = spec.name
+        _CLASSES[spec.name] = cls
         return cls
 
     return wrap
 
 
 def weight_free_variants() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return tuple(_CLASSES)
 
 
 def create_saliency(name: str, params: dict[str, Any] | None = None) -> WeightFreeSaliency:
     """Instantiate a registered variant with its manifest parameters (unknown keys are an error)."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown weight-free saliency {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**(params or {}))
+    if name not in _CLASSES:
+        raise ConfigError(f"unknown weight-free saliency {name!r}; known: {sorted(saliency_names(weight_free=True))}")
+    return _CLASSES[name](**(params or {}))
 
 
-class WeightFreeSaliency(nn.Module):
-    """Base class: ``forward(images [B,3,H,W] in [0,1]) -> attention [B, g, g]``.
+class WeightFreeSaliency(SaliencyModule):
+    """Base class of the weight-free variants: a grid side, and the traits of the variant's spec.
 
     ``fitted`` variants learn statistics from the training images (:meth:`fit`)
     and keep them as buffers, which the artifact stores next to the U-Net.
@@ -71,8 +77,6 @@ class WeightFreeSaliency(nn.Module):
     """
 
     name = ""
-    fitted = False
-    two_pass = False
 
     def __init__(self, grid: int = DEFAULT_GRID) -> None:
         super().__init__()
@@ -80,12 +84,20 @@ class WeightFreeSaliency(nn.Module):
             raise ConfigError(f"saliency grid must be >= 2, got {grid}")
         self.grid = int(grid)
 
-    def params(self) -> dict[str, Any]:
-        """Constructor arguments, recorded in the manifest."""
-        return {"grid": self.grid}
+    @property
+    def spec(self) -> SaliencySpec:
+        return saliency_spec(self.name)
 
-    def fit(self, images: torch.Tensor) -> None:
-        """Learn statistics from normal training images (no-op for unfitted variants)."""
+    @property
+    def fitted(self) -> bool:
+        return self.spec.fitted
+
+    @property
+    def two_pass(self) -> bool:
+        return self.spec.two_pass
+
+    def params(self) -> dict[str, Any]:
+        return {"grid": self.grid}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -128,7 +140,6 @@ class SpectralResidual(WeightFreeSaliency):
 class NormalDeviation(WeightFreeSaliency):
     """Mean squared z-score of per-cell gray mean and gradient energy against the training images."""
 
-    fitted = True
     mean: torch.Tensor  # buffers, typed
     std: torch.Tensor
 
@@ -159,8 +170,6 @@ class NormalDeviation(WeightFreeSaliency):
 @register_saliency("self")
 class SelfSaliency(WeightFreeSaliency):
     """Two-pass EAR: the first pass (whole image mosaicked at ``light_scale``) finds what to excise."""
-
-    two_pass = True
 
     def __init__(self, grid: int = DEFAULT_GRID, light_scale: int = 4) -> None:
         super().__init__(grid)

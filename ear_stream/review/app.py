@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..errors import ConfigError, EarStreamError
+from ..inspect.threshold_policies import F1Policy
 from ..inspect.thresholds import MAX_HELD_OUT_FRR, Refused, propose, revise
 from ..io.labels import Label, LabelStore
 from ..model.artifact import MANIFEST_FILE, load_manifest
@@ -39,6 +40,8 @@ from .items import MAGIC, ProductView, ResultsView, find_image
 HERE = Path(__file__).parent
 #: the largest request body the station reads (a label or a confirmation is a few dozen bytes)
 MAX_BODY = 64 * 1024
+#: the policy the station proposes and applies: F1-optimal on the items people reviewed
+REVIEW_POLICY = F1Policy.name
 
 
 class Station:
@@ -182,10 +185,10 @@ class Station:
         labels, minimum = self.cfg.labels, self.cfg.min_labels_per_class
         with self.lock:
             if body.get("confirm") is not True:
-                return {"proposal": propose(model, "f1", None, labels_dir=labels, min_labels=minimum).report}
+                return {"proposal": propose(model, REVIEW_POLICY, None, labels_dir=labels, min_labels=minimum).report}
             expect = (str(body.get("model_version")), finite_number(body.get("threshold")))
             report = revise(
-                model, "f1", None, labels_dir=labels, min_labels=minimum, reviewer=self.reviewer, expect=expect
+                model, REVIEW_POLICY, None, labels_dir=labels, min_labels=minimum, reviewer=self.reviewer, expect=expect
             )
         return {"report": report, **self.state(self.view(view.product, fresh=True))}
 

@@ -73,6 +73,19 @@ class WorkerMetrics:
             labelnames=["worker", "product"],
             registry=self.registry,
         )
+        self.drift_shift = Gauge(
+            "ear_drift_shift",
+            "Largest distance of the live median of an image statistic from the held-out good images', in spreads",
+            labelnames=["worker", "product"],
+            registry=self.registry,
+        )
+        self.drift_alert = Gauge(
+            "ear_drift_alert",
+            "1 while the drift alert holds: inputs shifted past --drift-shift, or scores rose past --drift-alert "
+            "(significantly)",
+            labelnames=["worker", "product"],
+            registry=self.registry,
+        )
 
     def dead_letters(self, reason: str, n: int = 1) -> None:
         self._dead_letters.labels(self.worker, reason).inc(n)

@@ -13,8 +13,11 @@ import redis
 from ..errors import EarStreamError
 from ..io.limits import DEFAULT_MAX_PIXELS
 from .protocol import StreamConfig, ValidationError, as_text, validate_fields
+from .redis_calls import RedisCalls
 
 log = logging.getLogger("ear_stream.stream.producer")
+#: tries a producer gives an unreachable Redis after the first, before its caller sees the error (~3 s of backoff)
+PRODUCER_RETRIES = 5
 
 
 def push(
@@ -70,6 +73,11 @@ class Producer:
     :class:`BackpressureError`; nothing is ever trimmed. XLEN is O(1); it is asked
     at most every ``check_every_s`` while there is room to spare.
 
+    Redis calls go through the worker's policy (``calls``, :class:`~.redis_calls.RedisCalls`; by default
+    :data:`PRODUCER_RETRIES` tries with backoff for a lost connection, the ACL refusal in one line, and a
+    full Redis raised at once: the caller decides). An XADD retried after a lost reply may add the image
+    twice: entries are at-least-once, and ``results`` drops the duplicate row.
+
         producer = Producer(q.connect("redis://…"), StreamConfig(), max_backlog=10_000)
         producer.push("bracket", png_bytes, "line3-000123", {"station": 3})
     """
@@ -80,17 +88,23 @@ class Producer:
     wait_timeout_s: float = 30.0
     check_every_s: float = 0.1
     waited_s: float = 0.0  # total time spent waiting for room (a metric for the caller)
+    calls: RedisCalls | None = None
     _room: int = 0
     _checked_at: float = -1e9
 
+    def __post_init__(self) -> None:
+        self._calls = self.calls or RedisCalls(self.client, retries=PRODUCER_RETRIES)
+
     def push(self, product: str, image: bytes, ident: str, meta: dict[str, Any] | str | None = None) -> str:
         self.wait_for_room()
-        sid = push(self.client, product, image, ident, meta, self.cfg)
+        sid = self._calls(
+            lambda: push(self.client, product, image, ident, meta, self.cfg), "push to the input stream", raise_oom=True
+        )
         self._room -= 1
         return sid
 
     def backlog(self) -> int:
-        return int(self.client.xlen(self.cfg.stream))
+        return self._calls(lambda: int(self.client.xlen(self.cfg.stream)), "read the backlog (XLEN)", raise_oom=True)
 
     def wait_for_room(self) -> None:
         now = time.monotonic()

@@ -61,8 +61,8 @@ class StreamConfig:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     heartbeat_ttl_s: int = 30
     #: what happens to an input entry once its result is durable: ``none`` = deleted (XACKDEL, or XACK+XDEL
-    #: in one MULTI/EXEC); ``acked`` = deleted only once every consumer group has acknowledged it (deployments
-    #: that attach a second group, e.g. an archiver)
+    #: in one Lua script, which runs when Redis is full, where MULTI/EXEC is refused); ``acked`` = deleted only
+    #: once every consumer group has acknowledged it (deployments that attach a second group, e.g. an archiver)
     retain: str = "none"
     #: approximate caps (XADD MAXLEN ~) of the verdict stream and the dead-letter stream
     results_maxlen: int = 100_000

@@ -2,8 +2,8 @@
 
 Each job has its module — :mod:`.protocol` (names, fields, reasons), :mod:`.connection`,
 :mod:`.producer`, :mod:`.consumer` (group, claims, dead letters, ack), :mod:`.spill` (dead letters a
-full Redis refused), :mod:`.status` — and this module re-exports them, so callers and tests keep one
-short prefix.
+full Redis refused), :mod:`.status`, :mod:`.redis_calls` (the retry policy every long-running caller
+shares) — and this module re-exports them, so callers and tests keep one short prefix.
 
 Entries of the input stream carry ``id`` (producer-unique), ``product``,
 ``image`` (encoded bytes) and optional ``meta`` (JSON). Workers read them with
@@ -78,6 +78,7 @@ from .protocol import (
     parse_entry,
     validate_fields,
 )
+from .redis_calls import RedisCalls
 from .spill import DeadLetterSpill
 from .spill import default_dir as default_spill_dir
 from .status import (
@@ -117,6 +118,7 @@ __all__ = [
     "DeadLetterSpill",
     "Entry",
     "Producer",
+    "RedisCalls",
     "RedisSetupError",
     "Rejection",
     "StreamConfig",

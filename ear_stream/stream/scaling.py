@@ -11,9 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+#: seconds between two decisions of the supervisor (``ear-stream cluster --poll``): the policy's clock tick
+DEFAULT_POLL_S = 2.0
+
 
 @dataclass
 class ScalingPolicy:
+    """How many actors a backlog calls for; the field defaults are those ``ear-stream cluster`` shows for
+    ``--min-workers``, ``--max-workers``, ``--high-watermark`` and ``--cooldown`` (one definition)."""
+
     min_workers: int = 1
     max_workers: int = 4
     #: backlog per actor above which more actors are wanted
@@ -50,9 +56,3 @@ class ScalingPolicy:
             return floor
         self._quiet_since = None  # some backlog, not enough to grow: hold
         return floor
-
-
-def resource_bundles(count: int, use_gpu: bool, cpus_per_actor: float = 1.0) -> list[dict[str, float]]:
-    """What to ask the Ray autoscaler for: one bundle per wanted actor."""
-    bundle = {"GPU": 1.0} if use_gpu else {"CPU": cpus_per_actor}
-    return [dict(bundle) for _ in range(count)]

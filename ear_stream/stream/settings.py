@@ -17,9 +17,11 @@ from ..io.limits import DEFAULT_MAX_PIXELS, FRAME_MAX_ASPECT, FRAME_MIN_STD
 from ..model.config import DEFAULT_PRECISION
 from .protocol import StreamConfig
 
-#: good-side scores kept per product for drift, and the drift ratio that raises the alert
+#: scores and frames kept per product for drift, the score ratio that (when significant) raises the alert, and
+#: the shift of the frames' image statistics, in held-out spreads, that raises it (``stream.drift``)
 DEFAULT_DRIFT_WINDOW = 1000
 DEFAULT_DRIFT_ALERT = 1.5
+DEFAULT_DRIFT_SHIFT = 1.0
 
 
 def default_worker_name() -> str:
@@ -43,9 +45,10 @@ class WorkerConfig:
     threshold: float | None = None
     #: how often a model's manifest is checked for a threshold revision (seconds)
     reload_every_s: float = 2.0
-    #: good-side scores kept per product for drift, and the ratio that raises the alert
+    #: scores and frames kept per product for drift, the score ratio and the input shift that raise the alert
     drift_window: int = DEFAULT_DRIFT_WINDOW
     drift_alert: float = DEFAULT_DRIFT_ALERT
+    drift_shift: float = DEFAULT_DRIFT_SHIFT
     flush_rows: int = 256
     flush_seconds: float = 2.0
     block_ms: int = 500

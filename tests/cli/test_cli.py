@@ -54,7 +54,7 @@ def test_help_explains_every_flag(path):
 CONFIGS_OF_VERB = {
     "train": ("TrainConfig", "ModelConfig"),
     "worker": ("StreamConfig", "WorkerConfig"),
-    "cluster": ("StreamConfig", "WorkerConfig"),
+    "cluster": ("StreamConfig", "WorkerConfig", "ScalingPolicy"),
     "review": ("ReviewConfig",),
 }
 #: options whose default is a choice made at run time, not a value: auto saliency (DINO when weights are
@@ -74,14 +74,17 @@ def _shown_default(option):  # type: ignore[no-untyped-def]
 def test_defaults_shown_are_the_dataclass_defaults_and_worker_equals_cluster():
     import dataclasses
 
+    from ear_stream_workers.policy import DEFAULT_POLL_S, ScalingPolicy
+
     from ear_stream.model.config import ModelConfig, TrainConfig
     from ear_stream.review.config import ReviewConfig
     from ear_stream.stream.protocol import StreamConfig
     from ear_stream.stream.settings import WorkerConfig
 
-    classes = {c.__name__: c for c in (ModelConfig, TrainConfig, StreamConfig, WorkerConfig, ReviewConfig)}
+    configs = (ModelConfig, TrainConfig, StreamConfig, WorkerConfig, ReviewConfig, ScalingPolicy)
+    classes = {c.__name__: c for c in configs}
     commands = dict(_commands())
-    checked = 0
+    checked = set()
     for verb, names in CONFIGS_OF_VERB.items():
         for option in commands[(verb,)].params:
             fields = [f for n in names for f in dataclasses.fields(classes[n]) if f.name == option.name]
@@ -90,12 +93,18 @@ def test_defaults_shown_are_the_dataclass_defaults_and_worker_equals_cluster():
             field = fields[0]
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
             assert str(_shown_default(option)) == str(default), (verb, option.name, option.default, default)
-            checked += 1
-    assert checked >= 40  # the check sees the options, not an empty list
+            checked.add((verb, option.name))
+    assert len(checked) >= 40  # the check sees the options, not an empty list
+    scaling = {"min_workers", "max_workers", "high_watermark", "scale_down_cooldown_s"}  # --cooldown
+    assert {("cluster", name) for name in scaling} <= checked
+    cluster_params = {p.name: p for p in commands[("cluster",)].params}
+    assert cluster_params["poll"].default == DEFAULT_POLL_S  # the supervisor's poll_s default too
+    # cluster takes every worker option but the two of one process: its name, and leaving when idle (README)
     worker = {p.name: p.default for p in commands[("worker",)].params}
-    cluster = {p.name: p.default for p in commands[("cluster",)].params}
-    shared = set(worker) - {"name", "metrics_port", "metrics_host", "exit_when_idle"}
-    assert shared <= set(cluster), shared - set(cluster)  # cluster takes every worker option
+    cluster = {name: p.default for name, p in cluster_params.items()}
+    shared = set(worker) - {"name", "exit_when_idle"}
+    assert {"metrics_port", "metrics_host"} <= shared
+    assert shared <= set(cluster), shared - set(cluster)
     assert all(worker[k] == cluster[k] for k in shared)
 
 

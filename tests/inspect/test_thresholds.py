@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from ear_stream.cli import main
+from ear_stream.errors import ConfigError
+from ear_stream.inspect import threshold_policies
 from ear_stream.inspect.pipeline import Pipeline
+from ear_stream.inspect.threshold_policies import (
+    SCOPES,
+    ThresholdPolicy,
+    policy_class,
+    policy_help,
+    policy_names,
+    register_policy,
+)
+from ear_stream.inspect.threshold_stats import TAIL_MIN_SCORES, tail_bound
 from ear_stream.inspect.thresholds import (
     image_threshold,
     lowest_threshold_with_frr,
@@ -20,10 +34,11 @@ from ear_stream.inspect.thresholds import (
     pixel_threshold,
 )
 from ear_stream.model.artifact import load_manifest
-from ear_stream.model.config import DEFAULT_IMAGE_POLICY
+from ear_stream.model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PIXEL_POLICY
 from ear_stream.stream.worker import ModelRegistry
 
 GOOD = np.array([0.10, 0.20, 0.30, 0.40, 0.50, 0.60, 0.70, 0.80, 0.90, 1.00])
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_policies_by_hand():
@@ -53,6 +68,82 @@ def test_pixel_policies():
     assert pixel_threshold(parse_policy("quantile:0.99", pixel=True), 0.7, calib) == pytest.approx(0.99, abs=1e-3)
     assert pixel_threshold(parse_policy("fpr:0.05", pixel=True), 0.7, calib) == pytest.approx(0.95, abs=1e-3)
     assert pixel_threshold(parse_policy("sigma:2", pixel=True), 0.7, calib) == pytest.approx(0.7)
+
+
+def test_fpr_backs_a_small_set_with_the_log_normal_tail_bound():
+    """⌊F·n⌋ = 0 from TAIL_MIN_SCORES scores on: the larger of the maximum and the tolerance bound; fewer: the max."""
+    rng = np.random.default_rng(0)
+    small = np.exp(rng.normal(size=TAIL_MIN_SCORES))
+    bounded = image_threshold(parse_policy("fpr:0.02"), small)
+    assert bounded == max(small.max(), tail_bound(small, 0.02)) and bounded > small.max()
+    assert image_threshold(parse_policy("fpr:0.02"), small[:-1]) == small[:-1].max()  # too few to fit a spread
+    fifty = np.exp(rng.normal(size=50))  # ⌊0.02·50⌋ = 1: one may lie above, the order statistic decides
+    assert image_threshold(parse_policy("fpr:0.02"), fifty) == np.sort(fifty)[-2]
+
+
+def test_the_registry_is_the_one_list_of_policies():
+    assert policy_names("image") == ("sigma", "quantile", "fpr", "f1", "simf1", "manual")
+    assert policy_names("pixel") == ("image", "sigma", "quantile", "fpr", "manual")
+    assert "f1" not in policy_names("image", labelled=False)  # training has no labelled items
+    parse_policy(DEFAULT_IMAGE_POLICY, labelled=False)  # the defaults are registered policies training can use
+    parse_policy(DEFAULT_PIXEL_POLICY, pixel=True)
+    for scope in SCOPES:
+        for name in policy_names(scope):
+            cls = policy_class(name)
+            text = cls.usage().replace(f":{cls.param}", f":{cls.example}")
+            policy = parse_policy(text, pixel=scope == "pixel")
+            assert type(policy) is cls and parse_policy(str(policy), pixel=scope == "pixel") == policy
+            assert f"{cls.usage()} ({cls.summary[scope]})" in policy_help(scope)
+    assert str(parse_policy("fpr:0.020")) == "fpr:0.02" and parse_policy("sigma:3").kind == "sigma"
+    with pytest.raises(ConfigError, match="needs labelled items, which training does not have"):
+        parse_policy("f1", labelled=False)
+
+
+def test_a_new_policy_is_one_class(monkeypatch):
+    monkeypatch.setattr(threshold_policies, "_POLICIES", dict(threshold_policies._POLICIES))
+
+    @register_policy
+    class Median(ThresholdPolicy):
+        """The median plus T."""
+
+        name = "median"
+        param = "T"
+        example = "0.1"
+        summary: ClassVar[dict[str, str]] = {"image": "median + T of the held-out good scores"}
+
+        def image_threshold(self, good: np.ndarray, labelled: Any = None, simulated: Any = None) -> float:
+            return float(np.median(self.held_out(good)) + self.number)
+
+    assert image_threshold(parse_policy("median:0.1"), GOOD) == pytest.approx(0.65)
+    assert "median:T (median + T" in policy_help("image") and "median" not in policy_names("pixel")
+    with pytest.raises(ConfigError, match="unknown threshold policy"):
+        parse_policy("median:0.1", pixel=True)
+    with pytest.raises(ValueError, match="new name"):
+        register_policy(Median)
+
+
+def test_the_cli_lists_and_checks_the_registered_policies():
+    runner = CliRunner()
+    shown = " ".join(runner.invoke(main, ["threshold", "--help"], terminal_width=1000).output.split())
+    for scope in SCOPES:
+        assert policy_help(scope) in shown
+    res = runner.invoke(main, ["threshold", str(ROOT), "--policy", "sigmas:3"])
+    assert res.exit_code == 2 and "unknown threshold policy 'sigmas:3': use one of sigma, quantile" in res.output
+    res = runner.invoke(main, ["threshold", str(ROOT), "--pixel-policy", "f1"])
+    assert res.exit_code == 2 and "use one of image, sigma" in res.output
+
+
+def test_the_docs_name_every_policy_and_no_other():
+    """README's policy table and pixel-policy list and docs/design.md's Thresholds section follow the registry."""
+    readme = (ROOT / "README.md").read_text()
+    table = re.findall(r"^\| `([^`]+)` \|", readme.split("| policy | threshold |", 1)[1].split("\n\n", 1)[0], re.M)
+    assert table == [policy_class(n).usage() for n in policy_names("image")]
+    pixel_list = readme.split("(`--pixel-policy`:", 1)[1].split(") form a mask", 1)[0]
+    design = (ROOT / "docs" / "design.md").read_text().split("## Thresholds", 1)[1].split("\n## ", 1)[0]
+    for name in policy_names("pixel"):
+        assert f"`{policy_class(name).usage()}`" in pixel_list, name
+    for name in policy_names("image"):
+        assert f"`{policy_class(name).usage()}`" in design, name
 
 
 @pytest.fixture
@@ -120,8 +211,9 @@ def test_workers_pick_up_a_revision_without_restart(model_copy):
     assert res.exit_code == 0, res.output
     time.sleep(0.01)
     again = registry.get("synthetic")
-    assert again is pipe  # same weights: thresholds swapped in place
-    assert pipe.threshold == pytest.approx(0.123) and pipe.model_version == version + ".t1"
+    assert again.model is pipe.model  # same weights: not reloaded, the networks are shared
+    assert again.threshold == pytest.approx(0.123) and again.model_version == version + ".t1"
+    assert pipe.model_version == version  # a batch still being scored with the old object keeps one version
     override = ModelRegistry(model_copy.parent, "cpu", None, threshold=9.0)
     assert override.get("synthetic").threshold == 9.0
 

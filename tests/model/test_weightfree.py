@@ -11,7 +11,7 @@ from ear_stream.inspect.pipeline import Pipeline, score_maps
 from ear_stream.inspect.training import RunLimits, Trainer, estimate_mosaic_scale, train_model
 from ear_stream.inspect.variant import Variant
 from ear_stream.model import ops
-from ear_stream.model.artifact import ArtifactError, load_artifact_parts, load_manifest, save_artifact
+from ear_stream.model.artifact import ArtifactError, load_artifact, load_manifest, save_artifact
 from ear_stream.model.config import (
     AUTO_WEIGHT_FREE,
     WEIGHT_FREE_SALIENCY,
@@ -23,6 +23,7 @@ from ear_stream.model.config import (
     min_mosaic_scale,
     resolve_saliency,
 )
+from ear_stream.model.factory import build_saliency, load_model
 from ear_stream.model.mosaic_scale import MosaicEstimator
 from ear_stream.model.reference import saliency_mask
 from ear_stream.model.unet import UNet
@@ -138,8 +139,9 @@ def test_train_and_score_every_weight_free_variant(tmp_path, synthetic_root, sal
     assert man.config.mosaic_scale >= min_mosaic_scale(64, saliency)
     assert man.training["stop_reason"] == "max_steps"
     assert [json.loads(line)["step"] for line in (path / "curve.jsonl").read_text().splitlines()][-1] == 3
-    _, _, state = load_artifact_parts(path)
-    assert (set(state) == {"saliency.mean", "saliency.std"}) == (saliency == "stats")
+    model, _ = load_model(path)
+    stored = {k for k in model.state_dict() if k.startswith("saliency.")}
+    assert (stored == {"saliency.mean", "saliency.std"}) == (saliency == "stats")
     pipe = Pipeline.from_artifact(path, device="cpu")
     res = pipe.score_tensor(texture(3, 64), want_recon=True)
     assert res.scores.shape == (3,) and res.mask.shape == (3, 1, 64, 64)
@@ -194,10 +196,11 @@ def test_a_model_of_a_uniform_texture_has_no_border_dominated_maps():
 
 def test_build_saliency_restores_fitted_state():
     cfg = ModelConfig(image_size=64, saliency="stats", saliency_params={"grid": 4})
-    sal = Variant.of(cfg).build_saliency(
-        cfg.saliency_params, None, torch.device("cpu"), {"mean": torch.ones(2, 4, 4), "std": torch.full((2, 4, 4), 2.0)}
-    )
-    assert float(sal.std.mean()) == 2.0
+    sal = build_saliency(cfg.saliency, cfg.saliency_params)
+    sal.load_state_dict({"mean": torch.ones(2, 4, 4), "std": torch.full((2, 4, 4), 2.0)})
+    assert float(sal.std.mean()) == 2.0 and sal.grid == 4
+    assert build_saliency("none") is None  # a variant without attention has no module
+    assert Variant.of(cfg).single_pass and not Variant.of(cfg).two_pass
 
 
 @pytest.mark.parametrize("saliency", ["spectral", "self"])
@@ -220,8 +223,8 @@ def test_normal_map_is_fitted_on_training_images_stored_and_subtracted(tmp_path,
     path = train_model(
         synthetic_root, "synthetic", tmp_path / "m", cfg, TrainConfig(epochs=1), max_steps=2, progress=False
     )
-    _, manifest, extras = load_artifact_parts(path)
-    assert manifest.config.scoring.normal_map and extras["scoring.normal_map"].shape == (1, 1, 64, 64)
+    model, manifest = load_model(path)
+    assert manifest.config.scoring.normal_map and model.state_dict()["scoring.normal_map"].shape == (1, 1, 64, 64)
     pipe = Pipeline.from_artifact(path, device="cpu")
     x = texture(4, 64)
     with_normal = pipe.score_tensor(x, want_maps=True)
@@ -231,7 +234,7 @@ def test_normal_map_is_fitted_on_training_images_stored_and_subtracted(tmp_path,
     diff = (without.maps - with_normal.maps)[..., b:-b, b:-b]
     torch.testing.assert_close(diff, pipe.normal_map[..., b:-b, b:-b].expand_as(diff), rtol=0, atol=1e-6)
     # a manifest that asks for a normal map that is not stored is refused, not silently ignored
-    unet, manifest, _ = load_artifact_parts(path)
-    save_artifact(tmp_path / "no_map", unet, manifest, {})  # valid hash, the map left out
+    unet, manifest = load_artifact(path)
+    save_artifact(tmp_path / "no_map", unet, manifest)  # valid hash, the map left out
     with pytest.raises(ArtifactError, match="normal map"):
         Pipeline.from_artifact(tmp_path / "no_map", device="cpu")

@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from ear_stream.cli import main
 from ear_stream.io.results import read_results, summarize_over_time
 from ear_stream.stream import queue as q
-from ear_stream.stream.drift import DriftMonitor
+from ear_stream.stream.drift import DriftMonitor, describe_drift
 from ear_stream.stream.worker import Worker, WorkerConfig
 
 
@@ -72,3 +72,58 @@ def test_a_brightening_line_raises_the_drift_alert(redis_server, models_dir, syn
     assert sum(r["count"] for r in rows) == 64
     res = CliRunner().invoke(main, ["results", str(tmp_path / "out"), "--by", "hour"])
     assert res.exit_code == 0 and "by hour:" in res.output, res.output
+
+
+def _calibration(rng: np.random.Generator, n: int = 50) -> dict:
+    """Held-out good images as a manifest keeps them: heavy-tailed scores (1e-4 … 0.3, like Magnetic Tile's)
+    and the image statistics of the out-of-distribution check."""
+    from ear_stream.inspect.ood import FEATURES, OODCheck
+
+    held = rng.lognormal(-5.5, 2.0, n)
+    return {
+        "n": n,
+        "scores": held.tolist(),
+        "p50": float(np.quantile(held, 0.5)),
+        "p95": float(np.quantile(held, 0.95)),
+        "ood": OODCheck.fit(rng.normal(0.0, 1.0, (n, len(FEATURES)))).to_json(),
+    }
+
+
+def _stream(monitor: DriftMonitor, rng: np.random.Generator, calib: dict, n: int, gain=1.0, shift=0.0) -> list[dict]:
+    from ear_stream.inspect.ood import FEATURES
+
+    reports = []
+    for _ in range(0, n, 16):
+        scores = rng.lognormal(-5.5, 2.0, 16) * gain
+        features = rng.normal(shift, 1.0, (16, len(FEATURES)))
+        monitor.observe("p", scores, np.inf, calib, features)
+        reports.append(monitor.report("p"))
+    return reports
+
+
+def test_the_products_own_images_never_raise_the_alert():
+    """The bare score ratio passes 1.5 by chance on heavy-tailed scores; the alert (input shift) does not."""
+    rng = np.random.default_rng(7)
+    calib = _calibration(rng)
+    bare_ratio_passed = alerted = 0
+    for _ in range(40):
+        reports = _stream(DriftMonitor(), rng, calib, 600)
+        bare_ratio_passed += any(r.get("ratio", 0) >= 1.5 for r in reports)
+        alerted += any(r.get("alert") for r in reports)
+        # the bound is 1.0 spreads and 4 standard errors of the two medians: own images stay well inside it
+        assert max(r["shift"] / max(r["shift_level"], r["shift_needed"]) for r in reports if "shift" in r) < 0.8
+    assert alerted == 0 and bare_ratio_passed >= 5
+
+
+def test_shifted_inputs_raise_the_alert_and_scores_alone_do_not():
+    rng = np.random.default_rng(8)
+    calib = _calibration(rng)
+    brighter = _stream(DriftMonitor(), rng, calib, 200, shift=1.5)[-1]  # every frame's statistics moved
+    assert brighter["alert"] and brighter["alert_on"] == ["inputs"] and brighter["shift"] >= 1.2
+    assert brighter["shift_feature"] and "inputs:" in describe_drift(brighter)
+    scores_only = _stream(DriftMonitor(), rng, calib, 200, gain=4.0)[-1]  # reported, not alerting
+    assert scores_only["ratio"] >= 1.5 and not scores_only["alert"] and "scores: " in describe_drift(scores_only)
+    small = _calibration(rng, n=5)  # five held-out images: their median is itself uncertain, the bound grows
+    assert _stream(DriftMonitor(), rng, small, 200)[-1]["shift_needed"] > 2.0
+    older = {k: v for k, v in calib.items() if k != "ood"}  # a model calibrated before the statistics: the ratio
+    assert _stream(DriftMonitor(), rng, older, 200, gain=4.0)[-1]["alert_on"] == ["scores"]

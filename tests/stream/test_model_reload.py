@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from ear_stream.stream.worker import ModelRegistry
+from ear_stream.stream.models import ModelRegistry
 
 
 @pytest.fixture

@@ -53,6 +53,30 @@ def test_resource_bundles():
     assert resource_bundles(0, use_gpu=True) == []
 
 
+def test_each_actor_takes_the_template_with_its_own_name_and_metrics_port():
+    pytest.importorskip("ray")
+    from ear_stream_workers.supervisor import actor_config
+
+    from ear_stream.stream.settings import WorkerConfig
+
+    template = WorkerConfig(redis_url="redis://h:6379/0", models_dir=Path("m"), out_dir=Path("o"), batch_size=7,
+                            metrics_port=9108, metrics_host="0.0.0.0", exit_when_idle_s=5.0)  # fmt: skip
+    cfgs = [actor_config(template, i, "line") for i in range(3)]
+    assert [c.name for c in cfgs] == ["line-0", "line-1", "line-2"]
+    assert [c.metrics_port for c in cfgs] == [9108, 9109, 9110]  # actors sharing a node never share a port
+    assert {c.metrics_host for c in cfgs} == {"0.0.0.0"} and {c.batch_size for c in cfgs} == {7}
+    assert {c.exit_when_idle_s for c in cfgs} == {None}  # the supervisor decides when an actor leaves
+    no_metrics = WorkerConfig(redis_url="redis://h:6379/0", models_dir=Path("m"), out_dir=Path("o"))
+    assert actor_config(no_metrics, 2).metrics_port is None
+
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     ray = pytest.importorskip("ray")
@@ -69,7 +93,7 @@ def test_actors_score_everything_and_survive_a_kill(local_ray, tiny_model, synth
 
     from ear_stream.io.results import read_results
     from ear_stream.stream import queue as q
-    from ear_stream.stream.redis_server import RedisServer
+    from ear_stream.stream.redis_server import RedisServer, free_port
     from ear_stream.stream.worker import WorkerConfig
 
     models = tmp_path / "models"
@@ -93,6 +117,7 @@ def test_actors_score_everything_and_survive_a_kill(local_ray, tiny_model, synth
             flush_seconds=0.5,
             block_ms=200,
             claim_every_s=1.0,
+            metrics_port=(port := free_port()),
         )
         calls = []
         sup = Supervisor(
@@ -112,6 +137,16 @@ def test_actors_score_everything_and_survive_a_kill(local_ray, tiny_model, synth
                 time.sleep(0.5)
             assert killed and sup.drained()
             assert calls and calls[0] == [{"CPU": 1.0}, {"CPU": 1.0}]
+            for i in range(2):  # actor i serves its metrics on port + i (the restarted one too)
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        text = _scrape(port + i)
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline, f"no metrics from ear-actor-{i} on {port + i}"
+                        time.sleep(0.5)
+                assert f'ear_worker_up{{worker="ear-actor-{i}"}} 1.0' in text
         finally:
             sup.shutdown()
         assert calls[-1] == []

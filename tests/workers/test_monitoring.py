@@ -25,6 +25,8 @@ def _exported() -> set[str]:
     m.stream_length.labels("w", "ear:in").set(1)
     m.score_quantile.labels("w", "p", "50").set(1)
     m.drift_ratio.labels("w", "p").set(1)
+    m.drift_shift.labels("w", "p").set(0)
+    m.drift_alert.labels("w", "p").set(0)
     text = generate_latest(m.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ear_")}
 
@@ -50,7 +52,7 @@ def test_the_dashboard_covers_what_operators_watch():
     used = _used()["dashboard"]
     for needed in ("ear_images_scored_total", "ear_verdict_latency_seconds_bucket", "ear_stream_lag",
                    "ear_stream_pending", "ear_dead_letters_total", "ear_redis_used_memory_bytes", "ear_drift_ratio",
-                   "ear_worker_up"):  # fmt: skip
+                   "ear_drift_shift", "ear_worker_up"):  # fmt: skip
         assert needed in used
 
 

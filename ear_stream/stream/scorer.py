@@ -1,0 +1,134 @@
+"""Scoring a prepared batch: verdict rows, dead letters for non-finite scores, drift, and what failed.
+
+Frames are scored per product by the pipeline they were decoded for (:attr:`.intake.Prepared.pipes`).
+Each scored entry becomes one Parquet row through the one row builder
+(:func:`~ear_stream.inspect.scoring.result_rows` → :func:`~ear_stream.io.results.verdict_row`), with the
+stream's fields (stream id, enqueue time, latency, meta, frame check). Fail closed: an entry whose score is
+NaN or inf gets no row but a ``non_finite_score`` dead letter. The finite scores feed the drift monitor.
+A product whose batch fails to score leaves its entries pending (scored again after ``claim_idle_ms``);
+the error is remembered (:class:`LastErrors`) so that their eventual ``max_deliveries`` letter says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..inspect.scoring import result_rows
+from ..io.results import now_utc
+from . import queue as q
+from .drift import DriftMonitor
+from .metrics import WorkerMetrics
+
+if TYPE_CHECKING:
+    from .intake import Prepared
+
+log = logging.getLogger("ear_stream.stream.worker.scorer")  # a child of the worker's logger, as before the split
+#: scoring errors remembered at most (one per pending stream id, oldest dropped first)
+MAX_LAST_ERRORS = 10_000
+
+
+class LastErrors:
+    """The last scoring error per pending stream id: a ``max_deliveries`` dead letter says what went wrong."""
+
+    def __init__(self, limit: int = MAX_LAST_ERRORS) -> None:
+        self.limit = limit
+        self._errors: dict[str, str] = {}
+
+    def remember(self, stream_ids: list[str], exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        for sid in stream_ids:
+            self._errors[sid] = message
+        while len(self._errors) > self.limit:
+            self._errors.pop(next(iter(self._errors)))
+
+    def pop(self, stream_id: str) -> str | None:
+        return self._errors.pop(stream_id, None)
+
+
+class Scorer:
+    """Scores a worker's batches into rows; ``dead_letter`` posts the non-finite ones (the worker's
+    :meth:`.dead_letters.DeadLetters.send`), ``held`` is the worker's set of held stream ids."""
+
+    def __init__(
+        self,
+        worker: str,
+        drift: DriftMonitor,
+        metrics: WorkerMetrics,
+        dead_letter: Callable[[list[q.Rejection]], None],
+        held: set[str],
+        last_errors: LastErrors,
+    ) -> None:
+        self.worker = worker
+        self.drift, self.metrics = drift, metrics
+        self.dead_letter = dead_letter
+        self.last_errors = last_errors
+        self._held = held
+        #: moving average of one batch's scoring time (seconds): how far ahead the worker flushes
+        self.batch_s = 0.0
+
+    def score(self, prepared: Prepared) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows of the entries that scored finite, and their stream ids (to acknowledge once the rows are durable)."""
+        started = time.perf_counter()
+        by_product: dict[str, list[tuple[q.ValidEntry, Any]]] = {}
+        for ve, frame in prepared.items:
+            by_product.setdefault(ve.product, []).append((ve, frame))
+        rows: list[dict[str, Any]] = []
+        ids: list[str] = []
+        for product, items in by_product.items():
+            scored = self._score_product(prepared, product, items)
+            rows += scored[0]
+            ids += scored[1]
+        elapsed = time.perf_counter() - started
+        self.batch_s = elapsed if self.batch_s == 0.0 else 0.8 * self.batch_s + 0.2 * elapsed
+        self.metrics.batch_seconds.observe(elapsed)
+        return rows, ids
+
+    def _score_product(
+        self, prepared: Prepared, product: str, items: list[tuple[q.ValidEntry, Any]]
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        frames = [f for _, f in items]
+        try:
+            pipe = prepared.pipes[product]
+            sizes = [f.size for f in frames]
+            if pipe.config.native:
+                res = pipe.score_arrays([f.pixels for f in frames], want_regions=True, orig_sizes=sizes)
+            else:
+                res = pipe.score_images(torch.cat([f.pixels for f in frames]), want_regions=True, orig_sizes=sizes)
+        except Exception as exc:
+            log.exception("scoring %d %s images failed; they stay pending", len(items), product)
+            stream_ids = [ve.entry.stream_id for ve, _ in items]
+            self.last_errors.remember(stream_ids, exc)  # for the dead letter if they never succeed
+            self._held.difference_update(stream_ids)
+            return [], []
+        processed = now_utc()
+        stream_fields = [
+            {
+                "stream_id": ve.entry.stream_id,
+                "enqueued_at": ve.entry.enqueued_at(processed),
+                "meta": ve.meta,
+                "frame_check": frame.issue,
+            }
+            for ve, frame in items
+        ]
+        rows = result_rows(
+            pipe, res, [ve.id for ve, _ in items], product, self.worker, stream_fields, processed_at=processed
+        )
+        for row in rows:
+            if row["latency_ms"] is not None:
+                self.metrics.latency.observe(row["latency_ms"] / 1000.0)
+        finite = res.finite
+        self.dead_letter(
+            [
+                q.Rejection(ve.entry, q.NON_FINITE_SCORE, f"score {res.scores[i]} from model {pipe.model_version}")
+                for i, (ve, _) in enumerate(items)
+                if not finite[i]
+            ]
+        )
+        self.drift.observe(product, res.scores, pipe.threshold, pipe.calibration, getattr(res, "features", None))
+        kept = [row for row, ok in zip(rows, finite, strict=True) if ok]
+        return kept, [ve.entry.stream_id for (ve, _), ok in zip(items, finite, strict=True) if ok]

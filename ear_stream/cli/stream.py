@@ -315,6 +315,9 @@ def cluster(
     from ear_stream_workers.local import init_ray
     from ear_stream_workers.supervisor import Supervisor
 
+    from ..stream.models import check_models_dir
+
+    check_models_dir(models_dir)  # no model to score: one line here, not every actor failing on Ray
     q.connect(redis_url, verify=True)  # a wrong URL or password fails here, before Ray starts
     init_ray(address)
     template = worker_config(redis_url, models_dir.resolve(), out_dir, **opts)

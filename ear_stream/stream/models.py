@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import EarStreamError
+from ..errors import ConfigError, EarStreamError
 from ..inspect.pipeline import Pipeline
 from ..io.labels import weights_of
 from ..model.artifact import MANIFEST_FILE, load_manifest
@@ -163,6 +163,26 @@ class ModelRegistry:
     def errors(self) -> dict[str, str]:
         """A snapshot of :attr:`reload_errors`, taken like :meth:`known`'s."""
         return dict(self.reload_errors)
+
+
+def check_models_dir(models_dir: Path) -> list[str]:
+    """The products a worker can score (``MODELS/<product>/manifest.json``); a folder with none is refused.
+
+    A worker started on one model's own folder, or on an empty or mistyped one, would read every entry and
+    dead-letter all of them as ``unknown_product``: it says so in one line before it reads anything.
+    """
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ConfigError(f"--models {models_dir} is not a folder (MODELS/<product>/ holds one model per product)")
+    if (models_dir / MANIFEST_FILE).is_file():
+        raise ConfigError(
+            f"--models {models_dir} is one model's folder; pass the folder that holds it "
+            f"({models_dir.parent}: MODELS/<product>/, the product being {models_dir.name!r})"
+        )
+    products = sorted(p.name for p in models_dir.iterdir() if (p / MANIFEST_FILE).is_file())
+    if not products:
+        raise ConfigError(f"--models {models_dir} holds no model (MODELS/<product>/{MANIFEST_FILE}): nothing to score")
+    return products
 
 
 class BatchModels:

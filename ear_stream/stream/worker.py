@@ -26,7 +26,7 @@ from .flush import VerdictBuffer
 from .heartbeat import Heartbeat
 from .intake import Frame, Intake, Prepared
 from .metrics import WorkerMetrics
-from .models import ModelRegistry, UnknownProduct
+from .models import ModelRegistry, UnknownProduct, check_models_dir
 from .redis_calls import STOPPING_RETRIES, RedisCalls
 from .scorer import LastErrors, Scorer
 from .settings import WorkerConfig, default_worker_name
@@ -53,6 +53,8 @@ class Worker:
     """Scores stream entries until stopped (SIGTERM/SIGINT, :meth:`stop`, or idle timeout)."""
 
     def __init__(self, cfg: WorkerConfig, registry: ModelRegistry | None = None) -> None:
+        if registry is None:
+            check_models_dir(cfg.models_dir)  # a worker with no model refuses to start, before Redis is touched
         self.cfg = cfg
         self.scfg = cfg.stream
         return_large_frees_to_the_os()

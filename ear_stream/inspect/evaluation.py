@@ -224,7 +224,7 @@ def write_report(
     map_name = "head map (defect probability)" if pipe.head is not None else "MSGMS map"
     header = header.replace("MSGMS map", map_name)
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px}}</style>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px}}pre{{white-space:pre-wrap;overflow-wrap:anywhere}}</style>
 </head><body><h1>{html.escape(title)}</h1>{warning}
 <p>image AUROC <b>{result.image_auroc:.4f}</b> · pixel AUROC <b>{pix}</b> · {result.n_good} good, {result.n_defect} defective ·
 threshold {result.threshold:.4f} · {result.ms_per_image:.1f} ms/image</p>

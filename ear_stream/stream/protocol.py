@@ -164,6 +164,8 @@ def validate_fields(product: str, ident: str, image: bytes, meta: str | None, ma
             json.loads(meta)
         except ValueError as exc:
             raise ValidationError(INVALID_FIELD, f"meta is not JSON: {exc}") from exc
+        except RecursionError:  # '[' * 7000 fits in the byte limit and overflows the parser's stack
+            raise ValidationError(INVALID_FIELD, "meta is JSON nested too deeply to parse") from None
 
 
 def parse_entry(entry: Entry, max_image_bytes: int) -> ValidEntry:

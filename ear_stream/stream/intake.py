@@ -98,6 +98,8 @@ class Intake:
             ve = q.parse_entry(e, self.scfg.max_image_bytes)
         except q.ValidationError as exc:
             return q.Rejection(e, exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a field no check foresaw breaks a parser: its dead letter, not a crash
+            return q.Rejection(e, q.INVALID_FIELD, f"cannot read the entry's fields: {type(exc).__name__}: {exc}"[:500])
         found = pipes.lookup(ve.product)
         return _no_model(e, found) if isinstance(found, Exception) else ve
 

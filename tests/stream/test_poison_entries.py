@@ -48,3 +48,25 @@ def test_a_poison_entry_is_one_dead_letter_and_its_batch_is_scored(redis_server,
     letters = client.xrange(stream_cfg.dlq)
     assert [f[b"reason"] for _, f in letters] == [b"invalid_field"]
     assert sorted(read_results(tmp_path / "out").column("id").to_pylist()) == [f"good-{i}" for i in range(6)]
+
+
+@needs_redis
+def test_any_failure_reading_an_entry_is_its_dead_letter(redis_server, models_dir, stream_cfg, tmp_path, monkeypatch):
+    """Whatever breaks while an entry's fields are read (a parser bug no check foresaw) stays with that entry."""
+    real = q.parse_entry
+
+    def fragile(entry, max_image_bytes):  # type: ignore[no-untyped-def]
+        if entry.fields.get(b"id", entry.fields.get("id")) in (b"fragile", "fragile"):
+            raise RuntimeError("a parser bug")
+        return real(entry, max_image_bytes)
+
+    monkeypatch.setattr(q, "parse_entry", fragile)
+    client = q.connect(redis_server.url)
+    for ident in ("a", "fragile", "b"):
+        q.push(client, "synthetic", _png(), ident, None, stream_cfg)
+    cfg = WorkerConfig(redis_url=redis_server.url, models_dir=models_dir, out_dir=tmp_path / "out", stream=stream_cfg,
+                       device="cpu", batch_size=8, flush_seconds=0.2, block_ms=100, exit_when_idle_s=0.5)  # fmt: skip
+    stats = Worker(cfg).run()
+    assert stats["scored"] == 2 and stats["dead_letters"] == 1
+    ((_, letter),) = client.xrange(stream_cfg.dlq)
+    assert letter[b"reason"] == b"invalid_field" and b"RuntimeError: a parser bug" in letter[b"message"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .keep import keep_config, keep_options
 from .options import (
     COMPILE_OPTION,
     DEVICE_OPTION,
@@ -44,6 +45,7 @@ from .options import (
 @COMPILE_OPTION
 @tile_options
 @THRESHOLD_OPTION
+@keep_options
 def score(
     inputs,
     model_dir,
@@ -58,16 +60,22 @@ def score(
     tile,
     tile_overlap,
     threshold_override,
+    keep_images,
+    keep_passed,
+    keep_bytes,
+    keep_days,
 ) -> None:
     """Score image files (INPUTS: files, folders or globs) into Parquet.
 
     Undecodable files are listed on stderr with the reason and the command exits
-    with status 2 after scoring the rest.
+    with status 2 after scoring the rest. With --keep-images the files of flagged
+    items (and of the --keep-passed sample) are kept as read, under their sha256.
     """
     from ..inspect.pipeline import Pipeline
     from ..stream.protocol import check_product
 
     product = check_product(product or model_dir.name)  # the partition and the column must say the same
+    keep = keep_config(keep_images, keep_passed, keep_bytes, keep_days)
     announce_backend(precision, device)
     from ..inspect.scoring import score_files
     from ..io.decode import list_images
@@ -78,8 +86,23 @@ def score(
     )
     if not files:
         raise click.ClickException("no images found in the given inputs")
-    report = score_files(pipe, files, out_dir, product, batch_size, save_maps)
+    keeper = None
+    if keep:
+        import logging
+
+        from ..io.keeping import ImageKeeper, KeepPolicy
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # the store's warning
+        policy = KeepPolicy(keep["keep_images"], keep["keep_passed"], keep["keep_bytes"], keep["keep_days"])
+        keeper = ImageKeeper(policy)
+    report = score_files(pipe, files, out_dir, product, batch_size, save_maps, keeper=keeper)
     click.echo(f"scored {report.scored} images into {len(report.written)} Parquet part(s) under {out_dir}")
+    if keeper is not None:
+        usage = keeper.usage
+        held = f"; the store holds {usage.objects} ({usage.bytes} bytes)" if usage is not None else ""
+        click.echo(f"kept {keeper.kept} original images in {keeper.policy.shown()}{held}")
+        if keeper.failed:
+            click.secho(f"warning: {keeper.failed} flagged or sampled images could not be kept", fg="yellow", err=True)
     for _path, reason, message in report.rejected:
         click.echo(f"rejected [{reason}] {message}", err=True)
     if report.rejected:

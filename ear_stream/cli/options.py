@@ -222,6 +222,7 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
     """
     from ..stream.protocol import StreamConfig
     from ..stream.settings import WorkerConfig
+    from .keep import keep_options
 
     def w(name: str):  # type: ignore[no-untyped-def]
         return default_of(WorkerConfig, name)
@@ -300,6 +301,7 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
             help="Flag near-constant frames and absurd aspect ratios (camera faults) as invalid_frame: written with "
             "the reason, never passed as ok.",
         ),
+        keep_options,
         _stream_options,
         _retention_options,
     ]
@@ -311,6 +313,7 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
 def worker_config(redis_url: str, models_dir, out_dir, **opts):  # type: ignore[no-untyped-def]
     """The WorkerConfig that :func:`worker_options` (plus the verb's own keyword values) describe."""
     from ..stream.settings import WorkerConfig
+    from .keep import keep_config
 
     stream_keys = ("stream", "group", "dlq", "results_stream", "retain", "results_maxlen", "dlq_maxlen")
     scfg = stream_config(
@@ -322,6 +325,7 @@ def worker_config(redis_url: str, models_dir, out_dir, **opts):  # type: ignore[
     if not opts.pop("frame_check"):
         opts.update(frame_min_std=0.0, frame_max_aspect=0.0)
     opts["threshold"] = opts.pop("threshold_override")
+    opts.update(keep_config(*(opts.pop(k) for k in ("keep_images", "keep_passed", "keep_bytes", "keep_days"))))
     return WorkerConfig(redis_url=redis_url, models_dir=models_dir, out_dir=out_dir, stream=scfg, **opts)
 
 

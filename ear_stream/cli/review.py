@@ -38,6 +38,13 @@ from .options import default_of
     help="A folder the original images may be served from (repeatable): ids that are paths under it, "
     "<folder>/<id> or <folder>/<product>/<id>. Without one, the page shows the heatmap column alone.",
 )
+@click.option(
+    "--image-store",
+    "image_stores",
+    multiple=True,
+    help="Where the line kept its images (its --keep-images: a folder or URI; repeatable): a row's image_uri is "
+    "read from here by its key, e.g. from a copy of the store. Default: the store the row's image_uri names.",
+)
 @click.option("--redis", "redis_url", default=None, help="Redis URL: show the input queue's status on the page.")
 @click.option(
     "--host",
@@ -76,12 +83,24 @@ from .options import default_of
 )
 @click.option("--reviewer", default=None, help="Name stored with every label. Default: the login name.")
 def review(
-    results, models, labels, images, redis_url, host, port, token, allowed_hosts, min_labels, passed_sample, reviewer
+    results,
+    models,
+    labels,
+    images,
+    image_stores,
+    redis_url,
+    host,
+    port,
+    token,
+    allowed_hosts,
+    min_labels,
+    passed_sample,
+    reviewer,
 ) -> None:
     """Serve a local web page to confirm or overrule what the line flagged.
 
     Per product: the flagged items (and a sample of passed ones, for escapes) with
-    the input, the heatmap overlay and the region boxes. Keys: D = defect,
+    the input (the image the line kept, else one from --images), the heatmap overlay and the region boxes. Keys: D = defect,
     F = good part (a false alarm when it was flagged), S = skip. Labels are
     appended as Parquet (who, when, model version), one atomic file per decision,
     the latest per (product, id) counting. The page shows what the current
@@ -109,6 +128,7 @@ def review(
         labels=labels,
         models=models,
         images=tuple(images),
+        image_stores=tuple(image_stores),
         redis_url=redis_url,
         host=host,
         port=port,

@@ -234,6 +234,7 @@ def _print_worker(name: str, w: dict, gone: str = "") -> None:
         + (f", redis_oom {w['redis_oom']} (Redis was full)" if w.get("redis_oom") not in (None, "0") else "")
         + (f", {spilled} dead letters spilled to disk while Redis was full" if spilled not in (None, "0") else "")
         + (f", warm-up {w['warmup_s']} s" if w.get("warmup_s") else "")
+        + _kept_images(w)
         + age
     )
     for product, error in json.loads(w.get("model_errors") or "{}").items():
@@ -243,6 +244,16 @@ def _print_worker(name: str, w: dict, gone: str = "") -> None:
     for product, d in json.loads(w.get("drift") or "{}").items():
         flag = "  ALERT" if d.get("alert") else ""
         click.echo(f"    drift {product}: {describe_drift(d)}{flag}")
+
+
+def _kept_images(w: dict) -> str:
+    """What status adds for a worker with --keep-images (images kept, the store's size, those not kept)."""
+    if w.get("images_kept") is None:
+        return ""
+    store = w.get("kept_image_bytes")
+    held = f" (store: {w.get('kept_image_objects')} images, {int(store) / 2**20:.1f} MiB)" if store is not None else ""
+    failed = w.get("image_keep_failures")
+    return f", images kept {w['images_kept']}{held}" + (f", {failed} not kept" if failed not in (None, "0") else "")
 
 
 @click.command()

@@ -12,7 +12,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..io.decode import ImageDecodeError, frame_issue, read_frame
+from ..io.decode import ImageDecodeError, decode_frame, frame_issue
+from ..io.keeping import ImageKeeper
+from ..io.limits import DEFAULT_MAX_PIXELS
 from ..io.results import ResultWriter, now_utc, verdict_row
 from ..model.config import NON_FINITE_SCORE
 from .pipeline import BatchResult, Pipeline
@@ -88,22 +90,30 @@ def score_files(
     save_maps: Path | None = None,
     worker: str = "cli",
     progress: bool = True,
+    keeper: ImageKeeper | None = None,
 ) -> ScoreReport:
-    """Score files in batches; undecodable files are reported, never fatal."""
+    """Score files in batches; undecodable files are reported, never fatal.
+
+    With a ``keeper`` the bytes of each flagged file (and of the passed review sample), as read for scoring,
+    are kept and the row names them (``image_uri``); retention runs as the batches go and once at the end.
+    """
     writer = ResultWriter(out_dir, worker)
     report = ScoreReport()
     bar = tqdm(total=len(files), desc=f"scoring {product}", disable=not progress, file=sys.stderr)
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        arrays, ids, sizes = [], [], []
+        arrays, ids, sizes, payloads = [], [], [], []
         for path in chunk:
             try:
-                arr, size = read_frame(path, target=pipe.decode_target)
-                arrays.append(arr)
-                sizes.append(size)
-                ids.append(str(path))
+                data = path.read_bytes()  # once: what is decoded is what is kept
+                arr, size = decode_frame(data, DEFAULT_MAX_PIXELS, pipe.decode_target)
             except ImageDecodeError as exc:
-                report.rejected.append((str(path), exc.reason, str(exc)))
+                report.rejected.append((str(path), exc.reason, f"{path}: {exc}"))
+                continue
+            arrays.append(arr)
+            sizes.append(size)
+            ids.append(str(path))
+            payloads.append(data if keeper is not None else b"")
         if arrays:
             images = pipe.prepare(arrays)
             res = pipe.score_images(images, want_maps=save_maps is not None, want_regions=True, orig_sizes=sizes)
@@ -115,6 +125,10 @@ def score_files(
             for ident, score, ok in zip(ids, res.scores, res.finite, strict=True):
                 if not ok:  # fail closed: no verdict row for a NaN/inf score, listed as a failure
                     report.rejected.append((ident, NON_FINITE_SCORE, f"{ident}: score {score} is not finite"))
+            if keeper is not None:
+                for row, data, ok in zip(rows, payloads, res.finite, strict=True):
+                    if ok and keeper.wants(product, row["id"], row["is_anomaly"]):
+                        keeper.keep(row, data)
             rows = [row for row, ok in zip(rows, res.finite, strict=True) if ok]
             ids = [i for i, ok in zip(ids, res.finite, strict=True) if ok]
             if save_maps is not None:
@@ -128,8 +142,14 @@ def score_files(
                     (save_maps / name.replace("_map.png", "_mask.png")).write_bytes(defect_mask_png(res.maps[k], thr))
                     contour = to_png(contour_overlay(images[k], res.maps[k], thr))
                     (save_maps / name.replace("_map.png", "_contours.png")).write_bytes(contour)
+            if keeper is not None:
+                keeper.settle()  # image_uri set (or null) before the rows are written
+                keeper.maybe_prune()
             report.written += writer.write(rows)
             report.scored += len(rows)
         bar.update(len(chunk))
     bar.close()
+    if keeper is not None:
+        keeper.prune_now()
+        keeper.close()
     return report

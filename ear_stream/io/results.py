@@ -74,6 +74,8 @@ SCHEMA = pa.schema(
         ("regions", pa.list_(REGION)),
         # null for a frame that passed the sanity check; else why it cannot be a part (and is_anomaly is true)
         ("frame_check", pa.string()),
+        # where the original image is kept (a blob store URI, io/keeping.py), null when it was not kept
+        ("image_uri", pa.string()),
     ]
 )
 
@@ -103,13 +105,15 @@ def verdict_row(
     stream_id: str | None = None,
     enqueued_at: datetime | None = None,
     meta: str | None = None,
+    image_uri: str | None = None,
 ) -> dict[str, Any]:
     """One Parquet row with every column of :data:`SCHEMA`, in its order (docs/design.md, "Parquet").
 
     The stream's fields (``stream_id``, ``enqueued_at``, ``meta``) are optional; what follows from other
     columns is derived here, once: ``latency_ms`` from the enqueue and processing times, ``n_regions`` from
     the regions, and fail closed, a row with a ``frame_check`` (a frame the model cannot judge) is never a
-    good part (``is_anomaly`` true).
+    good part (``is_anomaly`` true). ``image_uri`` is set by the image keeper (:mod:`.keeping`) before the
+    row is written, never after.
     """
     latency = None if enqueued_at is None else (processed_at - enqueued_at).total_seconds() * 1000
     return {
@@ -132,6 +136,7 @@ def verdict_row(
         "n_regions": None if regions is None else len(regions),
         "regions": regions,
         "frame_check": frame_check,
+        "image_uri": image_uri,
     }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -35,7 +35,7 @@ from ..model.artifact import MANIFEST_FILE, load_manifest
 from ..stream.protocol import PRODUCT_RE
 from .config import ReviewConfig, login_name
 from .guard import Guard
-from .items import MAGIC, ProductView, ResultsView, find_image
+from .items import MAGIC, KeptImages, ProductView, ResultsView, find_image, read_inside
 
 HERE = Path(__file__).parent
 #: the largest request body the station reads (a label or a confirmation is a few dozen bytes)
@@ -51,6 +51,7 @@ class Station:
         self.cfg = cfg
         self.store = LabelStore(cfg.labels)  # type: ignore[arg-type]
         self.results = ResultsView(cfg.results, self.store, cfg.passed_sample, cfg.seed)
+        self.kept = KeptImages(cfg.image_stores)
         self.reviewer = cfg.reviewer or login_name()
         #: this process's CSRF secret: in every page, required on every state change (a restart renews it)
         self.csrf_token = secrets.token_urlsafe(32)
@@ -126,7 +127,7 @@ class Station:
         )
 
     def product_api(self, request: Request) -> Response:
-        return JSONResponse(self.state(self.view(request.path_params["product"], fresh=True)))
+        return FiniteJSONResponse(self.state(self.view(request.path_params["product"], fresh=True)))
 
     def heatmap(self, request: Request) -> Response:
         view = self.view(request.path_params["product"])
@@ -138,19 +139,28 @@ class Station:
         return Response(row["heatmap"], media_type="image/png", headers={"cache-control": "private, max-age=3600"})
 
     def image(self, request: Request) -> Response:
+        """The item's original image: the one the line kept (exactly what it scored), else from ``--images``."""
         view = self.view(request.path_params["product"])
-        item = view.items.get(request.path_params["key"])
+        key = request.path_params["key"]
+        item, row = view.items.get(key), view.rows.get(key)
+        kept = None if row is None else self.kept.read(row.get("image_uri"))
+        if kept is not None:
+            data, media = kept
+            return Response(data, media_type=media, headers={"cache-control": "private, max-age=3600"})
         found = None if item is None else find_image(self.cfg.images, view.product, item)
         if found is None:
             return PlainTextResponse(
                 "the original image was not kept, is outside --images or is not a raster image", 404
             )
         path, media = found
-        return FileResponse(path, media_type=media)
+        data = read_inside(path, self.cfg.images, media)  # one open, checked: no swap between check and read
+        if data is None:
+            return PlainTextResponse("the original image is outside --images or is not a raster image", 404)
+        return Response(data, media_type=media)
 
     async def label(self, request: Request) -> Response:
         body = await json_body(request)
-        return JSONResponse(await run_in_threadpool(self.store_label, request.path_params["product"], body))
+        return FiniteJSONResponse(await run_in_threadpool(self.store_label, request.path_params["product"], body))
 
     def store_label(self, product: str, body: dict[str, Any]) -> dict[str, Any]:
         view = self.view(product)
@@ -174,7 +184,7 @@ class Station:
 
     async def apply_threshold(self, request: Request) -> Response:
         body = await json_body(request)
-        return JSONResponse(await run_in_threadpool(self.threshold_step, request.path_params["product"], body))
+        return FiniteJSONResponse(await run_in_threadpool(self.threshold_step, request.path_params["product"], body))
 
     def threshold_step(self, product: str, body: dict[str, Any]) -> dict[str, Any]:
         """The proposal (``confirm`` absent or false), or the confirmed proposal applied."""
@@ -203,8 +213,8 @@ async def json_body(request: Request) -> dict[str, Any]:
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks))
-    except ValueError:
-        raise ConfigError("the request body is not JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser's stack
+        raise ConfigError("the request body is not JSON (or nested too deeply)") from None
     if not isinstance(body, dict):
         raise ConfigError("the request body is a JSON object")
     return body
@@ -212,27 +222,53 @@ async def json_body(request: Request) -> dict[str, Any]:
 
 def finite_number(value: Any) -> float:
     """A confirmed threshold: a finite JSON number, nothing else."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"confirm with the proposal's threshold (a number), got {value!r}")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"confirm with the proposal's threshold (a number), got {str(value)[:40]!r}")
+    try:
+        number = float(value)  # 10**400 is a JSON number too large for a float
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"confirm with the proposal's threshold (a finite number), got {str(value)[:40]}")
+    return number
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN and ±inf as null: results written by other tools (or a region's stats) may hold them,
+    and JSON has no such numbers (``JSON.parse`` refuses them, starlette's encoder raises)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+class FiniteJSONResponse(JSONResponse):
+    """Every JSON answer of the station: non-finite numbers become null (:func:`finite_json`)."""
+
+    def render(self, content: Any) -> bytes:
+        return super().render(finite_json(content))
 
 
 def script_json(value: Any) -> str:
     """JSON safe inside a <script> element: ids come from producers, and "</script>" must not end it."""
-    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = json.dumps(finite_json(value), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 async def _expected_error(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": str(exc)}, 400)
+    return FiniteJSONResponse({"error": str(exc)}, 400)
 
 
 async def _refused(request: Request, exc: Exception) -> Response:
-    return JSONResponse({"error": str(exc)}, 409)
+    return FiniteJSONResponse({"error": str(exc)}, 409)
 
 
 async def _unknown(request: Request, exc: Exception) -> Response:
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": str(exc.args[0]) if exc.args else "not found"}, 404)
+        return FiniteJSONResponse({"error": str(exc.args[0]) if exc.args else "not found"}, 404)
     return PlainTextResponse("no such product", 404)
 
 

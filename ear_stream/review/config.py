@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..io.keeping import SAMPLE_SEED
 
 #: names of this machine's loopback interface, as a browser may put them in a Host header
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -56,6 +57,9 @@ class ReviewConfig:
     #: ``<folder>/<id>``, ``<folder>/<product>/<id>``); nothing outside them is ever served, and only
     #: raster images (PNG, JPEG, BMP, TIFF, WebP) whose content matches their name
     images: tuple[Path, ...] = ()
+    #: image stores (``--keep-images`` of the line: folders or URIs) a row's ``image_uri`` is read from by
+    #: its key; none: the store the URI names
+    image_stores: tuple[str, ...] = ()
     #: Redis URL for the queue status line (optional)
     redis_url: str | None = None
     host: str = "127.0.0.1"
@@ -67,7 +71,9 @@ class ReviewConfig:
     allowed_hosts: tuple[str, ...] = ()
     #: share of passed items put in the queue as well, to find escapes (drawn per item, stable across reloads)
     passed_sample: float = 0.05
-    seed: int = 0
+    #: the sample's seed; the line's ``--keep-passed`` draws with the same one, so its kept passed items are
+    #: within this sample whenever ``passed_sample`` is at least ``--keep-passed``
+    seed: int = SAMPLE_SEED
     #: who the labels name (default: the login name)
     reviewer: str | None = None
     #: labels of each class (defect, good part) judged by the current weights before Apply may change a
@@ -89,6 +95,7 @@ class ReviewConfig:
         if not is_loopback(self.host) and not self.token:
             raise ConfigError(f"serving on {self.host} exposes the station: give it a --token")
         self.images = tuple(Path(p).resolve() for p in self.images)
+        self.image_stores = tuple(str(s) for s in self.image_stores)
 
     def host_headers(self) -> frozenset[str]:
         """Every Host header the station answers (``name:port``; the bare name too on port 80).

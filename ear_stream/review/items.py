@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..inspect.thresholds import class_counts, f1_optimal, operating_point
+from ..io.keeping import in_passed_sample
 from ..io.labels import LabelStore, comparable
 from ..io.results import is_uri, read_results
+from ..io.store import BlobStore, StoreError, redacted
 
 #: what ``--images`` may serve, by suffix: raster images only, each as its own media type. Never SVG, HTML
 #: or anything else a browser would run as active content on the station's origin
@@ -45,6 +48,8 @@ MAGIC = {
     "image/tiff": (b"II*\x00", b"MM\x00*"),
     "image/webp": (b"RIFF",),  # and "WEBP" at byte 8 (:func:`raster_type`)
 }
+#: the largest kept image the station reads (checked before the blob is read; a stream payload is at most 32 MiB)
+MAX_KEPT_IMAGE_BYTES = 256 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 
@@ -62,12 +67,6 @@ def item_key(product: str, ident: str) -> str:
     return hashlib.sha1(f"{product}\0{ident}".encode()).hexdigest()[:20]
 
 
-def in_passed_sample(product: str, ident: str, share: float, seed: int) -> bool:
-    """Whether a passed item is in the review sample: a hash, so the sample is stable across reloads."""
-    digest = hashlib.sha1(f"{seed}\0{product}\0{ident}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < share
-
-
 @dataclass
 class Item:
     key: str
@@ -81,6 +80,7 @@ class Item:
     frame_check: str | None
     has_heatmap: bool
     path: str | None  # the meta's path, when ``score`` wrote it
+    kept: bool = False  # whether the line kept its original image (``image_uri``)
 
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -155,6 +155,7 @@ def _item(key: str, row: dict[str, Any]) -> Item:
         frame_check=row.get("frame_check"),
         has_heatmap=bool(row.get("heatmap")),
         path=meta.get("path") if isinstance(meta, dict) else None,
+        kept=bool(row.get("image_uri")),
     )
 
 
@@ -183,7 +184,7 @@ class ResultsView:
 def find_image(roots: tuple[Path, ...], product: str, item: Item) -> tuple[Path, str] | None:
     """(path, media type) of an item's original image, only from inside the configured folders (never any
     other path) and only a raster image whose content matches its name."""
-    candidates = [Path(c) for c in (item.path, item.id) if c]
+    candidates = [Path(c) for c in (item.path, item.id) if c and isinstance(c, str)]  # meta may hold anything
     for root in roots:
         candidates += [root / f"{item.id}{suffix}" for suffix in CANDIDATE_SUFFIXES]
         candidates += [root / product / f"{item.id}{suffix}" for suffix in CANDIDATE_SUFFIXES]
@@ -198,6 +199,32 @@ def find_image(roots: tuple[Path, ...], product: str, item: Item) -> tuple[Path,
     return None
 
 
+#: the largest original image the station serves from --images (a 40 M-pixel 8-bit RGB TIFF is ~120 MB)
+MAX_SERVED_BYTES = 256 * 1024 * 1024
+
+
+def read_inside(path: Path, roots: tuple[Path, ...], media: str) -> bytes | None:
+    """The bytes of ``path``, read through one descriptor that is checked to be a regular file inside ``roots``
+    whose bytes are still ``media``: a file swapped for a symlink (or another file) after :func:`find_image`
+    checked it is never served (red team: a swap loop leaked /etc/passwd as image/png)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SERVED_BYTES:
+            return None
+        try:  # where the descriptor really points (every component resolved by the kernel at open time)
+            real = Path(os.readlink(f"/proc/self/fd/{f.fileno()}"))
+        except OSError:
+            real = path.resolve()
+        if not any(real.is_relative_to(root.resolve()) for root in roots):
+            return None
+        data = f.read(MAX_SERVED_BYTES + 1)
+    return data if len(data) <= MAX_SERVED_BYTES and content_matches(data[:12], media) else None
+
+
 def raster_type(path: Path) -> str | None:
     """The media type of a raster image file by its suffix, when its first bytes agree (None otherwise)."""
     media = RASTER_TYPES.get(path.suffix.lower())
@@ -205,9 +232,47 @@ def raster_type(path: Path) -> str | None:
         return None
     with open(path, "rb") as f:
         head = f.read(12)
-    if not head.startswith(MAGIC[media]) or (media == "image/webp" and head[8:12] != b"WEBP"):
+    return media if content_matches(head, media) else None
+
+
+def content_matches(head: bytes, media: str) -> bool:
+    """Whether the first bytes of a file or blob are those of ``media`` (the check before anything is served)."""
+    return head.startswith(MAGIC[media]) and (media != "image/webp" or head[8:12] == b"WEBP")
+
+
+class KeptImages:
+    """Images the line kept (``image_uri``, :mod:`ear_stream.io.keeping`), read through :class:`BlobStore.get`.
+
+    A row's URI is resolved by its key in each ``--image-store`` given (copies of the store), else in the
+    store the URI names. What comes back is verified against its sha256 by the store and served only as the
+    raster type its key's ending names, when its first bytes agree (never SVG, HTML or anything else).
+    """
+
+    def __init__(self, stores: tuple[str, ...] = ()) -> None:
+        self.stores = stores
+        self._open: dict[str, BlobStore] = {}
+
+    def read(self, uri: str | None) -> tuple[bytes, str] | None:
+        """(bytes, media type) of a kept image, or None (not kept, pruned, corrupt, unreachable, not raster)."""
+        if not uri:
+            return None
+        media = RASTER_TYPES.get(Path(uri.split("?", 1)[0]).suffix.lower())
+        if media is None:
+            return None
+        for location in self.stores or (uri.rsplit("/", 2)[0],):
+            try:
+                data = self._store(location).get(uri, max_bytes=MAX_KEPT_IMAGE_BYTES)
+            except StoreError as exc:
+                log.debug("kept image %s not read from %s: %s", uri, redacted(location), exc)
+                continue
+            if content_matches(data[:12], media):
+                return data, media
         return None
-    return media
+
+    def _store(self, location: str) -> BlobStore:
+        if location not in self._open:
+            self._open[location] = BlobStore(location)
+        return self._open[location]
 
 
 def readable_results(results: Path) -> pa.Table:

@@ -7,7 +7,9 @@ latency. A write that fails (a full disk, a store that is down) keeps the rows a
 write is retried with backoff, and the entries the worker holds are kept claimed (XCLAIM JUSTID, which
 does not count a delivery) so that neither a restart loop nor another worker turns the worker's own
 fault into ``max_deliveries``. Rows are also published to the optional verdict stream, a notification
-copy that a full Redis may refuse.
+copy that a full Redis may refuse. With ``--keep-images`` the rows' kept images are settled first
+(:meth:`~ear_stream.io.keeping.ImageKeeper.settle`): a row never names an image not yet written, and a
+store that fails leaves ``image_uri`` null instead of holding the rows back.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import redis
 
+from ..io.keeping import ImageKeeper
 from ..io.results import ResultWriter
 from . import queue as q
 from .metrics import WorkerMetrics
@@ -45,11 +48,13 @@ class VerdictBuffer:
         stats: dict[str, Any],
         metrics: WorkerMetrics,
         fault: Callable[[str], None],
+        keeper: ImageKeeper | None = None,
     ) -> None:
         self.cfg, self.scfg = cfg, cfg.stream
         self.calls, self.client = calls, calls.client
         self.writer = ResultWriter(cfg.out_dir, cfg.name)
         self._held, self._stats, self._metrics, self._fault = held, stats, metrics, fault
+        self.keeper = keeper
         self.rows: list[dict[str, Any]] = []
         self._unacked: list[str] = []
         self._first_buffered: float | None = None
@@ -83,6 +88,8 @@ class VerdictBuffer:
         if not self.rows:
             return
         rows, ids = self.rows, self._unacked
+        if self.keeper is not None:
+            self.keeper.settle()  # image_uri is set (or stays null) before the rows are durable
         try:
             self.writer.write(rows)
         except OSError as exc:  # ENOSPC, EIO, a store's IOError (pyarrow's are OSError too)

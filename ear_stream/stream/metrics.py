@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker: throughput, batch latency, lag, dead letters."""
+"""Prometheus metrics of a worker: throughput, batch latency, lag, dead letters, kept images."""
 
 from __future__ import annotations
 
@@ -57,6 +57,23 @@ class WorkerMetrics:
             "ear_model_reload_errors",
             "Products whose latest model files did not load (the previous model keeps scoring)",
             **labels,
+        ).labels(worker)
+        self.images_kept = Counter(
+            "ear_images_kept", "Original images kept (--keep-images) whose rows name them", **labels
+        ).labels(worker)
+        self.image_keep_failures = Counter(
+            "ear_image_keep_failures",
+            "Rows written without their image (image_uri null): the image store failed, was slow or was skipped",
+            **labels,
+        ).labels(worker)
+        self.image_keep_failing = Gauge(
+            "ear_image_keep_failing", "1 while the image store fails (rows go on without image_uri), else 0", **labels
+        ).labels(worker)
+        self.kept_image_bytes = Gauge(
+            "ear_kept_image_bytes", "Bytes in the image store (--keep-images), as of its last retention pass", **labels
+        ).labels(worker)
+        self.kept_image_objects = Gauge(
+            "ear_kept_image_objects", "Images in the image store, as of its last retention pass", **labels
         ).labels(worker)
         self.stream_length = Gauge(
             "ear_stream_length", "XLEN of a stream", labelnames=["worker", "stream"], registry=self.registry

@@ -5,6 +5,9 @@ Each scored entry becomes one Parquet row through the one row builder
 (:func:`~ear_stream.inspect.scoring.result_rows` → :func:`~ear_stream.io.results.verdict_row`), with the
 stream's fields (stream id, enqueue time, latency, meta, frame check). Fail closed: an entry whose score is
 NaN or inf gets no row but a ``non_finite_score`` dead letter. The finite scores feed the drift monitor.
+With ``--keep-images``, the payload of each flagged row and of the passed review sample goes to the image
+keeper here, on the entry's way out of the intake (its ``image`` bytes, as pushed), so the put runs while
+the next batch scores; the rows' writer settles it before the row is durable (:mod:`.flush`).
 A product whose batch fails to score leaves its entries pending (scored again after ``claim_idle_ms``);
 the error is remembered (:class:`LastErrors`) so that their eventual ``max_deliveries`` letter says why.
 """
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..inspect.scoring import result_rows
+from ..io.keeping import ImageKeeper
 from ..io.results import now_utc
 from . import queue as q
 from .drift import DriftMonitor
@@ -62,8 +66,10 @@ class Scorer:
         dead_letter: Callable[[list[q.Rejection]], None],
         held: set[str],
         last_errors: LastErrors,
+        keeper: ImageKeeper | None = None,
     ) -> None:
         self.worker = worker
+        self.keeper = keeper
         self.drift, self.metrics = drift, metrics
         self.dead_letter = dead_letter
         self.last_errors = last_errors
@@ -131,4 +137,8 @@ class Scorer:
         )
         self.drift.observe(product, res.scores, pipe.threshold, pipe.calibration, getattr(res, "features", None))
         kept = [row for row, ok in zip(rows, finite, strict=True) if ok]
+        if self.keeper is not None:
+            for row, (ve, _), ok in zip(rows, items, finite, strict=True):
+                if ok and self.keeper.wants(product, ve.id, row["is_anomaly"]):
+                    self.keeper.keep(row, ve.image)  # the original payload, not the resized tensor
         return kept, [ve.entry.stream_id for (ve, _), ok in zip(items, finite, strict=True) if ok]

@@ -11,17 +11,23 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..io.limits import DEFAULT_MAX_PIXELS, FRAME_MAX_ASPECT, FRAME_MIN_STD
 from ..model.config import DEFAULT_PRECISION
 from .protocol import StreamConfig
+
+if TYPE_CHECKING:
+    from ..io.keeping import KeepPolicy
 
 #: scores and frames kept per product for drift, the score ratio that (when significant) raises the alert, and
 #: the shift of the frames' image statistics, in held-out spreads, that raises it (``stream.drift``)
 DEFAULT_DRIFT_WINDOW = 1000
 DEFAULT_DRIFT_ALERT = 1.5
 DEFAULT_DRIFT_SHIFT = 1.0
+#: share of passed items whose original image is kept with ``--keep-images`` (the review sample; flagged ones
+#: are all kept): 1 in 100, enough to find escapes in review, small next to the flagged ones on a real line
+DEFAULT_KEEP_PASSED = 0.01
 
 
 def default_worker_name() -> str:
@@ -75,11 +81,26 @@ class WorkerConfig:
     #: the U-Net's numeric path (``ear_stream.model.precision``) and whether to compile it for inference
     precision: str = DEFAULT_PRECISION
     compile: bool = False
+    #: where the original images of flagged items and of the passed review sample are kept (a folder or a
+    #: pyarrow filesystem URI; None: nothing is kept), the passed share, and the store's retention: a byte
+    #: budget and an age in days, oldest first (``ear_stream.io.keeping``)
+    keep_images: str | Path | None = None
+    keep_passed: float = DEFAULT_KEEP_PASSED
+    keep_bytes: int | None = None
+    keep_days: float | None = None
+
+    def keep_policy(self) -> KeepPolicy | None:
+        """What ``--keep-images`` and its retention options describe (None when nothing is kept)."""
+        if self.keep_images is None:
+            return None
+        from ..io.keeping import KeepPolicy
+
+        return KeepPolicy(str(self.keep_images), self.keep_passed, self.keep_bytes, self.keep_days)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON types only (paths as strings): what crosses to a Ray actor, no pickled objects."""
         data = dataclasses.asdict(self)
-        for key in ("models_dir", "out_dir", "dino_weights", "dlq_spill_dir"):
+        for key in ("models_dir", "out_dir", "dino_weights", "dlq_spill_dir", "keep_images"):
             if data[key] is not None:
                 data[key] = str(data[key])
         return data

@@ -6,7 +6,9 @@ on a prefetch thread while the device *scores* the previous batch (:mod:`.scorer
 cannot be scored (:mod:`.dead_letters`); *flush* the verdict rows to a durable Parquet part and only then
 *acknowledge* their entries (:mod:`.flush`); *beat* (:mod:`.heartbeat`). Every Redis call goes through
 one policy (:mod:`.redis_calls`). A crash anywhere leaves unacknowledged entries pending, to be scored
-again by this worker on restart or by another one after ``claim_idle_ms``: at-least-once.
+again by this worker on restart or by another one after ``claim_idle_ms``: at-least-once. With
+``--keep-images`` an :class:`~ear_stream.io.keeping.ImageKeeper` keeps the flagged (and sampled passed)
+payloads: put on its thread after scoring, settled before the flush, pruned at most once a minute.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from ..io.keeping import ImageKeeper
+from ..io.store import Usage
 from . import queue as q
 from .dead_letters import DeadLetters
 from .drift import DriftMonitor
@@ -78,11 +82,12 @@ class Worker:
         self.held: set[str] = set()
         self.drift = DriftMonitor(cfg.drift_window, cfg.drift_alert, cfg.drift_shift)
         last_errors = LastErrors()
+        self.keeper = self._image_keeper()
         spill = q.DeadLetterSpill(cfg.dlq_spill_dir or q.default_spill_dir(cfg.out_dir))
         self.letters = DeadLetters(self.calls, self.scfg, cfg.name, spill, self.held, self.stats, self.metrics)
         self.intake = Intake(cfg, self.models, last_errors)
-        self.scorer = Scorer(cfg.name, self.drift, self.metrics, self.letters.send, self.held, last_errors)
-        self.verdicts = VerdictBuffer(cfg, self.calls, self.held, self.stats, self.metrics, self._fault)
+        self.scorer = Scorer(cfg.name, self.drift, self.metrics, self.letters.send, self.held, last_errors, self.keeper)
+        self.verdicts = VerdictBuffer(cfg, self.calls, self.held, self.stats, self.metrics, self._fault, self.keeper)
         self.heartbeat = Heartbeat(
             self.client, self.scfg, cfg.name, cfg.heartbeat_every_s, self.models, self.drift, self.stats, self.metrics
         )
@@ -106,6 +111,28 @@ class Worker:
         if self._fault_point == point and self.stats["batches"] >= self._fault_after:
             log.warning("fault injection: SIGKILL at %s", point)
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def _image_keeper(self) -> ImageKeeper | None:
+        """The keeper of ``--keep-images``, counted in the stats (heartbeat, ``status``) and the metrics."""
+        policy = self.cfg.keep_policy()
+        if policy is None:
+            return None
+        # every key exists before the retention thread writes one: the heartbeat copies the dict meanwhile
+        self.stats.update(images_kept=0, image_keep_failures=0, kept_image_bytes=0, kept_image_objects=0)
+
+        def settled(kept: int, failed: int) -> None:
+            self.stats["images_kept"] += kept
+            self.stats["image_keep_failures"] += failed
+            self.metrics.images_kept.inc(kept)
+            self.metrics.image_keep_failures.inc(failed)
+            self.metrics.image_keep_failing.set(1 if self.keeper is not None and self.keeper.failing else 0)
+
+        def usage(kept: Usage) -> None:  # on the retention thread
+            self.stats.update(kept_image_bytes=kept.bytes, kept_image_objects=kept.objects)
+            self.metrics.kept_image_bytes.set(kept.bytes)
+            self.metrics.kept_image_objects.set(kept.objects)
+
+        return ImageKeeper(policy, on_settled=settled, on_usage=usage)
 
     def _count_retry(self) -> None:
         self.stats["reconnects"] += 1
@@ -136,6 +163,8 @@ class Worker:
                     idle_since = time.monotonic()
                 self._maybe_flush(may_wait=in_flight is None)
                 self.letters.retry()
+                if self.keeper is not None:
+                    self.keeper.maybe_prune()
                 self.heartbeat.maybe_beat()
                 if self._stop.is_set() and in_flight is None and not self.letters.parked and not self.intake.deferred:
                     break
@@ -143,6 +172,9 @@ class Worker:
                     break
         finally:
             self.verdicts.flush()
+            if self.keeper is not None:
+                self.keeper.prune_now()  # the store is left within its budget, and the last gauge is right
+                self.keeper.close()
             self.heartbeat.maybe_beat(force=True)
             self.intake.close()
             self._prefetch.shutdown(wait=True)

@@ -209,25 +209,24 @@ def _largest_box(regions: list[dict[str, Any]] | None) -> str:
 
 
 def publish_results(client: redis.Redis, cfg: StreamConfig, rows: list[dict[str, Any]]) -> None:
-    """Optional result stream (capped, approximate MAXLEN): id, product, score, verdict per row."""
+    """Optional result stream (capped, approximate MAXLEN): id, product, score, verdict per row, and where
+    the line kept the image (``image_uri``, with ``--keep-images``) so that a consumer can show it."""
     if not cfg.results or not rows:
         return
     pipe = client.pipeline(transaction=False)
     for row in rows:
-        pipe.xadd(
-            cfg.results,
-            {
-                "id": row["id"],
-                "product": row["product"],
-                "score": f"{row['score']:.6g}",
-                "verdict": "anomaly" if row["is_anomaly"] else "ok",
-                "stream_id": row["stream_id"] or "",
-                "n_regions": str(row.get("n_regions") or 0),
-                "largest_box": _largest_box(row.get("regions")),
-            },
-            maxlen=cfg.results_maxlen,
-            approximate=True,
-        )
+        fields = {
+            "id": row["id"],
+            "product": row["product"],
+            "score": f"{row['score']:.6g}",
+            "verdict": "anomaly" if row["is_anomaly"] else "ok",
+            "stream_id": row["stream_id"] or "",
+            "n_regions": str(row.get("n_regions") or 0),
+            "largest_box": _largest_box(row.get("regions")),
+        }
+        if row.get("image_uri"):
+            fields["image_uri"] = row["image_uri"]
+        pipe.xadd(cfg.results, fields, maxlen=cfg.results_maxlen, approximate=True)
     pipe.execute()
 
 

@@ -109,6 +109,9 @@ def test_a_worker_keeps_flagged_images_and_the_passed_sample(redis_server, model
     assert worker.metrics.kept_image_bytes._value.get() == usage.bytes
     assert worker.metrics.images_kept._value.get() == len(kept)
     assert not list(keep.rglob(".*.tmp"))
+    # the verdict stream says where the image is, for a consumer that shows it
+    verdicts = {f[b"id"].decode(): f.get(b"image_uri") for _, f in client.xrange(stream_cfg.results)}
+    assert {k for k, uri in verdicts.items() if uri} == kept
     args = ["status", "--redis", redis_server.url, "--stream", stream_cfg.stream, "--group", stream_cfg.group]
     shown = CliRunner().invoke(main, [*args, "--dlq", stream_cfg.dlq])
     assert shown.exit_code == 0, shown.output

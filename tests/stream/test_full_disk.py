@@ -7,14 +7,11 @@ plain folder and for a ``file://`` URI (which used to leave broken Parquet files
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from conftest import needs_redis
+from conftest import fill_disk, needs_redis
 
 from ear_stream.io.results import read_results
 from ear_stream.stream import queue as q
@@ -22,33 +19,6 @@ from ear_stream.stream.worker import Worker, WorkerConfig
 
 pytestmark = needs_redis
 N = 24
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "results"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Take every free byte of the disk (a real ENOSPC for the next write)."""
-    ballast = disk / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return ballast
 
 
 def deliveries(client, scfg) -> list[int]:
@@ -64,7 +34,7 @@ def test_a_full_disk_holds_the_line_and_it_resumes_when_space_returns(
     ids = [f"disk-{i:03d}" for i in range(N)]
     for i, ident in enumerate(ids):
         q.push(client, "synthetic", images[i % len(images)].read_bytes(), ident, None, stream_cfg)
-    ballast = fill(small_disk)
+    ballast = fill_disk(small_disk)
     cfg = WorkerConfig(
         redis_url=redis_server.url,
         models_dir=models_dir,

@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-from conftest import needs_redis
+from conftest import fill_disk, needs_redis
 from PIL import Image
 
 from ear_stream.cli import main
@@ -131,32 +130,6 @@ def test_without_keep_images_nothing_is_kept_and_the_column_is_null(
     assert table["image_uri"].null_count == len(items) and "images_kept" not in stats
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "kept"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    ballast = disk / "ballast"
-    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return ballast
-
-
 @needs_redis
 def test_a_store_that_is_a_file_loses_nothing_and_leaves_image_uri_null(
     redis_server, models_dir, stream_cfg, payloads, tmp_path, caplog
@@ -187,7 +160,7 @@ def test_a_full_store_loses_nothing_and_keeping_resumes_when_space_returns(
     client = q.connect(redis_server.url)
     first = {f"full-{i:02d}": payloads[i % len(payloads)] for i in range(16)}
     push_all(client, stream_cfg, first)
-    ballast = fill(small_disk)
+    ballast = fill_disk(small_disk)
     cfg = worker_cfg(
         redis_server, models_dir, stream_cfg, tmp_path / "out", keep_images=str(small_disk), keep_passed=1.0
     )

@@ -22,7 +22,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import batch, bench, demo, dlq, evaluate, labels, model, review, stream, threshold
+    from . import batch, bench, demo, dlq, evaluate, labels, model, refine, review, stream, threshold
 
     for command in (
         model.train,
@@ -38,6 +38,8 @@ def _register() -> None:
         stream.cluster,
         dlq.dlq,
         labels.labels,
+        refine.refine,
+        refine.promote,
         evaluate.mosaic_search,
         bench.bench,
         model.weights,

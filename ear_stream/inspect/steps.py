@@ -19,7 +19,7 @@ from ..model.config import ModelConfig, TrainConfig
 from ..model.head import focal_dice_loss, head_inputs
 from ..model.reference import combined_loss
 from ..model.saliency import SaliencyModule
-from .simulate import simulate_defects
+from .simulate import SimulatedBatch, simulate_defects
 from .variant import Forward, Variant, paste_context, two_pass_attention
 
 
@@ -83,14 +83,26 @@ class StepModules:
     head: Callable[[torch.Tensor], torch.Tensor] | None = None  # head inputs → logits in fp32
 
 
+#: what may replace simulated defects by other ones (``refine``'s defect bank): (clean, simulated, generator) →
+#: simulated
+Paste = Callable[[torch.Tensor, SimulatedBatch, torch.Generator], SimulatedBatch]
+
+
 def step_loss(
-    cfg: ModelConfig, tcfg: TrainConfig, mods: StepModules, x: torch.Tensor, att, gen: torch.Generator
+    cfg: ModelConfig,
+    tcfg: TrainConfig,
+    mods: StepModules,
+    x: torch.Tensor,
+    att,
+    gen: torch.Generator,
+    paste: Paste | None = None,
 ) -> torch.Tensor:
     """One step's loss; attention not given (not cached) is computed here, on the image the model is shown.
 
     With ``tcfg.simulate`` a share of the batch gets a simulated defect first: the
     U-Net must return the clean image (its error inside the defect weighs
     ``1 + defect_weight``), and the head, when the model has one, must segment it.
+    ``paste`` (``refine``) may replace some of the simulated defects by confirmed ones.
     """
     saliency, variant = mods.saliency, Variant.of(cfg)
     if variant.is_riad:
@@ -100,6 +112,8 @@ def step_loss(
     clean, defect = x, None
     if tcfg.simulate > 0:
         sim = simulate_defects(x, gen, tcfg.simulate)
+        if paste is not None:
+            sim = paste(x, sim, gen)
         x, defect, att = sim.images, sim.mask, None  # attention of the corrupted image, as at inference
     if att is None and saliency is not None and variant.single_pass:
         with torch.no_grad():

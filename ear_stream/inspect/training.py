@@ -228,7 +228,7 @@ class Trainer:
         x, att = self.data.batch(torch.from_numpy(self.train_idx)[self._order[position]], gen)
         x = augment(x, tcfg, gen).to(self.dev, non_blocking=True)
         att = None if att is None else att.to(self.dev)
-        loss = step_loss(self.model_cfg, tcfg, self.mods, x, att, gen).float()
+        loss = self.batch_loss(x, att, gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -237,6 +237,10 @@ class Trainer:
         self.losses = [*self.losses[-19:], loss.item()]
         self.step_count += 1
         return self.losses[-1]
+
+    def batch_loss(self, x: torch.Tensor, att: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+        """The loss of one training batch (a refinement adds its labelled items here)."""
+        return step_loss(self.model_cfg, self.train_cfg, self.mods, x, att, gen).float()
 
     def evaluate(self) -> dict:
         """A learning-curve record: held-out loss, recovery check, the caller's fields (``on_curve``)."""
@@ -337,6 +341,7 @@ class Trainer:
         return {
             **asdict(self.train_cfg),
             "category": self.category,
+            "data_root": str(Path(self.data_root).absolute()),
             "n_train": len(self.train_idx),
             "n_holdout": len(self.hold_idx),
             "steps": self.step_count,

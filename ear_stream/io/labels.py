@@ -91,8 +91,9 @@ def weights_of(model_version: str | None) -> str:
 
 def check_product(product: str) -> str:
     """``product``, when a folder name holds it exactly (the ``product=P`` folder is the only place it is kept)."""
-    if not product or safe_component(product) != product:
-        raise ConfigError(f"a product name is 1-100 of A-Z a-z 0-9 . _ -, got {product!r}")
+    if not product or safe_component(product) != product or product.startswith("."):
+        # a leading dot is kept for a models folder's own entries (``.candidates``, ``.versions``)
+        raise ConfigError(f"a product name is 1-100 of A-Z a-z 0-9 . _ - (not starting with .), got {product!r}")
     return product
 
 

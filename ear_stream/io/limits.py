@@ -10,3 +10,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 FRAME_MIN_STD = 0.01
 #: ... or whose long side is more than this many times its short side (a torn line-scan read)
 FRAME_MAX_ASPECT = 20.0
+
+#: the largest kept or labelled image file read back (the review station, ``refine``), checked before the
+#: blob is read; a stream payload is at most 32 MiB, a file from another QA system may be larger
+MAX_KEPT_IMAGE_BYTES = 256 * 1024 * 1024

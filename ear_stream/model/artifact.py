@@ -62,6 +62,9 @@ class Manifest:
     #: how often ``ear-stream threshold`` revised the thresholds, and what they were before
     threshold_revision: int = 0
     threshold_history: list[dict[str, Any]] = field(default_factory=list)
+    #: a refined model's origin (``ear-stream refine``): parent version, label-set hash and counts, the held-out
+    #: comparison ``promote`` decides on; empty for a model trained from scratch
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scoring_hash(self) -> str:

@@ -329,3 +329,44 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+
+
+@dataclass
+class RefineConfig:
+    """What ``ear-stream refine`` changes from the parent's training (docs/design.md, "Learning from the line").
+
+    The run warm-starts from the promoted model and keeps its simulated-defect training (nothing it learned is
+    replaced), adding per step a small batch of labelled items: confirmed goods (false alarms: hard negatives,
+    recovered and segmented as clean) and confirmed defects (a multiple-instance loss on the head's map: the mean
+    of its top ``mil_top`` share must be high; their brushed mask, when there is one, as a pixel target), and
+    pastes confirmed defects onto good images in ``bank_share`` of the simulated defects (the defect bank).
+    """
+
+    #: Adam's rate: a third of training's, so that a few labels move the model without undoing what it knew
+    lr: float = 3e-4
+    #: labelled items per step beside the training batch (half defects, half goods where both exist)
+    label_batch: int = 4
+    #: share of the simulated defects replaced by a confirmed defect pasted from the bank
+    bank_share: float = 0.5
+    #: the head map's top share whose mean the multiple-instance loss pushes up (defects) or down (goods):
+    #: about the image score (the map's max) but less brittle than a single pixel
+    mil_top: float = 0.01
+    #: share of the labels held out (by a hash of product and id: an item stays on its side as labels grow)
+    #: to compare parent and candidate, which is what ``promote`` decides on
+    holdout: float = 0.3
+    #: the candidate's image threshold policy on labelled items; None: the parent's
+    threshold_policy: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"the refine learning rate must be > 0, got {self.lr}")
+        if self.label_batch < 1:
+            raise ConfigError(f"label_batch must be >= 1, got {self.label_batch}")
+        for name in ("bank_share", "mil_top", "holdout"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0 or (name != "bank_share" and value == 0.0) or (name == "holdout" and value == 1):
+                raise ConfigError(f"{name} must be in {'[0, 1]' if name == 'bank_share' else '(0, 1)'}, got {value}")
+
+
+#: ``ear-stream refine``'s default CPU-minute budget: what a line can spend between shifts on one core
+REFINE_MINUTES = 15.0

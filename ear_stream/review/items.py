@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from ..inspect.thresholds import class_counts, f1_optimal, operating_point
 from ..io.keeping import in_passed_sample
 from ..io.labels import LabelStore, comparable
+from ..io.limits import MAX_KEPT_IMAGE_BYTES
 from ..io.results import is_uri, read_results
 from ..io.store import BlobStore, StoreError, redacted
 
@@ -48,8 +49,6 @@ MAGIC = {
     "image/tiff": (b"II*\x00", b"MM\x00*"),
     "image/webp": (b"RIFF",),  # and "WEBP" at byte 8 (:func:`raster_type`)
 }
-#: the largest kept image the station reads (checked before the blob is read; a stream payload is at most 32 MiB)
-MAX_KEPT_IMAGE_BYTES = 256 * 1024 * 1024
 log = logging.getLogger(__name__)
 
 

@@ -88,8 +88,10 @@ class ModelRegistry:
             return self._pipes[product]
 
     def _load(self, path: Path) -> Pipeline:
+        # resolved once: a product promoted by ``ear-stream promote`` is a link to one version's folder, swapped
+        # atomically; manifest and weights must come from the same version even if the link moves meanwhile
         return Pipeline.from_artifact(
-            path,
+            path.resolve(),
             self.device,
             self.dino_weights,
             *self.tiling,

@@ -1,0 +1,75 @@
+"""Whether a refined model may replace its parent (docs/design.md, "Learning from the line"): the figures.
+
+``refine`` scores the held-out labelled items (:mod:`.labelled`: by hash, never trained on) with the parent at
+its threshold and with the candidate at its own, and stores both sets of figures in the candidate's lineage.
+``promote`` decides on them: a candidate is refused, with the figures, when it ranks the held-out items worse
+(lower image AUROC) or makes more mistakes at its threshold (escapes + false rejects) than its parent, or when
+the held-out labels hold no defect or no good item (nothing shows it is not worse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+@dataclass(frozen=True)
+class HeldOutFigures:
+    """One model on the held-out labels, at the threshold it would use."""
+
+    threshold: float
+    auroc: float | None  # None when a class is missing
+    escapes: int  # confirmed defects at or below the threshold (passed)
+    false_rejects: int  # confirmed goods above it (flagged)
+    n_defect: int
+    n_good: int
+
+    @classmethod
+    def of(cls, scores: np.ndarray, defect: np.ndarray, threshold: float) -> HeldOutFigures:
+        scores, defect = np.asarray(scores, dtype=np.float64), np.asarray(defect, dtype=bool)
+        both = defect.any() and (~defect).any()
+        flagged = scores > threshold
+        return cls(
+            float(threshold),
+            float(roc_auc_score(defect, scores)) if both else None,
+            int((~flagged[defect]).sum()),
+            int(flagged[~defect].sum()),
+            int(defect.sum()),
+            int((~defect).sum()),
+        )
+
+    @property
+    def errors(self) -> int:
+        return self.escapes + self.false_rejects
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        roc = "n/a" if self.auroc is None else f"{self.auroc:.3f}"
+        return (
+            f"AUROC {roc}, {self.escapes}/{self.n_defect} escapes, {self.false_rejects}/{self.n_good} false rejects "
+            f"at threshold {self.threshold:.4g}"
+        )
+
+
+def refusal(parent: HeldOutFigures, candidate: HeldOutFigures) -> str | None:
+    """Why the candidate must not replace the parent (None: it may), with both models' figures."""
+    figures = f"parent: {parent.describe()}; candidate: {candidate.describe()}"
+    if candidate.n_defect == 0 or candidate.n_good == 0:
+        return (
+            f"the held-out labels hold {candidate.n_defect} defect(s) and {candidate.n_good} good item(s): "
+            f"nothing shows the candidate is no worse; label more items and refine again ({figures})"
+        )
+    if candidate.auroc is not None and parent.auroc is not None and candidate.auroc < parent.auroc:
+        return f"the candidate ranks the held-out labels worse ({figures})"
+    if candidate.errors > parent.errors:
+        return f"the candidate makes more mistakes on the held-out labels ({figures})"
+    return None
+
+
+def figures_of(data: dict[str, Any]) -> HeldOutFigures:
+    return HeldOutFigures(**data)

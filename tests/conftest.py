@@ -48,6 +48,17 @@ def tiny_model(synthetic_root, tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def headed_models(synthetic_root, tmp_path_factory) -> Path:
+    """MODELS/synthetic: a 64-px model with simulated defects and a learned head, a few steps old (the
+    learning-from-the-line tests refine it; copy it before changing anything)."""
+    models = tmp_path_factory.mktemp("headed-models")
+    cfg = ModelConfig(image_size=64, saliency="spectral", base_channels=8, head=True, head_width=4)
+    train_model(synthetic_root, "synthetic", models / "synthetic", cfg, TrainConfig(batch_size=4, simulate=0.5),
+                mosaic_scale=8, progress=False, max_steps=4)  # fmt: skip
+    return models
+
+
 @pytest.fixture
 def poisoned_outputs():
     """Make the extension fill outputs with NaN before its kernels write them."""

@@ -2,7 +2,9 @@
 
 Local redis-server (loopback, free port) + local Ray + a model trained on a
 generated sample; images are pushed to the stream, the Ray actors score them
-into Parquet, and everything started here is stopped again.
+into Parquet (keeping the flagged images and a sample of the passed ones), the
+demo labels some of them, refines and promotes (:mod:`.demo_loop`), and
+everything started here is stopped again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import click
 
 from ..model.config import DEFAULT_PRECISION
+from .demo_loop import learning_loop
 from .options import PRECISION_OPTION
 
 PRODUCT = "synthetic"
@@ -97,7 +100,12 @@ def run_demo(
 
     find_redis_server()  # before minutes of training, not after
     workdir = Path(workdir).resolve()
-    model_dir = ensure_model(workdir, epochs, image_size, precision)
+    trained = ensure_model(workdir, epochs, image_size, precision)
+    # the line's models folder, fresh each run: the learning loop promotes into it, the trained model stays
+    line = workdir / "line-models"
+    shutil.rmtree(line, ignore_errors=True)
+    model_dir = line / PRODUCT
+    shutil.copytree(trained, model_dir)
     pipe = Pipeline.from_artifact(model_dir, precision=precision)
     report = offline_stage(workdir, pipe, model_dir)
     out = workdir / "results"
@@ -121,6 +129,7 @@ def run_demo(
     )
     summary = summarize(read_results(out))
     print_verdicts(read_results(out).select(["id", "is_anomaly"]).to_pylist(), summary)
+    summary["learning"] = learning_loop(workdir, model_dir, out, PRODUCT, precision)
     click.echo(f"results: {out}\nreport:  {report}")
     return summary
 
@@ -171,6 +180,9 @@ def ray_stage(redis_url: str, scfg, model_dir: Path, out: Path, max_workers: int
             flush_seconds=0.5,
             block_ms=200,
             precision=precision,
+            # the loop's second pass learns from what the line kept: every flagged image and a tenth of the rest
+            keep_images=str(out.parent / "kept"),
+            keep_passed=0.1,
         )
         policy = ScalingPolicy(min_workers=1, max_workers=max_workers, high_watermark=32, scale_up_cooldown_s=0)
         sup = Supervisor(template, policy, poll_s=0.2)

@@ -301,6 +301,13 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
             help="Flag near-constant frames and absurd aspect ratios (camera faults) as invalid_frame: written with "
             "the reason, never passed as ok.",
         ),
+        click.option(
+            "--shadow",
+            is_flag=True,
+            help="Also score each product's refined candidate (MODELS/.candidates/<product>, from `ear-stream "
+            "refine`) and write its score beside the verdict (shadow_score, shadow_version); the verdict stays the "
+            "promoted model's.",
+        ),
         keep_options,
         _stream_options,
         _retention_options,

@@ -182,31 +182,14 @@ def promote(product: str, models_dir: Path, candidate: Path | None) -> None:
     item among them). Every promoted model stays under MODELS/.versions/PRODUCT/ (promote it again with
     --candidate to roll back).
     """
-    from ..inspect.promotion import figures_of, refusal
+    from ..inspect.promotion import check_candidate
     from ..io.labels import check_product
-    from ..model.artifact import load_manifest
     from ..model.deployment import promote as swap
 
     check_product(product)
     candidate = candidate or candidate_dir(models_dir, product)
     if not candidate.is_dir():
         raise ConfigError(f"no candidate for {product} at {candidate}: run `ear-stream refine` first")
-    manifest = load_manifest(candidate)
-    lineage = manifest.lineage
-    current = models_dir / product
-    if lineage and (current / "manifest.json").is_file():
-        running = load_manifest(current)
-        if running.weights_sha256 == manifest.weights_sha256:
-            raise ConfigError(f"{product} already runs {manifest.model_version}")
-        if lineage.get("parent_weights_sha256") != running.weights_sha256:
-            raise ConfigError(
-                f"the candidate was refined from {lineage.get('parent_version')}, but {product} runs "
-                f"{running.model_version} now: refine again from the model the line runs"
-            )
-    if lineage:
-        held = lineage["heldout"]
-        why = refusal(figures_of(held["parent"]), figures_of(held["candidate"]))
-        if why is not None:
-            raise ConfigError(f"not promoting {product}: {why}")
+    manifest = check_candidate(models_dir, product, candidate)
     _, target = swap(models_dir, product, candidate)
     click.echo(f"{product} now runs {manifest.model_version} ({target}); workers reload it within seconds")

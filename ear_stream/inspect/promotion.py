@@ -10,10 +10,16 @@ the held-out labels hold no defect or no good item (nothing shows it is not wors
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..model.artifact import Manifest
 
 
 @dataclass(frozen=True)
@@ -73,3 +79,32 @@ def refusal(parent: HeldOutFigures, candidate: HeldOutFigures) -> str | None:
 
 def figures_of(data: dict[str, Any]) -> HeldOutFigures:
     return HeldOutFigures(**data)
+
+
+def check_candidate(models_dir: Path, product: str, candidate: Path) -> Manifest:
+    """The candidate's manifest when ``promote`` may make it ``product``'s model; ConfigError saying why not.
+
+    Refused: the model the line runs already; refined from another model than the one the line runs; worse
+    or unproven on its held-out labels (:func:`refusal`). A model without lineage (trained from scratch, a
+    version promoted before) passes: promoting it is a rollback, a person's decision.
+    """
+    from ..model.artifact import MANIFEST_FILE, load_manifest
+
+    manifest = load_manifest(candidate)
+    current = Path(models_dir) / product
+    if (current / MANIFEST_FILE).is_file():
+        running = load_manifest(current)
+        if running.weights_sha256 == manifest.weights_sha256:
+            raise ConfigError(f"{product} already runs {manifest.model_version}")
+        lineage = manifest.lineage
+        if lineage and lineage.get("parent_weights_sha256") != running.weights_sha256:
+            raise ConfigError(
+                f"the candidate was refined from {lineage.get('parent_version')}, but {product} runs "
+                f"{running.model_version} now: refine again from the model the line runs"
+            )
+    if manifest.lineage:
+        held = manifest.lineage["heldout"]
+        why = refusal(figures_of(held["parent"]), figures_of(held["candidate"]))
+        if why is not None:
+            raise ConfigError(f"not promoting {product}: {why}")
+    return manifest

@@ -11,6 +11,9 @@ simulated defects — with three additions (:class:`~ear_stream.model.config.Ref
 - **confirmed defects**: a multiple-instance loss on the head's score map (the mean of its top share must be
   high, as the image score is its max), and their mask, when brushed, as a pixel target.
 
+A model without a head (scored by the MSGMS map) learns through the bank and the confirmed goods only; one
+trained without simulated defects gets the bank alone, in the default share of its batch items.
+
 The run shares the trainer's limits (CPU-minute budget, progress bar), checkpoints and ``--resume``, and
 precision paths. Its artifact is a **candidate**: threshold chosen on labelled items (the training side), the
 parent and the candidate scored on the held-out labels (:mod:`.promotion`), the lineage in the manifest.
@@ -111,14 +114,16 @@ class Refiner(Trainer):
         cfg = self.parent_manifest.config
         if cfg.native:
             raise ConfigError(f"{parent_dir} inspects native-resolution crops: refine works on whole-image models")
-        if not cfg.head or self.parent.anomaly_head is None:
-            raise ConfigError(
-                f"{parent_dir} has no learned head: refine teaches the head the line's defects (train with --head)"
-            )
         if Variant.of(cfg).is_riad:
             raise ConfigError(f"{parent_dir} is a RIAD model: refine works on EAR models")
         self.refine_cfg, self.labelled = refine, labelled
         train_cfg = parent_train_config(self.parent_manifest, refine, precision)
+        if train_cfg.simulate == 0 and labelled.defect[labelled.train_idx].any():
+            # a plain parent (no simulated defects): the bank alone, in as many items as the recipe's default
+            train_cfg = dataclasses.replace(train_cfg, simulate=TrainConfig.simulate)
+            self.bank_only = True
+        else:
+            self.bank_only = False
         super().__init__(data_root, category, out_dir, dataclasses.replace(cfg), train_cfg,
                          mosaic_scale=cfg.mosaic_scale, dino_weights=dino_weights, device=device, limits=limits,
                          resume=resume)  # fmt: skip
@@ -134,8 +139,8 @@ class Refiner(Trainer):
     def _setup_networks(self) -> None:
         super()._setup_networks()
         self.unet.load_state_dict(self.parent.unet.state_dict())
-        assert self.head is not None and self.parent.anomaly_head is not None
-        self.head.load_state_dict(self.parent.anomaly_head.state_dict())
+        if self.head is not None and self.parent.anomaly_head is not None:
+            self.head.load_state_dict(self.parent.anomaly_head.state_dict())
         lab = self.labelled
         train = lab.train_idx
         self.label_defects = train[lab.defect[train]]
@@ -176,7 +181,7 @@ class Refiner(Trainer):
 
     # ------------------------------------------------------------------ one step
     def batch_loss(self, x: torch.Tensor, att: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
-        bank, share = self.bank, self.refine_cfg.bank_share
+        bank, share = self.bank, 1.0 if self.bank_only else self.refine_cfg.bank_share
 
         def paste(clean, sim, g):
             return sim if bank is None else bank.paste(clean, sim, g, share)
@@ -212,7 +217,8 @@ class Refiner(Trainer):
         good = ~defect
         if good.any():  # a confirmed good is recovered as itself: the U-Net must not "repair" it into a flag
             loss = loss + combined_loss(x[good], strong[good], tcfg.loss_weights, cfg.scoring.n_scales)
-        assert mods.head is not None
+        if mods.head is None:  # a model without a head learns the line's defects through the bank alone
+            return loss
         logits = mods.head(head_inputs(x, strong.detach(), cfg.scoring))
         if pixel.any():
             target = lab.masks[idx].to(self.dev) * defect[:, None, None, None].float()

@@ -76,6 +76,9 @@ SCHEMA = pa.schema(
         ("frame_check", pa.string()),
         # where the original image is kept (a blob store URI, io/keeping.py), null when it was not kept
         ("image_uri", pa.string()),
+        # the refined candidate's score of the same image and its version (worker --shadow), null without one
+        ("shadow_score", pa.float32()),
+        ("shadow_version", pa.string()),
     ]
 )
 
@@ -106,6 +109,8 @@ def verdict_row(
     enqueued_at: datetime | None = None,
     meta: str | None = None,
     image_uri: str | None = None,
+    shadow_score: float | None = None,
+    shadow_version: str | None = None,
 ) -> dict[str, Any]:
     """One Parquet row with every column of :data:`SCHEMA`, in its order (docs/design.md, "Parquet").
 
@@ -137,6 +142,8 @@ def verdict_row(
         "regions": regions,
         "frame_check": frame_check,
         "image_uri": image_uri,
+        "shadow_score": shadow_score,
+        "shadow_version": shadow_version,
     }
 
 

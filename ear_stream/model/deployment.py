@@ -21,9 +21,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .artifact import MANIFEST_FILE, WEIGHTS_FILE, Manifest, load_manifest, read_weights
+
+if TYPE_CHECKING:  # the artifact (torch, safetensors) loads when a promotion runs: the CLI's help stays light
+    from .artifact import Manifest
 
 CANDIDATES = ".candidates"
 VERSIONS = ".versions"
@@ -52,6 +55,8 @@ def _fsync_tree(folder: Path) -> None:
 def promote(models_dir: str | Path, product: str, candidate: str | Path) -> tuple[Manifest, Path]:
     """Make ``candidate`` the model of ``product`` atomically (see the module docstring); returns (its manifest,
     its version folder). The candidate's weights are verified against its manifest first."""
+    from .artifact import MANIFEST_FILE, WEIGHTS_FILE, load_manifest, read_weights
+
     models_dir, candidate = Path(models_dir), Path(candidate)
     manifest = load_manifest(candidate)
     read_weights(candidate, manifest, verify=True)  # a corrupt candidate is refused before anything moves

@@ -2,7 +2,7 @@
 
 Pages: ``/`` (products, counts, queue status) and ``/p/<product>`` (the review queue, keyboard-driven).
 JSON: ``GET /api/p/<product>`` (counts, queue, thresholds), ``POST /api/p/<product>/label``
-(``{"key", "label"}``) and ``POST /api/p/<product>/threshold`` in two steps: ``{}`` answers the proposal
+(``{"key", "label"[, "mask"]}``, ``mask`` the brushed defect region as a base64 PNG) and ``POST /api/p/<product>/threshold`` in two steps: ``{}`` answers the proposal
 (the F1-optimal threshold of the reviewed items, its false rejects and escapes there, its false-reject
 rate on the model's held-out good images, and why it would be refused); ``{"confirm": true,
 "threshold": T, "model_version": V}`` with the proposal's values applies it through
@@ -12,6 +12,8 @@ Who may send these requests is :mod:`.guard`'s business (Host, token, Origin, JS
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import secrets
@@ -30,7 +32,7 @@ from starlette.templating import Jinja2Templates
 from ..errors import ConfigError, EarStreamError
 from ..inspect.threshold_policies import F1Policy
 from ..inspect.thresholds import MAX_HELD_OUT_FRR, Refused, propose, revise
-from ..io.labels import Label, LabelStore
+from ..io.labels import Label, LabelStore, Mask
 from ..model.artifact import MANIFEST_FILE, load_manifest
 from ..stream.protocol import PRODUCT_RE
 from .config import ReviewConfig, login_name
@@ -40,6 +42,8 @@ from .items import MAGIC, KeptImages, ProductView, ResultsView, find_image, read
 HERE = Path(__file__).parent
 #: the largest request body the station reads (a label or a confirmation is a few dozen bytes)
 MAX_BODY = 64 * 1024
+#: ... and of a label with a brushed mask (a base64 PNG: a binary mask of a large frame is tens of kB)
+MAX_LABEL_BODY = 8 * 1024 * 1024
 #: the policy the station proposes and applies: F1-optimal on the items people reviewed
 REVIEW_POLICY = F1Policy.name
 
@@ -159,7 +163,7 @@ class Station:
         return Response(data, media_type=media)
 
     async def label(self, request: Request) -> Response:
-        body = await json_body(request)
+        body = await json_body(request, MAX_LABEL_BODY)
         return FiniteJSONResponse(await run_in_threadpool(self.store_label, request.path_params["product"], body))
 
     def store_label(self, product: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -177,8 +181,11 @@ class Station:
             model_version=item.model_version,
             reviewer=self.reviewer,
         )
+        mask = brushed_mask(body.get("mask"))
+        if mask is not None and label.label != "defect":
+            raise ConfigError("a brushed region marks a defect: label the item defect, or clear the brush")
         with self.lock:
-            self.store.add(label)  # durable before the page moves on
+            self.store.add(label, mask)  # label and mask durable together, before the page moves on
             view.record(item.key, label.__dict__)
         return self.state(view)
 
@@ -203,13 +210,13 @@ class Station:
         return {"report": report, **self.state(self.view(view.product, fresh=True))}
 
 
-async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, read up to :data:`MAX_BODY` bytes (the guard checked its content type)."""
+async def json_body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's JSON object, read up to ``limit`` bytes (the guard checked its content type)."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            raise ConfigError(f"a request body of more than {MAX_BODY} bytes")
+        if size > limit:
+            raise ConfigError(f"a request body of more than {limit} bytes")
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks))
@@ -218,6 +225,19 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ConfigError("the request body is a JSON object")
     return body
+
+
+def brushed_mask(value: Any) -> Mask | None:
+    """The page's brushed region (a base64 PNG, 255 where brushed) as a validated :class:`Mask`, or None."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError("a brushed mask is a base64 PNG string")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        raise ConfigError("a brushed mask is a base64 PNG string") from None
+    return Mask.from_png(data)
 
 
 def finite_number(value: Any) -> float:

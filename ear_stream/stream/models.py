@@ -61,10 +61,11 @@ class ModelRegistry:
         self.reload_failures = 0
 
     @classmethod
-    def for_worker(cls, cfg: WorkerConfig) -> ModelRegistry:
-        """The registry a worker's settings describe (models folder, device, tiling, threshold, precision)."""
+    def for_worker(cls, cfg: WorkerConfig, models_dir: Path | None = None) -> ModelRegistry:
+        """The registry a worker's settings describe (models folder, device, tiling, threshold, precision);
+        ``models_dir`` another folder with the same settings (the candidates of ``--shadow``)."""
         return cls(
-            cfg.models_dir,
+            models_dir or cfg.models_dir,
             cfg.device,
             cfg.dino_weights,
             cfg.tile,

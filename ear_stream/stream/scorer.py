@@ -5,6 +5,9 @@ Each scored entry becomes one Parquet row through the one row builder
 (:func:`~ear_stream.inspect.scoring.result_rows` → :func:`~ear_stream.io.results.verdict_row`), with the
 stream's fields (stream id, enqueue time, latency, meta, frame check). Fail closed: an entry whose score is
 NaN or inf gets no row but a ``non_finite_score`` dead letter. The finite scores feed the drift monitor.
+With ``--shadow``, each product's refined candidate (``ear-stream refine``) scores the same frames and
+its score joins the row (``shadow_score``, ``shadow_version``): the verdict stays the promoted model's, and a
+candidate that is missing, broken or of another input size costs its rows their shadow score, nothing else.
 With ``--keep-images``, the payload of each flagged row and of the passed review sample goes to the image
 keeper here, on the entry's way out of the intake (its ``image`` bytes, as pushed), so the put runs while
 the next batch scores; the rows' writer settles it before the row is durable (:mod:`.flush`).
@@ -27,6 +30,7 @@ from ..io.results import now_utc
 from . import queue as q
 from .drift import DriftMonitor
 from .metrics import WorkerMetrics
+from .models import ModelRegistry, UnknownProduct
 
 if TYPE_CHECKING:
     from .intake import Prepared
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ear_stream.stream.worker.scorer")  # a child of the worker's logger, as before the split
 #: scoring errors remembered at most (one per pending stream id, oldest dropped first)
 MAX_LAST_ERRORS = 10_000
+#: after a candidate fails to load or score, its product is scored without a shadow for this long
+SHADOW_RETRY_S = 30.0
 
 
 class LastErrors:
@@ -67,8 +73,11 @@ class Scorer:
         held: set[str],
         last_errors: LastErrors,
         keeper: ImageKeeper | None = None,
+        shadow: ModelRegistry | None = None,
     ) -> None:
         self.worker = worker
+        #: the candidates' registry (``MODELS/.candidates``) with ``--shadow``; product → when it last failed
+        self.shadow, self._shadow_failed = shadow, dict[str, float]()
         self.keeper = keeper
         self.drift, self.metrics = drift, metrics
         self.dead_letter = dead_letter
@@ -124,6 +133,8 @@ class Scorer:
         rows = result_rows(
             pipe, res, [ve.id for ve, _ in items], product, self.worker, stream_fields, processed_at=processed
         )
+        if self.shadow is not None:
+            self._shadow_scores(product, pipe, frames, rows)
         for row in rows:
             if row["latency_ms"] is not None:
                 self.metrics.latency.observe(row["latency_ms"] / 1000.0)
@@ -142,3 +153,30 @@ class Scorer:
                 if ok and self.keeper.wants(product, ve.id, row["is_anomaly"]):
                     self.keeper.keep(row, ve.image)  # the original payload, not the resized tensor
         return kept, [ve.entry.stream_id for (ve, _), ok in zip(items, finite, strict=True) if ok]
+
+    def _shadow_scores(self, product: str, pipe: Any, frames: list[Any], rows: list[dict[str, Any]]) -> None:
+        """The candidate's scores of the same frames into the rows (nothing when there is none or it fails)."""
+        assert self.shadow is not None
+        if time.monotonic() - self._shadow_failed.get(product, -SHADOW_RETRY_S) < SHADOW_RETRY_S:
+            return
+        try:
+            cand = self.shadow.get(product)
+        except UnknownProduct:
+            return
+        except Exception as exc:  # noqa: BLE001 - a broken candidate never costs the line its verdicts
+            log.warning("%s: the shadow candidate does not load (%s); scoring without it", product, exc)
+            self._shadow_failed[product] = time.monotonic()
+            return
+        if cand.config.native or pipe.config.native or cand.config.image_size != pipe.config.image_size:
+            if product not in self._shadow_failed:
+                log.warning("%s: the candidate sees other inputs than the promoted model: no shadow score", product)
+            self._shadow_failed[product] = time.monotonic()
+            return
+        try:
+            scores = cand.score_images(torch.cat([f.pixels for f in frames])).scores
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s: the shadow candidate failed to score (%s)", product, exc)
+            self._shadow_failed[product] = time.monotonic()
+            return
+        for row, value in zip(rows, scores, strict=True):
+            row["shadow_score"], row["shadow_version"] = float(value), cand.model_version

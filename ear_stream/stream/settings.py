@@ -88,6 +88,10 @@ class WorkerConfig:
     keep_passed: float = DEFAULT_KEEP_PASSED
     keep_bytes: int | None = None
     keep_days: float | None = None
+    #: also score each product's refined candidate (``MODELS/.candidates/<product>``, ``ear-stream refine``) and
+    #: write its score beside the verdict (``shadow_score``, ``shadow_version``); the verdict stays the promoted
+    #: model's
+    shadow: bool = False
 
     def keep_policy(self) -> KeepPolicy | None:
         """What ``--keep-images`` and its retention options describe (None when nothing is kept)."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..io.keeping import ImageKeeper
 from ..io.store import Usage
+from ..model.deployment import CANDIDATES
 from . import queue as q
 from .dead_letters import DeadLetters
 from .drift import DriftMonitor
@@ -86,7 +87,10 @@ class Worker:
         spill = q.DeadLetterSpill(cfg.dlq_spill_dir or q.default_spill_dir(cfg.out_dir))
         self.letters = DeadLetters(self.calls, self.scfg, cfg.name, spill, self.held, self.stats, self.metrics)
         self.intake = Intake(cfg, self.models, last_errors)
-        self.scorer = Scorer(cfg.name, self.drift, self.metrics, self.letters.send, self.held, last_errors, self.keeper)
+        shadow = ModelRegistry.for_worker(cfg, cfg.models_dir / CANDIDATES) if cfg.shadow else None
+        self.scorer = Scorer(
+            cfg.name, self.drift, self.metrics, self.letters.send, self.held, last_errors, self.keeper, shadow
+        )
         self.verdicts = VerdictBuffer(cfg, self.calls, self.held, self.stats, self.metrics, self._fault, self.keeper)
         self.heartbeat = Heartbeat(
             self.client, self.scfg, cfg.name, cfg.heartbeat_every_s, self.models, self.drift, self.stats, self.metrics

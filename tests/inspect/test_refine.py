@@ -22,11 +22,9 @@ from ear_stream.inspect.defect_bank import DefectBank, map_region
 from ear_stream.inspect.labelled import LabelledSet, defect_type, held_out
 from ear_stream.inspect.promotion import HeldOutFigures, refusal
 from ear_stream.inspect.simulate import SimulatedBatch
-from ear_stream.inspect.training import train_model
 from ear_stream.io.label_images import LabelImages
 from ear_stream.io.labels import Label, LabelStore, Mask
 from ear_stream.model.artifact import load_manifest, write_manifest
-from ear_stream.model.config import ModelConfig, TrainConfig
 from ear_stream.model.deployment import VERSIONS, candidate_dir
 from ear_stream.stream.models import ModelRegistry
 
@@ -35,16 +33,6 @@ PRODUCT = "synthetic"
 
 def run(*args: str | Path) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def headed(synthetic_root, tmp_path_factory) -> Path:
-    """MODELS/synthetic: a 64-px model with simulated defects and a head, a few steps old."""
-    models = tmp_path_factory.mktemp("refine-models")
-    cfg = ModelConfig(image_size=64, saliency="spectral", base_channels=8, head=True, head_width=4)
-    train_model(synthetic_root, PRODUCT, models / PRODUCT, cfg, TrainConfig(batch_size=4, simulate=0.5),
-                mosaic_scale=8, progress=False, max_steps=4)  # fmt: skip
-    return models
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +72,9 @@ def test_the_hold_out_is_a_stable_hash_and_types_come_from_the_folder():
 
 
 def test_refine_writes_a_candidate_with_its_lineage_and_the_held_out_comparison(
-    headed, labels, synthetic_root, tmp_path
+    headed_models, labels, synthetic_root, tmp_path
 ):
-    models = copy_models(headed, tmp_path)
+    models = copy_models(headed_models, tmp_path)
     parent = load_manifest(models / PRODUCT)
     res = refine_cli(models, labels, synthetic_root)
     assert res.exit_code == 0, res.output
@@ -143,8 +131,10 @@ def test_promotion_refuses_worse_and_unproven_candidates():
     assert "nothing shows" in refusal(parent, HeldOutFigures(1.0, None, 0, 0, 0, 5))
 
 
-def test_promote_swaps_atomically_the_registry_reloads_and_worse_is_refused(headed, labels, synthetic_root, tmp_path):
-    models = copy_models(headed, tmp_path)
+def test_promote_swaps_atomically_the_registry_reloads_and_worse_is_refused(
+    headed_models, labels, synthetic_root, tmp_path
+):
+    models = copy_models(headed_models, tmp_path)
     registry = ModelRegistry(models, "cpu", None, reload_every_s=0.0, precision="fp32")
     before = registry.get(PRODUCT).model_version
     assert refine_cli(models, labels, synthetic_root).exit_code == 0
@@ -185,8 +175,8 @@ def test_promote_swaps_atomically_the_registry_reloads_and_worse_is_refused(head
     assert load_manifest(link).model_version == before
 
 
-def test_sigkill_during_refine_then_resume_finishes(headed, labels, synthetic_root, tmp_path):
-    models = copy_models(headed, tmp_path)
+def test_sigkill_during_refine_then_resume_finishes(headed_models, labels, synthetic_root, tmp_path):
+    models = copy_models(headed_models, tmp_path)
     out = tmp_path / "cand"
     cmd = [sys.executable, "-m", "ear_stream.cli", "refine", str(models / PRODUCT), "--labels", str(labels),
            "--images", str(synthetic_root / PRODUCT / "test"), "--out", str(out), "--max-steps", "120",

@@ -252,3 +252,34 @@ def test_the_index_lists_products_and_the_queue_status(station, redis_server, st
     assert "Input stream: 1 waiting" in " ".join(text.split())
     unreachable = station(redis_url="redis://127.0.0.1:1/0")  # the page still works; it says why
     assert "Redis:" in call(f"{unreachable.url}/")[1].decode()
+
+
+def test_a_brushed_mask_travels_with_its_defect_label_and_bad_masks_are_refused(station, line):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from ear_stream.io.labels import Mask
+
+    served = station()
+    key = call(f"{served.url}/api/p/synthetic")[1]["queue"][0]["key"]
+    img = Image.new("L", (20, 10), 0)
+    img.paste(255, (4, 2, 9, 6))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+    for body, why in [
+        ({"key": key, "label": "good", "mask": png}, "marks a defect"),
+        ({"key": key, "label": "defect", "mask": "not base64!"}, "base64 PNG"),
+        ({"key": key, "label": "defect", "mask": base64.b64encode(b"GIF89a").decode()}, "a PNG image"),
+        ({"key": key, "label": "defect", "mask": 7}, "base64 PNG"),
+    ]:
+        status, answer, _ = post(served, "/api/p/synthetic/label", body)
+        assert status == 400 and why in answer["error"], answer
+    assert LabelStore(line["labels"]).read().num_rows == 0  # nothing half-stored
+    status, _, _ = post(served, "/api/p/synthetic/label", {"key": key, "label": "defect", "mask": png})
+    assert status == 200
+    row = LabelStore(line["labels"]).read("synthetic", masks=True).to_pylist()[0]
+    mask = Mask.of_row(row)
+    assert mask is not None and (mask.width, mask.height) == (20, 10) and mask.area == 20

@@ -148,3 +148,32 @@ def test_boxes_land_on_the_defect_of_a_non_square_image_and_strings_stay_text(ho
     assert browser.execute_script("return window.__pwned === undefined")
     # the page itself needs nothing its Content-Security-Policy forbids (no inline script or style)
     assert not [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+def test_a_brushed_region_is_stored_with_the_defect_label_where_it_was_drawn(hostile_station, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{hostile_station.url}/p/{PRODUCT}")
+    assert wait_for(lambda: browser.find_element(By.ID, "item-id").text) == WIDE
+    img = browser.find_element(By.ID, "image")
+    wait_for(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img))
+    rect = browser.execute_script("const r = arguments[0].getBoundingClientRect(); return [r.width, r.height]", img)
+    scale = min(rect[0] / WIDE_SIZE[0], rect[1] / WIDE_SIZE[1])  # letterboxed, as the boxes are
+    cx, cy = (BOX["x0"] + BOX["x1"]) / 2, (BOX["y0"] + BOX["y1"]) / 2  # the defect's centre, image pixels
+    dx, dy = (cx - WIDE_SIZE[0] / 2) * scale, (cy - WIDE_SIZE[1] / 2) * scale  # from the element's centre
+    svg = browser.find_element(By.ID, "boxes")
+    chain = ActionChains(browser).move_to_element_with_offset(svg, int(dx - 8 * scale), int(dy)).click_and_hold()
+    chain.move_by_offset(int(16 * scale), 0).release().perform()
+    assert "brushed" in wait_for(lambda: browser.find_element(By.ID, "brushed").text)
+    ActionChains(browser).send_keys("d").perform()
+    store = LabelStore(hostile_station.cfg.results.with_name("results-labels"))
+    rows = wait_for(lambda: store.read(PRODUCT, masks=True).to_pylist())
+    from ear_stream.io.labels import Mask
+
+    mask = Mask.of_row(rows[0])
+    assert rows[0]["label"] == "defect" and mask is not None
+    assert (mask.width, mask.height) == WIDE_SIZE  # the image's own pixels
+    ys, xs = np.nonzero(mask.array())
+    assert abs(xs.mean() - cx) < 6 and abs(ys.mean() - cy) < 6  # where it was drawn, letterbox and all
+    assert xs.min() >= BOX["x0"] - 12 and xs.max() <= BOX["x1"] + 12

@@ -1,5 +1,7 @@
 // The review queue: one item at a time; D = defect, F = good part (a false alarm when flagged), S = skip.
 // Every decision is stored by the server (atomically, in Parquet) before the next item shows.
+// Optionally, dragging on the original image brushes the defect's region (C clears it): sent with a D as a
+// PNG of the image's own size, 255 where brushed, kept with the label (what `ear-stream refine` learns from).
 // Every string from the results (ids, model versions, times, frame checks) reaches the page as text through
 // el() and textContent, never as markup: a producer's id or a results part cannot inject anything.
 "use strict";
@@ -8,6 +10,8 @@
   let position = 0; // index into state.queue (skipped items stay in the queue for the next visit)
   let busy = false;
   let applied = null; // the last "Applied: …" line, kept across re-renders
+  let strokes = []; // the brushed region of the current item: [{ r, pts: [[x, y], …] }] in image pixels
+  let stroke = null; // the stroke being drawn
   const api = "/api/p/" + encodeURIComponent(state.product);
   const csrf = document.querySelector('meta[name="csrf-token"]').getAttribute("content");
   const SVG = "http://www.w3.org/2000/svg";
@@ -91,7 +95,9 @@
     const base = "/p/" + encodeURIComponent(state.product);
     const img = $("image");
     $("boxes").replaceChildren();
-    img.onload = () => drawBoxes(item, img);
+    strokes = [];
+    stroke = null;
+    img.onload = () => { drawBoxes(item, img); drawStrokes(); };
     img.onerror = () => { $("original").hidden = true; };
     $("original").hidden = false;
     img.src = base + "/image/" + encodeURIComponent(item.key);
@@ -129,6 +135,75 @@
     }));
   }
 
+  // The brush works in the image's own pixels, through the same SVG user space as the boxes.
+  function brushRadius() {
+    const img = $("image");
+    return Math.max(2, Math.round(Math.max(img.naturalWidth, img.naturalHeight) / 60));
+  }
+
+  function imagePoint(event) {
+    const svg = $("boxes");
+    const pt = svg.createSVGPoint();
+    pt.x = event.clientX;
+    pt.y = event.clientY;
+    const p = pt.matrixTransform(svg.getScreenCTM().inverse());
+    return [Math.round(p.x), Math.round(p.y)];
+  }
+
+  function drawStrokes() {
+    const svg = $("boxes");
+    svg.querySelectorAll("polyline").forEach((line) => line.remove());
+    for (const s of strokes) {
+      const line = document.createElementNS(SVG, "polyline");
+      const pts = s.pts.length === 1 ? [s.pts[0], s.pts[0]] : s.pts;
+      line.setAttribute("points", pts.map((p) => `${p[0]},${p[1]}`).join(" "));
+      line.setAttribute("stroke-width", String(2 * s.r));
+      svg.appendChild(line);
+    }
+    $("brushed").textContent = strokes.length ? "region brushed (C clears)" : "";
+  }
+
+  function startStroke(event) {
+    if (!state.queue[position] || !$("image").naturalWidth) { return; }
+    event.preventDefault();
+    stroke = { r: brushRadius(), pts: [imagePoint(event)] };
+    strokes.push(stroke);
+    $("boxes").setPointerCapture(event.pointerId);
+    drawStrokes();
+  }
+
+  function moveStroke(event) {
+    if (!stroke) { return; }
+    stroke.pts.push(imagePoint(event));
+    drawStrokes();
+  }
+
+  function clearBrush() { strokes = []; stroke = null; drawStrokes(); }
+
+  // The brushed region as a PNG of the image's size (base64): white strokes on black, nothing of the image.
+  function maskPng() {
+    const img = $("image");
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.strokeStyle = "#fff";
+    ctx.fillStyle = "#fff";
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    for (const s of strokes) {
+      ctx.lineWidth = 2 * s.r;
+      ctx.beginPath();
+      ctx.moveTo(s.pts[0][0], s.pts[0][1]);
+      for (const p of s.pts.slice(1)) { ctx.lineTo(p[0], p[1]); }
+      if (s.pts.length === 1) { ctx.arc(s.pts[0][0], s.pts[0][1], s.r, 0, 2 * Math.PI); ctx.fill(); }
+      ctx.stroke();
+    }
+    return canvas.toDataURL("image/png").split(",")[1];
+  }
+
   async function post(url, body) {
     const response = await fetch(url, {
       method: "POST",
@@ -148,7 +223,9 @@
     if (!item || busy) { return; }
     busy = true;
     try {
-      const next = await post(api + "/label", { key: item.key, label: label });
+      const body = { key: item.key, label: label };
+      if (label === "defect" && strokes.length) { body.mask = maskPng(); }
+      const next = await post(api + "/label", body);
       const skipped = state.queue.slice(0, position).map((it) => it.key);
       state = next;
       position = state.queue.filter((it) => skipped.includes(it.key)).length;
@@ -232,7 +309,13 @@
     if (event.ctrlKey || event.metaKey || event.altKey) { return; }
     const key = event.key.toLowerCase();
     if (key === "d") { decide("defect"); } else if (key === "f") { decide("good"); } else if (key === "s") { skip(); }
+    else if (key === "c") { clearBrush(); }
   });
+  $("boxes").addEventListener("pointerdown", startStroke);
+  $("boxes").addEventListener("pointermove", moveStroke);
+  $("boxes").addEventListener("pointerup", () => { stroke = null; });
+  $("boxes").addEventListener("pointercancel", () => { stroke = null; });
+  $("clear").addEventListener("click", clearBrush);
   $("defect").addEventListener("click", () => decide("defect"));
   $("good").addEventListener("click", () => decide("good"));
   $("skip").addEventListener("click", skip);

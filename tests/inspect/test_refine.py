@@ -203,3 +203,25 @@ def test_sigkill_during_refine_then_resume_finishes(headed_models, labels, synth
     manifest = load_manifest(out)
     assert manifest.training["steps"] == 120 and manifest.training["resumed"] is True
     assert json.loads((out / "refine-state.json").read_text())["labels_sha256"] == manifest.lineage["labels_sha256"]
+
+
+def test_label_images_come_from_a_folder_uri_or_the_kept_store(synthetic_root, tmp_path):
+    from ear_stream.io.keeping import ImageKeeper, KeepPolicy
+    from ear_stream.io.results import ResultWriter, now_utc, verdict_row
+
+    test = synthetic_root / PRODUCT / "test"
+    data = (test / "good" / "0000.png").read_bytes()
+    assert LabelImages(test.as_uri()).read("good/0000.png") == data  # a pyarrow filesystem URI
+    uri_images = LabelImages(test.as_uri())
+    assert uri_images.read("good/none.png") is None and "no image" in uri_images.missing["good/none.png"]
+    # the line's way: the id's row in the results names the kept blob
+    keeper = ImageKeeper(KeepPolicy(str(tmp_path / "kept"), 1.0))
+    row = verdict_row(id="item-1", product=PRODUCT, score=1.0, normalized_score=1.0, is_anomaly=True, threshold=0.5,
+                      mask_ratio=0.1, mosaic_scale=8, model_version="v", worker="w", processed_at=now_utc())  # fmt: skip
+    keeper.keep(row, data)
+    keeper.settle()
+    writer = ResultWriter(tmp_path / "results", "w")
+    writer.write([row])
+    kept = LabelImages(None, tmp_path / "results", PRODUCT)
+    assert kept.read("item-1") == data
+    assert kept.read("item-2") is None and "no kept image" in kept.missing["item-2"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ from ..io.decode import ImageDecodeError, decode_image, to_model_input
 from ..io.label_images import LabelImages
 from ..io.labels import LabelStore, Mask
 
+log = logging.getLogger(__name__)
 #: the type of a confirmed defect whose id names no folder
 UNTYPED = "unlabelled"
 #: a mask pixel at the model's size is defect when at least this share of it was (thin cracks survive)
@@ -63,6 +65,7 @@ class LabelledSet:
         if not rows:
             raise ConfigError(f"no labels of product {product!r} in {store.root}")
         ids, defect, images, masks, has_mask, skipped = [], [], [], [], [], {}
+        image_digests: dict[str, str] = {}
         for row in rows:
             ident = str(row["id"])
             data = source.read(ident)
@@ -76,9 +79,12 @@ class LabelledSet:
                 continue
             mask = Mask.of_row(row)
             if mask is not None and (mask.height, mask.width) != arr.shape[:2]:
-                skipped[ident] = f"its mask is {mask.width}x{mask.height}, the image {arr.shape[1]}x{arr.shape[0]}"
-                continue
+                # the label stands; only its region is not of this image (an image replaced, a rotated JPEG)
+                log.warning("%s: mask %dx%d, image %dx%d: the label is used without its mask", ident,
+                            mask.width, mask.height, arr.shape[1], arr.shape[0])  # fmt: skip
+                mask = None
             ids.append(ident)
+            image_digests[ident] = hashlib.sha256(data).hexdigest()
             defect.append(row["label"] == "defect")
             images.append(to_model_input([arr], size))
             masks.append(_mask_at(mask, size))
@@ -96,7 +102,8 @@ class LabelledSet:
             np.array([held_out(product, i, holdout) for i in ids], dtype=bool),
             skipped=skipped,
         )
-        out.digest = _digest(rows)
+        loaded = set(ids)
+        out.digest = _digest([r for r in rows if str(r["id"]) in loaded], image_digests)
         return out
 
     def __len__(self) -> int:
@@ -139,10 +146,17 @@ def _mask_at(mask: Mask | None, size: int) -> torch.Tensor:
     return (F.interpolate(full, size=(size, size), mode="area") >= MASK_COVER).float()
 
 
-def _digest(rows: list[dict]) -> str:
-    """sha256 of the label set (id, label, mask bytes), in id order: what the candidate learnt from."""
+def _digest(rows: list[dict], images: dict[str, str]) -> str:
+    """sha256 of the label set as loaded (id, label, mask bytes, image bytes), in id order: what the candidate
+    learnt from and was judged on (a label whose image was pruned since makes another set)."""
     items = sorted(
-        (str(r["id"]), r["label"], hashlib.sha256(bytes(r["mask"])).hexdigest() if r.get("mask") else "") for r in rows
+        (
+            str(r["id"]),
+            r["label"],
+            hashlib.sha256(bytes(r["mask"])).hexdigest() if r.get("mask") else "",
+            images[str(r["id"])],
+        )
+        for r in rows
     )
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 

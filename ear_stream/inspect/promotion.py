@@ -3,8 +3,9 @@
 ``refine`` scores the held-out labelled items (:mod:`.labelled`: by hash, never trained on) with the parent at
 its threshold and with the candidate at its own, and stores both sets of figures in the candidate's lineage.
 ``promote`` decides on them: a candidate is refused, with the figures, when it ranks the held-out items worse
-(lower image AUROC) or makes more mistakes at its threshold (escapes + false rejects) than its parent, or when
-the held-out labels hold no defect or no good item (nothing shows it is not worse).
+(lower image AUROC), passes more of their defects, or makes more mistakes at its threshold (escapes + false
+rejects) than its parent, or when the held-out labels hold fewer than :data:`MIN_HELDOUT_PER_CLASS` defects or
+goods (nothing shows it is not worse).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from ..model.artifact import Manifest
 
 
+#: the fewest held-out defects and goods a comparison needs before ``promote`` believes it
+MIN_HELDOUT_PER_CLASS = 3
+
+
 @dataclass(frozen=True)
 class HeldOutFigures:
     """One model on the held-out labels, at the threshold it would use."""
@@ -36,6 +41,10 @@ class HeldOutFigures:
     @classmethod
     def of(cls, scores: np.ndarray, defect: np.ndarray, threshold: float) -> HeldOutFigures:
         scores, defect = np.asarray(scores, dtype=np.float64), np.asarray(defect, dtype=bool)
+        finite = np.isfinite(scores)
+        if not finite.all():  # fail closed, as the line does: a score that is not a number is a flag, ranked top
+            top = float(scores[finite].max()) + 1.0 if finite.any() else 1.0
+            scores = np.where(finite, scores, max(top, float(threshold) + 1.0))
         both = defect.any() and (~defect).any()
         flagged = scores > threshold
         return cls(
@@ -63,15 +72,22 @@ class HeldOutFigures:
 
 
 def refusal(parent: HeldOutFigures, candidate: HeldOutFigures) -> str | None:
-    """Why the candidate must not replace the parent (None: it may), with both models' figures."""
+    """Why the candidate must not replace the parent (None: it may), with both models' figures.
+
+    Refused: fewer than :data:`MIN_HELDOUT_PER_CLASS` held-out defects or goods (one item is no evidence), a
+    lower AUROC, more escapes (a missed defect is not bought back by fewer false alarms), or more mistakes.
+    """
     figures = f"parent: {parent.describe()}; candidate: {candidate.describe()}"
-    if candidate.n_defect == 0 or candidate.n_good == 0:
+    if min(candidate.n_defect, candidate.n_good) < MIN_HELDOUT_PER_CLASS:
         return (
-            f"the held-out labels hold {candidate.n_defect} defect(s) and {candidate.n_good} good item(s): "
-            f"nothing shows the candidate is no worse; label more items and refine again ({figures})"
+            f"the held-out labels hold {candidate.n_defect} defect(s) and {candidate.n_good} good item(s), fewer "
+            f"than {MIN_HELDOUT_PER_CLASS} of each: nothing shows the candidate is no worse; label more items and "
+            f"refine again ({figures})"
         )
     if candidate.auroc is not None and parent.auroc is not None and candidate.auroc < parent.auroc:
         return f"the candidate ranks the held-out labels worse ({figures})"
+    if candidate.escapes > parent.escapes:
+        return f"the candidate passes more of the held-out defects ({figures})"
     if candidate.errors > parent.errors:
         return f"the candidate makes more mistakes on the held-out labels ({figures})"
     return None

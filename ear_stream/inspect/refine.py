@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..io.results import write_file_atomic
 from ..model.artifact import Manifest, save_artifact
-from ..model.config import DEFAULT_PRECISION, ModelConfig, RefineConfig, TrainConfig
+from ..model.config import DEFAULT_IMAGE_POLICY, DEFAULT_PRECISION, ModelConfig, RefineConfig, TrainConfig
 from ..model.factory import dino_weights_hash, load_model
 from ..model.head import focal_dice_loss, head_inputs, smoothed_map
 from ..model.reference import combined_loss
@@ -53,6 +54,13 @@ from .variant import Variant, paste_context
 
 #: what a refinement records beside its checkpoint, so that ``--resume`` continues the same refinement only
 REFINE_STATE = "refine-state.json"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def parent_train_config(manifest: Manifest, refine: RefineConfig, precision: str | None) -> TrainConfig:
@@ -171,12 +179,12 @@ class Refiner(Trainer):
         }
         path = self.out_dir / REFINE_STATE
         if self.resume:
-            if not path.is_file() or json.loads(path.read_text()) != json.loads(json.dumps(state)):
+            if not path.is_file() or _read_json(path) != json.loads(json.dumps(state)):
                 raise ConfigError(
                     f"{self.out_dir} holds no refinement of this parent on these labels with these settings to resume"
                 )
         else:
-            path.write_text(json.dumps(state, indent=2))
+            write_file_atomic(path, lambda f: f.write(json.dumps(state, indent=2).encode()))
         super()._setup_state()
 
     # ------------------------------------------------------------------ one step
@@ -237,13 +245,19 @@ class Refiner(Trainer):
             pipe.normal_map = fit_normal_map(pipe, self.data.images[self.train_idx[:NORMAL_MAP_IMAGES]])
         policy = self.refine_cfg.threshold_policy or self.parent_manifest.threshold_policy
         held_goods = select(self.data.images, self.hold_idx)
-        _, stats = calibrate(pipe, held_goods, "fpr:0.02")  # statistics, pixel grid, OOD check
         lab, train = self.labelled, self.labelled.train_idx
-        train_scores = pipe.score_batches(lab.images[train])[0] if len(train) else np.zeros(0)
-        threshold = self._threshold(policy, np.asarray(stats["scores"]), train_scores, lab.defect[train])
-        stats["rule"] = f"policy {policy} on held-out normal scores and the training side's confirmed goods"
-        stats["labelled_scores"] = [float(s) for s in train_scores]
-        stats["labelled_defect"] = [bool(d) for d in lab.defect[train]]
+        if parse_policy(policy, labelled=True).needs_labels:
+            # f1 on the training side's labelled items (the held-out ones judge the candidate, never choose)
+            _, stats = calibrate(pipe, held_goods, DEFAULT_IMAGE_POLICY)  # statistics, pixel grid, OOD check
+            train_scores = pipe.score_batches(lab.images[train])[0] if len(train) else np.zeros(0)
+            threshold = self._f1_threshold(policy, np.asarray(stats["scores"]), train_scores, lab.defect[train])
+            stats["rule"] = f"policy {policy} on the training side's labelled items"
+            stats["labelled_scores"] = [float(s) for s in train_scores]
+            stats["labelled_defect"] = [bool(d) for d in lab.defect[train]]
+        else:
+            # the held-out good images only: the confirmed goods were trained on (their scores pushed down) and
+            # were picked as false alarms (high by selection), so neither says what a good part scores
+            threshold, stats = calibrate(pipe, held_goods, policy)
         recovery = recovery_check(pipe, self.held_out)
         comparison = self.compare(pipe, threshold)
         manifest = Manifest(
@@ -258,14 +272,11 @@ class Refiner(Trainer):
         return save_artifact(self.out_dir, pipe.model, manifest)
 
     @staticmethod
-    def _threshold(policy: str, good: np.ndarray, scores: np.ndarray, defect: np.ndarray) -> float:
-        """The image threshold from held-out goods and the confirmed goods (+ confirmed defects for ``f1``)."""
-        parsed = parse_policy(policy, labelled=True)
-        goods = np.concatenate([good, scores[~defect]])
-        labelled = (scores, defect) if defect.any() and (~defect).any() else None
-        if parsed.needs_labels and labelled is None:
+    def _f1_threshold(policy: str, good: np.ndarray, scores: np.ndarray, defect: np.ndarray) -> float:
+        """A labelled policy's threshold (``f1``) from the training side's labelled items."""
+        if not (defect.any() and (~defect).any()):
             raise ConfigError(f"policy {policy} chooses from labelled defects and goods: the training side lacks one")
-        return float(image_threshold(parsed, goods, labelled))
+        return float(image_threshold(parse_policy(policy, labelled=True), good, (scores, defect)))
 
     def compare(self, candidate: Pipeline, threshold: float) -> dict[str, Any]:
         """Parent (at its threshold) and candidate (at ``threshold``) on the held-out labels."""
@@ -282,6 +293,7 @@ class Refiner(Trainer):
             "parent": p_fig.to_json(),
             "candidate": c_fig.to_json(),
             "ids": [lab.ids[i] for i in held],
+            "defect": [bool(d) for d in defect],
             "parent_scores": [float(s) for s in p_scores],
             "candidate_scores": [float(s) for s in c_scores],
             "promotable": why is None,

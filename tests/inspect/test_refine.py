@@ -127,8 +127,10 @@ def test_promotion_refuses_worse_and_unproven_candidates():
     parent = HeldOutFigures(1.0, 0.80, 2, 1, 5, 5)
     assert refusal(parent, HeldOutFigures(1.0, 0.90, 1, 1, 5, 5)) is None
     assert "ranks the held-out labels worse" in refusal(parent, HeldOutFigures(1.0, 0.70, 0, 0, 5, 5))
-    assert "more mistakes" in refusal(parent, HeldOutFigures(1.0, 0.85, 3, 1, 5, 5))
+    assert "passes more of the held-out defects" in refusal(parent, HeldOutFigures(1.0, 0.85, 3, 0, 5, 5))
+    assert "more mistakes" in refusal(parent, HeldOutFigures(1.0, 0.85, 1, 3, 5, 5))
     assert "nothing shows" in refusal(parent, HeldOutFigures(1.0, None, 0, 0, 0, 5))
+    assert "nothing shows" in refusal(parent, HeldOutFigures(1.0, 0.9, 0, 0, 2, 5))  # two defects: no evidence
 
 
 def test_promote_swaps_atomically_the_registry_reloads_and_worse_is_refused(
@@ -143,7 +145,7 @@ def test_promote_swaps_atomically_the_registry_reloads_and_worse_is_refused(
     # worse on the held-out labels: refused, with the figures, nothing moved
     worse = dict(cand.lineage)
     worse["heldout"] = {**worse["heldout"], "parent": {**worse["heldout"]["parent"], "auroc": 1.0}}
-    worse["heldout"]["candidate"] = {**worse["heldout"]["candidate"], "auroc": 0.5, "n_defect": 2, "n_good": 2}
+    worse["heldout"]["candidate"] = {**worse["heldout"]["candidate"], "auroc": 0.5, "n_defect": 5, "n_good": 5}
     cand.lineage = worse
     write_manifest(cand_dir, cand)
     res = run("promote", PRODUCT, "--models", models)
@@ -153,7 +155,14 @@ def test_promote_swaps_atomically_the_registry_reloads_and_worse_is_refused(
     good = dict(worse)
     good["heldout"] = {**good["heldout"], "refusal": None}
     good["heldout"]["parent"] = {**good["heldout"]["parent"], "auroc": 0.5, "escapes": 2, "false_rejects": 2}
-    good["heldout"]["candidate"] = {**good["heldout"]["candidate"], "auroc": 0.9, "escapes": 0, "false_rejects": 0}
+    good["heldout"]["candidate"] = {
+        **good["heldout"]["candidate"],
+        "auroc": 0.9,
+        "escapes": 0,
+        "false_rejects": 0,
+        "n_defect": 5,
+        "n_good": 5,
+    }
     cand.lineage = good
     write_manifest(cand_dir, cand)
     res = run("promote", PRODUCT, "--models", models)

@@ -52,7 +52,11 @@ def test_keep_label_refine_shadow_promote_and_the_verdict_changes(redis_server, 
     line = tmp_path / "models"
     shutil.copytree(headed_models, line)
     parent = load_manifest(line / PRODUCT).model_version
-    files = sorted((synthetic_root / PRODUCT / "test").rglob("*.png"))
+    from ear_stream.io.datasets import write_synthetic_category
+
+    # more test images than the shared sample: promote wants at least 3 held-out defects and goods
+    sample = write_synthetic_category(tmp_path / "sample", PRODUCT, n_train=2, n_test_good=16, n_test_defect=8, seed=3)
+    files = sorted((sample / "test").rglob("*.png"))
     truth = {f"{p.parent.name}-{p.stem}": p.parent.name != "good" for p in files}
     payload = {f"{p.parent.name}-{p.stem}": p.read_bytes() for p in files}
     client = q.connect(redis_server.url)
@@ -89,7 +93,7 @@ def test_keep_label_refine_shadow_promote_and_the_verdict_changes(redis_server, 
         # 3. refine from the kept images (found through the results), a candidate beside the line's model
         runner = CliRunner()
         res = runner.invoke(main, ["refine", str(line / PRODUCT), "--labels", str(labels), "--results", str(out),
-                                   "--max-steps", "40", "--no-progress", "--precision", "fp32"])  # fmt: skip
+                                   "--max-steps", "40", "--no-progress", "--precision", "fp32", "--holdout", "0.4"])  # fmt: skip
         assert res.exit_code == 0, res.output
         cand = load_manifest(candidate_dir(line, PRODUCT))
         assert cand.lineage["labels"]["defect"] == sum(truth.values()) and cand.lineage["labels"]["skipped"] == 0

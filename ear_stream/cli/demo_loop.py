@@ -67,12 +67,11 @@ def learning_loop(workdir: Path, model_dir: Path, results: Path, product: str, p
     refine_model(model_dir, labelled, workdir / "data", product, out, RefineConfig(threshold_policy=DEMO_REFINE_POLICY), precision,
                  progress=False, max_minutes=DEMO_REFINE_MINUTES)  # fmt: skip
     try:
-        check_candidate(model_dir.parent, product, out)
-        promote(model_dir.parent, product, out)
+        promote(model_dir.parent, product, out, lambda staged: check_candidate(model_dir.parent, product, staged))
         promoted, why = True, ""
     except ConfigError as exc:
         promoted, why = False, str(exc)
-    after = _rates(model_dir if promoted else out, workdir, product, precision)
+    after = _rates(model_dir, workdir, product, precision) if promoted else before
     click.echo(
         f"learning from the line: escapes {before['escapes']:.1%} -> {after['escapes']:.1%}, false rejects "
         f"{before['false_rejects']:.1%} -> {after['false_rejects']:.1%} on the sample's test images "

@@ -13,7 +13,7 @@ import click
 
 from ..errors import ConfigError
 from ..model.config import REFINE_MINUTES, RefineConfig
-from ..model.deployment import CANDIDATES, candidate_dir, product_of
+from ..model.deployment import CANDIDATES, VERSIONS, candidate_dir, product_of
 from .options import DEVICE_OPTION, DINO_OPTION, PRECISION_OPTION, announce_backend, default_of
 from .threshold import PolicyOption
 
@@ -173,14 +173,22 @@ def _report(candidate: Path) -> None:
 )
 @click.option("--candidate", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help=f"The candidate to promote. Default: MODELS/{CANDIDATES}/PRODUCT.")  # fmt: skip
-def promote(product: str, models_dir: Path, candidate: Path | None) -> None:
+@click.option("--rollback", is_flag=True,
+              help=f"Return to a version the line ran before (--candidate MODELS/{VERSIONS}/PRODUCT/<version>), "
+              "without a held-out comparison: a person's decision.")  # fmt: skip
+def promote(product: str, models_dir: Path, candidate: Path | None, rollback: bool) -> None:
     """Make PRODUCT's refined candidate the model the line runs (atomically; workers hot-reload it).
 
     Refused, with the figures, when the candidate was not refined from the model the line runs now, or when on
-    its held-out labels it ranks worse (image AUROC) or makes more mistakes (escapes + false rejects at the
-    threshold each uses) than its parent, or when the held-out labels cannot show it (no defect or no good
-    item among them). Every promoted model stays under MODELS/.versions/PRODUCT/ (promote it again with
-    --candidate to roll back).
+    its held-out labels it ranks worse (image AUROC), passes more defects, or makes more mistakes (escapes +
+    false rejects, each model at its own threshold) than its parent, or when the held-out labels cannot show it
+    (fewer than 3 defects or 3 good items among them). The figures are recomputed from the held-out scores
+    refine stored, at the threshold the parent runs with now. Every promoted model stays under MODELS/.versions/PRODUCT/ (`--rollback --candidate
+    MODELS/.versions/PRODUCT/<version>` returns to one).
+
+    \b
+    ear-stream promote tile --models models
+    ear-stream promote tile --models models --rollback --candidate models/.versions/tile/<version>
     """
     from ..inspect.promotion import check_candidate
     from ..io.labels import check_product
@@ -190,6 +198,11 @@ def promote(product: str, models_dir: Path, candidate: Path | None) -> None:
     candidate = candidate or candidate_dir(models_dir, product)
     if not candidate.is_dir():
         raise ConfigError(f"no candidate for {product} at {candidate}: run `ear-stream refine` first")
-    manifest = check_candidate(models_dir, product, candidate)
-    _, target = swap(models_dir, product, candidate)
+    if rollback and candidate == candidate_dir(models_dir, product):
+        raise ConfigError(f"--rollback needs --candidate MODELS/{VERSIONS}/{product}/<version>")
+    if rollback:  # where it comes from is checked on the original path; the rest on the copy
+        check_candidate(models_dir, product, candidate, rollback=True)
+    manifest, target = swap(
+        models_dir, product, candidate, lambda staged: check_candidate(models_dir, product, staged, rollback=rollback)
+    )
     click.echo(f"{product} now runs {manifest.model_version} ({target}); workers reload it within seconds")

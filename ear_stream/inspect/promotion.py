@@ -97,30 +97,66 @@ def figures_of(data: dict[str, Any]) -> HeldOutFigures:
     return HeldOutFigures(**data)
 
 
-def check_candidate(models_dir: Path, product: str, candidate: Path) -> Manifest:
+def recomputed(manifest: Manifest, parent_threshold: float) -> tuple[HeldOutFigures, HeldOutFigures]:
+    """(parent, candidate) figures from the held-out scores the candidate's lineage stores, at the threshold
+    the parent runs with now and at the candidate's own: never the stored summary, which a revised parent
+    threshold makes stale and an edited manifest could forge. :class:`ArtifactError` when they are not there."""
+    from ..model.artifact import ArtifactError
+
+    held = manifest.lineage.get("heldout") if isinstance(manifest.lineage, dict) else None
+    if not isinstance(held, dict):
+        raise ArtifactError("the candidate's lineage holds no held-out comparison (not written by refine?)")
+    columns = [held.get(k) for k in ("parent_scores", "candidate_scores", "defect")]
+    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1:  # type: ignore[arg-type]
+        raise ArtifactError("the candidate's held-out comparison is malformed (scores and labels of unequal length)")
+    parent, candidate, defect = columns
+    if not all(isinstance(v, bool) for v in defect) or not all(  # type: ignore[union-attr]
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        for v in [*parent, *candidate]  # type: ignore[misc]
+    ):
+        raise ArtifactError(
+            "the candidate's held-out comparison is malformed (scores must be numbers, labels booleans)"
+        )
+    return (
+        HeldOutFigures.of(np.asarray(parent, float), np.asarray(defect, bool), parent_threshold),
+        HeldOutFigures.of(np.asarray(candidate, float), np.asarray(defect, bool), manifest.threshold),
+    )
+
+
+def check_candidate(models_dir: Path, product: str, candidate: Path, rollback: bool = False) -> Manifest:
     """The candidate's manifest when ``promote`` may make it ``product``'s model; ConfigError saying why not.
 
-    Refused: the model the line runs already; refined from another model than the one the line runs; worse
-    or unproven on its held-out labels (:func:`refusal`). A model without lineage (trained from scratch, a
-    version promoted before) passes: promoting it is a rollback, a person's decision.
+    Refused: the model the line runs already; a candidate without lineage (``rollback`` takes a version the line
+    ran before, under ``.versions``, without a comparison: a person's decision); no model running to compare
+    with; refined from another model than the one the line runs; worse or unproven on its held-out labels
+    (:func:`refusal`, on the figures :func:`recomputed` from the stored scores).
     """
     from ..model.artifact import MANIFEST_FILE, load_manifest
+    from ..model.deployment import VERSIONS
 
     manifest = load_manifest(candidate)
     current = Path(models_dir) / product
-    if (current / MANIFEST_FILE).is_file():
-        running = load_manifest(current)
-        if running.weights_sha256 == manifest.weights_sha256:
-            raise ConfigError(f"{product} already runs {manifest.model_version}")
-        lineage = manifest.lineage
-        if lineage and lineage.get("parent_weights_sha256") != running.weights_sha256:
-            raise ConfigError(
-                f"the candidate was refined from {lineage.get('parent_version')}, but {product} runs "
-                f"{running.model_version} now: refine again from the model the line runs"
-            )
-    if manifest.lineage:
-        held = manifest.lineage["heldout"]
-        why = refusal(figures_of(held["parent"]), figures_of(held["candidate"]))
-        if why is not None:
-            raise ConfigError(f"not promoting {product}: {why}")
+    running = load_manifest(current) if (current / MANIFEST_FILE).is_file() else None
+    if running is not None and running.weights_sha256 == manifest.weights_sha256:
+        raise ConfigError(f"{product} already runs {manifest.model_version}")
+    if rollback:
+        versions = (Path(models_dir) / VERSIONS / product).resolve()
+        if not Path(candidate).resolve().is_relative_to(versions):
+            raise ConfigError(f"--rollback takes a version the line ran before, under {versions}, not {candidate}")
+        return manifest
+    if not manifest.lineage:
+        raise ConfigError(
+            f"{candidate} has no lineage (not refined by `ear-stream refine`): nothing shows it is no worse; "
+            f"to return to a version the line ran before, pass --rollback --candidate {VERSIONS}/{product}/<version>"
+        )
+    if running is None:
+        raise ConfigError(f"{product} runs no model in {models_dir}: a candidate is judged against its parent")
+    if manifest.lineage.get("parent_weights_sha256") != running.weights_sha256:
+        raise ConfigError(
+            f"the candidate was refined from {manifest.lineage.get('parent_version')}, but {product} runs "
+            f"{running.model_version} now: refine again from the model the line runs"
+        )
+    why = refusal(*recomputed(manifest, running.threshold))
+    if why is not None:
+        raise ConfigError(f"not promoting {product}: {why}")
     return manifest

@@ -80,7 +80,7 @@ class ModelRegistry:
         with self._lock:
             if product not in self._pipes:
                 path = self.models_dir / product  # product names are validated: no path traversal
-                if not (path / MANIFEST_FILE).is_file():
+                if not is_product_dir(path):
                     raise UnknownProduct(f"no model for product {product!r} in {self.models_dir}")
                 self._pipes[product] = self._load(path)
                 self._stamps[product] = (time.monotonic(), self._stat(path))
@@ -106,7 +106,7 @@ class ModelRegistry:
         first read, so the first real entries do not pay for it; returns seconds. A model that fails to load
         is left for its entries to dead-letter as ``model_error``."""
         started = time.monotonic()
-        for path in sorted(p for p in self.models_dir.iterdir() if (p / MANIFEST_FILE).is_file()):
+        for path in sorted(p for p in self.models_dir.iterdir() if is_product_dir(p)):
             try:
                 pipe = self.get(path.name)
                 seconds = pipe.warm_up((1, max(2, min(batch_size, 8))))
@@ -168,6 +168,12 @@ class ModelRegistry:
         return dict(self.reload_errors)
 
 
+def is_product_dir(path: Path) -> bool:
+    """A product's model: ``<product>/manifest.json``, the name not starting with a dot (``.candidates``,
+    ``.versions`` and a promotion's temporary link are the folder's own)."""
+    return not path.name.startswith(".") and (path / MANIFEST_FILE).is_file()
+
+
 def check_models_dir(models_dir: Path) -> list[str]:
     """The products a worker can score (``MODELS/<product>/manifest.json``); a folder with none is refused.
 
@@ -182,7 +188,7 @@ def check_models_dir(models_dir: Path) -> list[str]:
             f"--models {models_dir} is one model's folder; pass the folder that holds it "
             f"({models_dir.parent}: MODELS/<product>/, the product being {models_dir.name!r})"
         )
-    products = sorted(p.name for p in models_dir.iterdir() if (p / MANIFEST_FILE).is_file())
+    products = sorted(p.name for p in models_dir.iterdir() if is_product_dir(p))
     if not products:
         raise ConfigError(f"--models {models_dir} holds no model (MODELS/<product>/{MANIFEST_FILE}): nothing to score")
     return products

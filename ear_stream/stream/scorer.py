@@ -167,6 +167,8 @@ class Scorer:
             log.warning("%s: the shadow candidate does not load (%s); scoring without it", product, exc)
             self._shadow_failed[product] = time.monotonic()
             return
+        if cand.model_version == pipe.model_version:  # promoted meanwhile: the verdict is already its score
+            return
         if cand.config.native or pipe.config.native or cand.config.image_size != pipe.config.image_size:
             if product not in self._shadow_failed:
                 log.warning("%s: the candidate sees other inputs than the promoted model: no shadow score", product)

@@ -26,7 +26,7 @@ from ear_stream.io.label_images import LabelImages
 from ear_stream.io.labels import Label, LabelStore, Mask
 from ear_stream.model.artifact import load_manifest, write_manifest
 from ear_stream.model.deployment import VERSIONS, candidate_dir
-from ear_stream.stream.models import ModelRegistry
+from ear_stream.stream.models import ModelRegistry, check_models_dir
 
 PRODUCT = "synthetic"
 
@@ -133,6 +133,13 @@ def test_promotion_refuses_worse_and_unproven_candidates():
     assert "nothing shows" in refusal(parent, HeldOutFigures(1.0, 0.9, 0, 0, 2, 5))  # two defects: no evidence
 
 
+def forge(cand_dir: Path, **heldout) -> None:  # type: ignore[no-untyped-def]
+    """Rewrite the candidate's stored held-out comparison (what promote recomputes its figures from)."""
+    cand = load_manifest(cand_dir)
+    cand.lineage = {**cand.lineage, "heldout": {**cand.lineage["heldout"], **heldout}}
+    write_manifest(cand_dir, cand)
+
+
 def test_promote_swaps_atomically_the_registry_reloads_and_worse_is_refused(
     headed_models, labels, synthetic_root, tmp_path
 ):
@@ -141,47 +148,53 @@ def test_promote_swaps_atomically_the_registry_reloads_and_worse_is_refused(
     before = registry.get(PRODUCT).model_version
     assert refine_cli(models, labels, synthetic_root).exit_code == 0
     cand_dir = candidate_dir(models, PRODUCT)
-    cand = load_manifest(cand_dir)
-    # worse on the held-out labels: refused, with the figures, nothing moved
-    worse = dict(cand.lineage)
-    worse["heldout"] = {**worse["heldout"], "parent": {**worse["heldout"]["parent"], "auroc": 1.0}}
-    worse["heldout"]["candidate"] = {**worse["heldout"]["candidate"], "auroc": 0.5, "n_defect": 5, "n_good": 5}
-    cand.lineage = worse
-    write_manifest(cand_dir, cand)
+    threshold = load_manifest(cand_dir).threshold
+    parent_thr = load_manifest(models / PRODUCT).threshold
+    defect = [True] * 4 + [False] * 4
+    # worse on the held-out labels: the figures come from the stored scores, at each model's threshold
+    forge(cand_dir, defect=defect, parent_scores=[parent_thr + 1] * 4 + [parent_thr - 1] * 4,
+          candidate_scores=[threshold - 1] * 4 + [threshold - 2] * 4)  # fmt: skip
     res = run("promote", PRODUCT, "--models", models)
-    assert res.exit_code == 1 and "ranks the held-out labels worse" in res.output and "AUROC 0.500" in res.output
-    assert not (models / PRODUCT).is_symlink()
-    # as refine wrote it: promoted when no worse
-    good = dict(worse)
-    good["heldout"] = {**good["heldout"], "refusal": None}
-    good["heldout"]["parent"] = {**good["heldout"]["parent"], "auroc": 0.5, "escapes": 2, "false_rejects": 2}
-    good["heldout"]["candidate"] = {
-        **good["heldout"]["candidate"],
-        "auroc": 0.9,
-        "escapes": 0,
-        "false_rejects": 0,
-        "n_defect": 5,
-        "n_good": 5,
-    }
-    cand.lineage = good
-    write_manifest(cand_dir, cand)
+    assert res.exit_code == 1 and "passes more of the held-out defects" in res.output and "4/4 escapes" in res.output
+    assert not (models / PRODUCT).is_symlink() and not list((models / VERSIONS / PRODUCT).glob("*/manifest.json"))
+    # a malformed or missing comparison: one line, nothing moved
+    for bad in ({"defect": "yes"}, {"parent_scores": [1.0]}, {"candidate_scores": ["0.5"] * 8}):
+        forge(cand_dir, defect=defect, parent_scores=[0.0] * 8, candidate_scores=[0.0] * 8)
+        forge(cand_dir, **bad)
+        res = run("promote", PRODUCT, "--models", models)
+        assert res.exit_code == 1 and "malformed" in res.output, res.output
+    # no worse: promoted
+    forge(cand_dir, defect=defect, parent_scores=[parent_thr + 1] * 2 + [parent_thr - 1] * 6,
+          candidate_scores=[threshold + 1] * 4 + [threshold - 1] * 4)  # fmt: skip
+    cand = load_manifest(cand_dir)
     res = run("promote", PRODUCT, "--models", models)
     assert res.exit_code == 0, res.output
     link = models / PRODUCT
-    assert link.is_symlink() and (models / VERSIONS / PRODUCT).is_dir()
-    assert load_manifest(link).model_version == cand.model_version
-    assert len(list((models / VERSIONS / PRODUCT).iterdir())) == 2  # the parent is kept to roll back to
+    assert link.is_symlink() and load_manifest(link).model_version == cand.model_version
+    kept = sorted(p.name for p in (models / VERSIONS / PRODUCT).iterdir() if not p.name.startswith("."))
+    assert kept == sorted([before, cand.model_version])  # the parent is kept to roll back to
+    assert not cand_dir.exists()  # promoted: no longer a candidate (the shadow stops scoring it)
+    assert not (link / "checkpoint.pt").exists() and not (link / "refine-state.json").exists()
     time.sleep(0.01)
-    after = registry.get(PRODUCT).model_version
-    assert after == cand.model_version != before
+    assert registry.get(PRODUCT).model_version == cand.model_version != before
     assert registry.reload_errors == {}
-    # a second promotion of the same candidate, and one refined from another parent, are refused
-    res = run("promote", PRODUCT, "--models", models)
+    assert check_models_dir(models) == [PRODUCT]  # .versions and .candidates are no products
+    # promoting what runs, or a version without lineage without --rollback, is refused; --rollback returns
+    res = run("promote", PRODUCT, "--models", models, "--candidate", link.resolve())
     assert res.exit_code == 1 and "already runs" in res.output
-    parent_dir = models / VERSIONS / PRODUCT / before.split(".t")[0]
+    parent_dir = models / VERSIONS / PRODUCT / before
     res = run("promote", PRODUCT, "--models", models, "--candidate", parent_dir)
-    assert res.exit_code == 0  # a model trained from scratch (no lineage): a rollback
+    assert res.exit_code == 1 and "--rollback" in res.output
+    res = run("promote", PRODUCT, "--models", models, "--rollback", "--candidate", parent_dir)
+    assert res.exit_code == 0, res.output
     assert load_manifest(link).model_version == before
+    # a candidate refined from a model the line no longer runs is refused
+    assert refine_cli(models, labels, synthetic_root, "--max-steps", "2").exit_code == 0
+    res = run("promote", PRODUCT, "--models", models, "--rollback", "--candidate",
+              models / VERSIONS / PRODUCT / cand.model_version)  # fmt: skip
+    assert res.exit_code == 0
+    res = run("promote", PRODUCT, "--models", models)
+    assert res.exit_code == 1 and "refine again from the model the line runs" in res.output
 
 
 def test_sigkill_during_refine_then_resume_finishes(headed_models, labels, synthetic_root, tmp_path):

@@ -126,6 +126,23 @@ def refine(args, name: str, base: Path, out: Path, data_root: Path, test_dir: Pa
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def plot(study_json: Path, out_png: Path) -> None:
+    """The curve of BENCHMARKS.md: image AUROC and escapes at ≤ 2 % false rejects against K (runs k1…k100)."""
+    from ear_stream.inspect.visualize import line_chart_png
+
+    rows = json.loads(study_json.read_text())["rows"]
+    ks = [(0, rows["parent (K=0)"])] + [
+        (RUNS[n]["k"], rows[n]) for n in ("k1", "k3", "k10", "k30", "k100") if n in rows
+    ]
+    series = {
+        "image AUROC": [(float(k), r["image_auroc"]) for k, r in ks],
+        "escapes @2% FRR": [(float(k), r["escapes_at_2pct_frr"]) for k, r in ks],
+        "pixel AUROC": [(float(k), r["pixel_auroc"]) for k, r in ks],
+    }
+    title = "Magnetic Tile, refine with K confirmed defects + K goods (reported subset)"
+    out_png.write_bytes(line_chart_png(series, title, "K confirmed defects", "", 640, 360))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_root", type=Path)
@@ -137,7 +154,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--parallel", type=int, default=1)
     ap.add_argument("--val-fraction", type=float, default=0.5)
+    ap.add_argument(
+        "--plot-only", action="store_true", help="only redraw OUT/refine_curve.png from OUT/refine_study.json"
+    )
     args = ap.parse_args()
+    if args.plot_only:
+        plot(args.out / "refine_study.json", args.out / "refine_curve.png")
+        return
 
     from ear_stream.inspect.inputs import load_images
     from ear_stream.io.datasets import load_mask, test_samples
@@ -200,6 +223,7 @@ def main() -> None:
             + f" | {r.get('refine_cpu_minutes', '—')} | {verdict} |"
         )
     (args.out / "refine_study.md").write_text("\n".join(lines) + "\n")
+    plot(args.out / "refine_study.json", args.out / "refine_curve.png")
     print("\n".join(lines))
 
 

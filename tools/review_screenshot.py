@@ -5,7 +5,8 @@
 Scores ``--images`` test images of the category (good and defective, a fixed pick) with the model into a
 temporary results tree, labels the last ``--reviewed`` queued items by their ground truth through the
 station's own API (so the counts and the threshold proposal show), then opens the product page in
-headless Debian Chromium and saves a screenshot. Nothing of the temporary tree is kept.
+headless Debian Chromium, brushes across the first item's first region (as a reviewer marking the defect
+does; nothing is stored) and saves a screenshot. Nothing of the temporary tree is kept.
 """
 
 from __future__ import annotations
@@ -65,10 +66,25 @@ def main() -> None:
                 driver.set_window_size(1180, 1100)
                 driver.get(f"{station.url}/p/{args.category}")
                 time.sleep(1.5)  # images and boxes drawn
+                brush_first_region(driver)
                 args.out.write_bytes(driver.get_screenshot_as_png())
             finally:
                 driver.quit()
     print(f"wrote {args.out}")
+
+
+def brush_first_region(driver) -> None:  # type: ignore[no-untyped-def]
+    """Drag across the first region box, as a reviewer brushing the defect does (nothing is stored)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    boxes = driver.find_elements(By.CSS_SELECTOR, "#boxes rect")
+    if not boxes:
+        return
+    width = boxes[0].size["width"]
+    chain = ActionChains(driver).move_to_element_with_offset(boxes[0], -int(width // 3), 0).click_and_hold()
+    chain.move_by_offset(int(2 * width // 3), 0).release().perform()
+    time.sleep(0.3)
 
 
 if __name__ == "__main__":

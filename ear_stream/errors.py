@@ -43,6 +43,13 @@ class Reason(str, Enum):
     MAX_DELIVERIES = "max_deliveries"
     MODEL_ERROR = "model_error"
     NON_FINITE_SCORE = "non_finite_score"
+    #: a claim-check entry (``uri``/``sha256``/``bytes``, docs/design.md "Claim-check entries") whose object is
+    #: not in the worker's payload store (never put, deleted, pruned, another store)
+    PAYLOAD_MISSING = "payload_missing"
+    #: the object's size or sha256 is not the one the reference names (corrupt, truncated, replaced)
+    PAYLOAD_MISMATCH = "payload_mismatch"
+    #: a reference the worker cannot resolve: no key in its ``uri``, or no ``--store`` to resolve it in
+    PAYLOAD_INVALID = "payload_invalid"
     #: not a dead letter: a frame that decoded but cannot be a photo of a part (blank, uniform, a sliver);
     #: scored, written with this reason in ``frame_check`` and never passed as ``ok``
     INVALID_FRAME = "invalid_frame"

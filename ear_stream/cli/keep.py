@@ -1,5 +1,5 @@
 """``--keep-images`` and its retention options, one definition for ``worker``, ``cluster`` and ``score``
-(docs/design.md, "Keeping images")."""
+(docs/design.md, "Keeping images"), and the check of a store location they share with ``--store``."""
 
 from __future__ import annotations
 
@@ -73,14 +73,22 @@ def keep_config(
         if keep_bytes is not None or keep_days is not None:
             raise click.UsageError("--keep-bytes and --keep-days bound what --keep-images keeps: give --keep-images")
         return {}
+    location = checked_store(keep_images, "--keep-images", "images are kept once it can be reached")
+    return {"keep_images": location, "keep_passed": keep_passed, "keep_bytes": keep_bytes, "keep_days": keep_days}
+
+
+def checked_store(location: str, option: str, meanwhile: str) -> str:
+    """``location`` as a worker keeps it: a local folder made absolute (an actor or a restarted worker may run
+    elsewhere); one that can never be a store (a file, a URI pyarrow cannot open) refused in one line; one
+    that cannot be reached now only warned about (``meanwhile``: what the worker does until it can)."""
     from ..io.keeping import local_location
     from ..io.store import BadLocation, BlobStore, StoreUnavailable
 
-    location = local_location(keep_images)
+    location = local_location(location)
     try:
         BlobStore(location)
     except BadLocation as exc:
-        raise click.BadParameter(str(exc), param_hint="--keep-images") from None
+        raise click.BadParameter(str(exc), param_hint=option) from None
     except StoreUnavailable as exc:
-        click.secho(f"warning: {exc}; images are kept once it can be reached", fg="yellow", err=True)
-    return {"keep_images": location, "keep_passed": keep_passed, "keep_bytes": keep_bytes, "keep_days": keep_days}
+        click.secho(f"warning: {exc}; {meanwhile}", fg="yellow", err=True)
+    return location

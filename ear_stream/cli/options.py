@@ -213,6 +213,47 @@ def stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dl
     )
 
 
+def payload_options(fn):  # type: ignore[no-untyped-def]
+    """``--store``, ``--fetch-threads``, ``--payload-after``: where a worker fetches claim-check entries' images
+    (defaults: :class:`~ear_stream.stream.settings.WorkerConfig`'s fields)."""
+    from ..stream.settings import PAYLOAD_AFTER, WorkerConfig
+
+    fn = click.option(
+        "--payload-after",
+        type=click.Choice(PAYLOAD_AFTER),
+        default=default_of(WorkerConfig, "payload_after"),
+        show_default=True,
+        help="What happens to a claim check's object once its row is durable: delete (the claim is consumed) or "
+        "keep (for review and refine; the store's own retention ages it out).",
+    )(fn)
+    fn = click.option(
+        "--fetch-threads",
+        type=click.IntRange(1, 256),
+        default=default_of(WorkerConfig, "fetch_threads"),
+        show_default=True,
+        help="Claim-check objects fetched at once, while the device scores the previous batch.",
+    )(fn)
+    fn = click.option(
+        "--store",
+        "payload_store",
+        default=None,
+        metavar="DIR|URI",
+        help="Where claim-check entries' images are (push --store): a folder or a pyarrow filesystem URI. An object "
+        "that is missing or whose size or sha256 differ is dead-lettered (payload_missing, payload_mismatch); a "
+        "store that cannot be reached is waited for, never a dead letter.",
+    )(fn)
+    return fn
+
+
+def payload_config(payload_store: str | None, fetch_threads: int, payload_after: str) -> dict[str, object]:
+    """The checked ``--store`` options as :class:`~ear_stream.stream.settings.WorkerConfig` fields."""
+    from .keep import checked_store
+
+    if payload_store is not None:
+        payload_store = checked_store(payload_store, "--store", "claim-check entries wait until it can be reached")
+    return {"payload_store": payload_store, "fetch_threads": fetch_threads, "payload_after": payload_after}
+
+
 def worker_options(fn):  # type: ignore[no-untyped-def]
     """Every option of a stream worker, one definition for ``worker`` and ``cluster``; defaults are the
     fields of :class:`~ear_stream.stream.settings.WorkerConfig` and :class:`~ear_stream.stream.protocol.StreamConfig`.
@@ -309,6 +350,7 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
             "promoted model's.",
         ),
         keep_options,
+        payload_options,
         _stream_options,
         _retention_options,
     ]
@@ -333,6 +375,7 @@ def worker_config(redis_url: str, models_dir, out_dir, **opts):  # type: ignore[
         opts.update(frame_min_std=0.0, frame_max_aspect=0.0)
     opts["threshold"] = opts.pop("threshold_override")
     opts.update(keep_config(*(opts.pop(k) for k in ("keep_images", "keep_passed", "keep_bytes", "keep_days"))))
+    opts.update(payload_config(*(opts.pop(k) for k in ("payload_store", "fetch_threads", "payload_after"))))
     return WorkerConfig(redis_url=redis_url, models_dir=models_dir, out_dir=out_dir, stream=scfg, **opts)
 
 

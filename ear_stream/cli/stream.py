@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..stream.protocol import DEFAULT_INLINE_BELOW
 from ..stream.scaling import DEFAULT_POLL_S, ScalingPolicy
 from .options import (
     MODELS_DIR_OPTION,
@@ -53,6 +54,20 @@ def _scaling(name: str):  # type: ignore[no-untyped-def]
 @click.option(
     "--wait-timeout", default=30.0, show_default=True, help="Give up (exit status 3) after waiting this long (s)."
 )
+@click.option(
+    "--store",
+    default=None,
+    metavar="DIR|URI",
+    help="Claim checks: put each image in this store (a folder, or a pyarrow filesystem URI such as "
+    "s3://bucket/prefix?endpoint_override=host:port) and push its reference (uri, sha256, bytes) instead of the "
+    "bytes; the workers need the same store (worker --store).",
+)
+@click.option(
+    "--inline-below",
+    default=DEFAULT_INLINE_BELOW,
+    show_default=True,
+    help="With --store: images smaller than this many bytes still travel inline.",
+)
 @_stream_options
 def push(
     inputs,
@@ -63,6 +78,8 @@ def push(
     id_prefix,
     max_backlog,
     wait_timeout,
+    store,
+    inline_below,
     stream,
     group,
     dlq,
@@ -78,19 +95,32 @@ def push(
     then). When the workers fall behind by --max-backlog entries, push waits for
     them; after --wait-timeout it stops with exit status 3, and the files not yet
     pushed are listed as such: nothing is ever dropped.
+
+    With --store, images of --inline-below bytes or more are put in the store
+    first (content-addressed, atomically) and the entry carries their claim check:
+    Redis holds a few hundred bytes per frame instead of the frame. A store that
+    cannot be written stops the push (exit status 4) with the files not pushed
+    counted.
     """
     from tqdm import tqdm
 
     from ..io.decode import list_images
+    from ..io.store import StoreError
     from ..stream import queue as q
 
     if models_dir is not None:
         _require_model(models_dir, product)
     cfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
     files = list_images(list(inputs))
+    blob_store = _payload_store(store)
     with q.setup_errors(redis_url, "push to the input stream"):
         producer = q.Producer(
-            q.connect(redis_url, verify=True), cfg, max_backlog=max_backlog, wait_timeout_s=wait_timeout
+            q.connect(redis_url, verify=True),
+            cfg,
+            max_backlog=max_backlog,
+            wait_timeout_s=wait_timeout,
+            store=blob_store,
+            inline_below=inline_below,
         )
         refused = pushed = 0
         for path in tqdm(files, desc=f"pushing {product}", file=sys.stderr, disable=None):  # no bar in logs
@@ -107,10 +137,26 @@ def push(
                 click.echo(f"pushed {pushed} images to {stream}; {len(files) - pushed - refused} not pushed", err=True)
                 click.echo(f"Error: {exc}", err=True)
                 sys.exit(3)
+            except StoreError as exc:  # the store cannot take the image: nothing was added for it
+                click.echo(f"pushed {pushed} images to {stream}; {len(files) - pushed - refused} not pushed", err=True)
+                click.echo(f"Error: {exc}", err=True)
+                sys.exit(4)
     waited = f" (waited {producer.waited_s:.1f}s for the workers)" if producer.waited_s >= 0.05 else ""
     click.echo(f"pushed {pushed} images to {stream}{waited}" + (f"; refused {refused}" if refused else ""))
     if refused:
         sys.exit(2)
+
+
+def _payload_store(location: str | None):  # type: ignore[no-untyped-def]
+    """The BlobStore of ``push --store`` (None without it); a location that is no store is a usage error."""
+    if location is None:
+        return None
+    from ..io.store import BadLocation, BlobStore, StoreUnavailable
+
+    try:
+        return BlobStore(location)
+    except (BadLocation, StoreUnavailable) as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
 
 
 def _require_model(models_dir: Path, product: str) -> None:

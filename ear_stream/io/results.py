@@ -79,6 +79,8 @@ SCHEMA = pa.schema(
         # the refined candidate's score of the same image and its version (worker --shadow), null without one
         ("shadow_score", pa.float32()),
         ("shadow_version", pa.string()),
+        # the claim check's object (worker, docs/design.md "Claim-check entries"), null for an inline image
+        ("payload_uri", pa.string()),
     ]
 )
 
@@ -111,6 +113,7 @@ def verdict_row(
     image_uri: str | None = None,
     shadow_score: float | None = None,
     shadow_version: str | None = None,
+    payload_uri: str | None = None,
 ) -> dict[str, Any]:
     """One Parquet row with every column of :data:`SCHEMA`, in its order (docs/design.md, "Parquet").
 
@@ -144,6 +147,7 @@ def verdict_row(
         "image_uri": image_uri,
         "shadow_score": shadow_score,
         "shadow_version": shadow_version,
+        "payload_uri": payload_uri,
     }
 
 

@@ -270,6 +270,13 @@ class BlobStore:
             raise BlobMismatch(f"{key} in {self.uri} reads as sha256 {actual}: the blob is corrupt")
         return bytes(data)
 
+    def delete(self, ref: StoredRef | str) -> bool:
+        """Delete the blob ``ref`` names (a claim check whose row is durable); False when it was not there."""
+        key = self._resolve(ref)[0]
+        with self._lock:
+            self._rekept.pop(key, None)
+            return self._delete(key)
+
     def exists(self, ref: StoredRef | str) -> bool:
         """Whether the blob is kept (its size is not checked: :meth:`get` verifies)."""
         return self._size(self._resolve(ref)[0]) is not None

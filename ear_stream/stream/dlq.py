@@ -19,10 +19,11 @@ import redis
 
 from .connection import atomic
 from .producer import Producer
-from .protocol import MAX_REPLAYS, StreamConfig, as_text
+from .protocol import MAX_REPLAYS, REF_FIELDS, StreamConfig, as_text
 
-#: the fields a replayed entry needs (meta is optional)
-REQUIRED = ("id", "product", "image")
+#: the fields a replayed entry needs (meta is optional): its payload inline, or its claim check
+REQUIRED = ("id", "product")
+PAYLOADS = (("image",), REF_FIELDS)
 
 
 @dataclass
@@ -37,7 +38,10 @@ class DeadLetter:
 
     @property
     def replayable(self) -> bool:
-        return all(f"orig_{k}" in self.fields for k in REQUIRED)
+        def has(keys: tuple[str, ...]) -> bool:
+            return all(f"orig_{k}" in self.fields for k in keys)
+
+        return has(REQUIRED) and any(has(payload) for payload in PAYLOADS)
 
     def age_s(self, now: float | None = None) -> float | None:
         return None if self.failed_at is None else (now or time.time()) - self.failed_at

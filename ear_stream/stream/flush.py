@@ -49,8 +49,11 @@ class VerdictBuffer:
         metrics: WorkerMetrics,
         fault: Callable[[str], None],
         keeper: ImageKeeper | None = None,
+        acked: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.cfg, self.scfg = cfg, cfg.stream
+        #: told the rows whose entries were just acknowledged (the claim checks' objects are released then)
+        self._acked = acked
         self.calls, self.client = calls, calls.client
         self.writer = ResultWriter(cfg.out_dir, cfg.name)
         self._held, self._stats, self._metrics, self._fault = held, stats, metrics, fault
@@ -104,6 +107,8 @@ class VerdictBuffer:
         try:
             self.calls(lambda: q.ack(self.client, self.scfg, ids), "ack")
             self._held.difference_update(ids)
+            if self._acked is not None:
+                self._acked(rows)
             try:
                 self.calls(lambda: q.publish_results(self.client, self.scfg, rows), "result stream", raise_oom=True)
             except redis.OutOfMemoryError as exc:  # a notification copy; the rows are durable in Parquet

@@ -4,7 +4,9 @@ Per batch, on the worker's prefetch thread while the device scores the previous 
 
 1. *parse* each entry (fields, sizes, product name) and find its product's model, once per product
    (:class:`~.models.BatchModels`); an entry delivered too often, malformed, or for a product without a
-   usable model becomes a :class:`~.protocol.Rejection` (its dead letter);
+   usable model becomes a :class:`~.protocol.Rejection` (its dead letter); a claim check's object is
+   fetched and verified (:class:`~.payloads.PayloadFetcher`; a store that cannot be reached leaves the
+   entry waiting there, never a dead letter);
 2. keep the batch within its *pixel budget* (``max_batch_pixels``, from the image headers): entries past it
    wait, still pending and held, at the head of the next batch, so memory follows pixels, not entries;
 3. *decode* on a thread pool, towards each model's size (a whole-image model gets [1, 3, S, S] tensors, not
@@ -22,6 +24,7 @@ from ..inspect.pipeline import Pipeline
 from ..io.decode import ImageDecodeError, decode_frame, frame_issue, header_size
 from . import queue as q
 from .models import BatchModels, ModelRegistry, UnknownProduct
+from .payloads import PayloadFetcher
 from .scorer import LastErrors
 from .settings import WorkerConfig
 
@@ -55,10 +58,17 @@ class Prepared:
 class Intake:
     """Parses, budgets and decodes batches for one worker; owns the decode pool and the deferred entries."""
 
-    def __init__(self, cfg: WorkerConfig, models: ModelRegistry, last_errors: LastErrors) -> None:
+    def __init__(
+        self,
+        cfg: WorkerConfig,
+        models: ModelRegistry,
+        last_errors: LastErrors,
+        payloads: PayloadFetcher | None = None,
+    ) -> None:
         self.cfg, self.scfg = cfg, cfg.stream
         self.models = models
         self.last_errors = last_errors
+        self.payloads = payloads
         #: validated entries past the previous batch's pixel budget, next in line (pending and held)
         self.deferred: list[q.ValidEntry] = []
         self._pool = ThreadPoolExecutor(max(1, cfg.decode_threads), thread_name_prefix="ear-decode")
@@ -75,6 +85,7 @@ class Intake:
                 prepared.rejections.append(admitted)
             else:
                 valid.append(admitted)
+        valid = self._fetched(valid, prepared.rejections)
         now = self._within_pixel_budget(self.deferred + valid, pipes, prepared.rejections)
         decoded = list(self._pool.map(self._decode, [ve for ve, _ in now], [pipe for _, pipe in now]))
         for (ve, _), result in zip(now, decoded, strict=True):
@@ -85,8 +96,37 @@ class Intake:
         prepared.pipes = pipes.pipes
         return prepared
 
+    @property
+    def waiting(self) -> bool:
+        """Claim checks wait for their store (held: the worker keeps them claimed and reads nothing new)."""
+        return self.payloads is not None and bool(self.payloads.waiting)
+
+    def has_work(self) -> bool:
+        """Entries in hand that a :meth:`prepare` with no new ones would take further now."""
+        return bool(self.deferred) or (self.payloads is not None and self.payloads.due())
+
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self.payloads is not None:
+            self.payloads.close()
+
+    def _fetched(self, valid: list[q.ValidEntry], rejections: list[q.Rejection]) -> list[q.ValidEntry]:
+        """``valid`` with every claim check's payload fetched (those waiting for the store are held back)."""
+        if self.payloads is None:
+            unresolved = [ve for ve in valid if ve.ref is not None]
+            rejections += [
+                q.Rejection(
+                    ve.entry,
+                    q.PAYLOAD_INVALID,
+                    "a claim-check entry (uri, sha256, bytes), and this worker has no --store to fetch it from: "
+                    "start the workers with --store URI, then `ear-stream dlq replay`",
+                )
+                for ve in unresolved
+            ]
+            return [ve for ve in valid if ve.ref is None]
+        ready, refused = self.payloads.fetch(valid)
+        rejections += refused
+        return ready
 
     def _admit(self, e: q.Entry, pipes: BatchModels) -> q.ValidEntry | q.Rejection:
         """The entry's checked fields, or why it is dead-lettered (too many deliveries, a field, its model)."""
@@ -126,7 +166,7 @@ class Intake:
     @staticmethod
     def _pixels(ve: q.ValidEntry, pipe: Pipeline) -> int:
         """Pixels decoding this entry will hold: its header's, or a whole-image model's reduced decode."""
-        size = header_size(ve.image)
+        size = header_size(ve.image) or (ve.ref.size if ve.ref is not None else None)
         if size is None:
             return 0
         if pipe.decode_target is None:

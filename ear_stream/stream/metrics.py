@@ -69,6 +69,11 @@ class WorkerMetrics:
         self.image_keep_failing = Gauge(
             "ear_image_keep_failing", "1 while the image store fails (rows go on without image_uri), else 0", **labels
         ).labels(worker)
+        self.payload_fetch_failing = Gauge(
+            "ear_payload_fetch_failing",
+            "1 while the payload store of claim-check entries cannot be reached (they wait, pending), else 0",
+            **labels,
+        ).labels(worker)
         self.kept_image_bytes = Gauge(
             "ear_kept_image_bytes", "Bytes in the image store (--keep-images), as of its last retention pass", **labels
         ).labels(worker)

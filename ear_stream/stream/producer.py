@@ -6,14 +6,17 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from ..errors import EarStreamError
 from ..io.limits import DEFAULT_MAX_PIXELS
-from .protocol import StreamConfig, ValidationError, as_text, validate_fields
+from .protocol import StreamConfig, ValidationError, as_text, reference_fields, validate_fields
 from .redis_calls import RedisCalls
+
+if TYPE_CHECKING:
+    from ..io.store import BlobStore
 
 log = logging.getLogger("ear_stream.stream.producer")
 #: tries a producer gives an unreachable Redis after the first, before its caller sees the error (~3 s of backoff)
@@ -27,12 +30,25 @@ def push(
     ident: str,
     meta: dict[str, Any] | str | None = None,
     cfg: StreamConfig | None = None,
+    store: BlobStore | None = None,
 ) -> str:
-    """Validate and XADD one image; returns the stream id. Never trims: see :class:`Producer` for backpressure."""
+    """Validate and XADD one image; returns the stream id. Never trims: see :class:`Producer` for backpressure.
+
+    With ``store`` the image is put there first and the entry carries its claim check (``uri``, ``sha256``,
+    ``bytes``, and ``width``/``height`` when the header says) instead of the bytes (docs/design.md,
+    "Claim-check entries"): an XADD never names an object that is not whole in the store.
+    """
     cfg = cfg or StreamConfig()
     meta_text = json.dumps(meta) if isinstance(meta, dict) else meta
     validate_fields(product, ident, image, meta_text, cfg.max_image_bytes)
-    fields: dict[str, Any] = {"id": ident, "product": product, "image": image}
+    fields: dict[str, Any] = {"id": ident, "product": product}
+    if store is None:
+        fields["image"] = image
+    else:
+        from ..io.decode import header_size
+
+        ref = store.put(image)
+        fields.update(reference_fields(ref.uri, ref.sha256, ref.bytes, header_size(image)))
     if meta_text is not None:
         fields["meta"] = meta_text
     return as_text(client.xadd(cfg.stream, fields))
@@ -89,6 +105,10 @@ class Producer:
     check_every_s: float = 0.1
     waited_s: float = 0.0  # total time spent waiting for room (a metric for the caller)
     calls: RedisCalls | None = None
+    #: claim checks (docs/design.md, "Claim-check entries"): images of ``inline_below`` bytes or more go to
+    #: ``store`` and the entry carries their reference; smaller ones (and all without a store) travel inline
+    store: BlobStore | None = None
+    inline_below: int = 0
     _room: int = 0
     _checked_at: float = -1e9
 
@@ -97,8 +117,11 @@ class Producer:
 
     def push(self, product: str, image: bytes, ident: str, meta: dict[str, Any] | str | None = None) -> str:
         self.wait_for_room()
+        store = self.store if self.store is not None and len(image) >= self.inline_below else None
         sid = self._calls(
-            lambda: push(self.client, product, image, ident, meta, self.cfg), "push to the input stream", raise_oom=True
+            lambda: push(self.client, product, image, ident, meta, self.cfg, store),
+            "push to the input stream",
+            raise_oom=True,
         )
         self._room -= 1
         return sid

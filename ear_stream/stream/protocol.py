@@ -35,6 +35,21 @@ INVALID_FIELD = Reason.INVALID_FIELD.value
 MAX_DELIVERIES = Reason.MAX_DELIVERIES.value
 MODEL_ERROR = Reason.MODEL_ERROR.value
 NON_FINITE_SCORE = Reason.NON_FINITE_SCORE.value
+PAYLOAD_MISSING = Reason.PAYLOAD_MISSING.value
+PAYLOAD_MISMATCH = Reason.PAYLOAD_MISMATCH.value
+PAYLOAD_INVALID = Reason.PAYLOAD_INVALID.value
+
+#: the fields of a claim-check entry instead of ``image`` (docs/design.md, "Claim-check entries"): where the
+#: object is, its sha256 and its size; ``width`` and ``height`` (pixels) are optional
+REF_FIELDS = ("uri", "sha256", "bytes")
+REF_SIZE_FIELDS = ("width", "height")
+MAX_URI_BYTES = 2048
+#: ``push --store``: images smaller than this travel inline all the same (a reference and a store round trip
+#: cost more than the bytes)
+DEFAULT_INLINE_BELOW = 64 * 1024
+#: a declared width or height above this is no image a line sends (a typo, or hostile)
+MAX_REF_SIDE = 1_000_000
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 #: how far in the future a stream id's time may lie and still count as the enqueue time (clock skew)
@@ -117,13 +132,33 @@ class Rejection:
     message: str
 
 
+@dataclass(frozen=True)
+class PayloadRef:
+    """A claim check: the image is the object ``uri`` names (its last two parts, ``<aa>/<sha256><.ext>``, are
+    the blob key it resolves by in the worker's payload store), of ``bytes`` bytes and this ``sha256``."""
+
+    uri: str
+    sha256: str
+    bytes: int
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(height, width) when the producer gave both, for the pixel budget before the object is fetched."""
+        return (self.height, self.width) if self.width and self.height else None
+
+
 @dataclass
 class ValidEntry:
+    """An entry whose fields passed; ``image`` is its payload (empty until fetched when ``ref`` is set)."""
+
     entry: Entry
     id: str
     product: str
     image: bytes
     meta: str | None = None
+    ref: PayloadRef | None = None
 
 
 def check_product(product: str) -> str:
@@ -169,15 +204,66 @@ def validate_fields(product: str, ident: str, image: bytes, meta: str | None, ma
 
 
 def parse_entry(entry: Entry, max_image_bytes: int) -> ValidEntry:
-    """Check the fields of a delivered entry; raises :class:`ValidationError` with a DLQ reason."""
+    """Check the fields of a delivered entry; raises :class:`ValidationError` with a DLQ reason.
+
+    The payload is ``image`` (inline bytes) or a claim check (:data:`REF_FIELDS`), never both.
+    """
     f = entry.fields
-    missing = [k for k in ("id", "product", "image") if k not in f]
+    missing = [k for k in ("id", "product") if k not in f]
+    if "image" not in f and "uri" not in f:
+        missing.append("image (or a reference: uri, sha256, bytes)")
     if missing:
         raise ValidationError(INVALID_FIELD, f"missing field(s): {', '.join(missing)}")
+    if "image" in f and "uri" in f:
+        raise ValidationError(INVALID_FIELD, "an entry carries image or a reference (uri, sha256, bytes), not both")
     try:
         ident, product = as_text(f["id"]), as_text(f["product"])
         meta = as_text(f.get("meta"))
     except UnicodeDecodeError as exc:
         raise ValidationError(INVALID_FIELD, f"id, product and meta must be UTF-8: {exc}") from exc
+    if "uri" in f:
+        ref = parse_reference(f, max_image_bytes)
+        validate_fields(product, ident, b"claim check", meta, max_image_bytes)  # the payload is checked on fetch
+        return ValidEntry(entry, ident, product, b"", meta, ref)
     validate_fields(product, ident, f["image"], meta, max_image_bytes)
     return ValidEntry(entry, ident, product, f["image"], meta)
+
+
+def parse_reference(f: dict[str, bytes], max_image_bytes: int) -> PayloadRef:
+    """The claim check of an entry's fields, or a :class:`ValidationError` with the reason a worker gives."""
+    missing = [k for k in REF_FIELDS if k not in f]
+    if missing:
+        raise ValidationError(INVALID_FIELD, f"a reference needs uri, sha256 and bytes; missing {', '.join(missing)}")
+    try:
+        uri, sha = as_text(f["uri"]) or "", (as_text(f["sha256"]) or "").lower()
+        numbers = {k: as_text(f[k]) for k in ("bytes", *REF_SIZE_FIELDS) if k in f}
+    except UnicodeDecodeError as exc:
+        raise ValidationError(INVALID_FIELD, f"uri, sha256, bytes, width and height must be UTF-8: {exc}") from exc
+    if not uri or len(uri.encode()) > MAX_URI_BYTES:
+        raise ValidationError(INVALID_FIELD, f"uri must be 1..{MAX_URI_BYTES} bytes")
+    if not _SHA256_RE.fullmatch(sha):
+        raise ValidationError(INVALID_FIELD, "sha256 must be 64 hexadecimal digits")
+    if uri.split("?", 1)[0].rstrip().rsplit("/", 1)[-1].split(".", 1)[0].lower() != sha:
+        raise ValidationError(PAYLOAD_INVALID, "the uri does not end in the object's key <aa>/<sha256>[.ext]")
+    values: dict[str, int] = {}
+    for key, text in numbers.items():
+        try:
+            values[key] = int(text or "")
+        except ValueError:
+            raise ValidationError(INVALID_FIELD, f"{key} must be an integer, got {text!r}"[:300]) from None
+    if values["bytes"] < 1:
+        raise ValidationError(INVALID_FIELD, f"bytes must be at least 1, got {values['bytes']}")
+    if values["bytes"] > max_image_bytes:
+        raise ValidationError(TOO_LARGE, f"the object is {values['bytes']} bytes, limit is {max_image_bytes}")
+    for key in REF_SIZE_FIELDS:
+        if key in values and not 1 <= values[key] <= MAX_REF_SIDE:
+            raise ValidationError(INVALID_FIELD, f"{key} must be 1..{MAX_REF_SIDE}, got {values[key]}")
+    return PayloadRef(uri, sha, values["bytes"], values.get("width"), values.get("height"))
+
+
+def reference_fields(uri: str, sha256: str, size: int, pixels: tuple[int, int] | None = None) -> dict[str, str]:
+    """The claim-check fields a producer XADDs instead of ``image`` (``pixels``: the image's height, width)."""
+    fields = {"uri": uri, "sha256": sha256, "bytes": str(size)}
+    if pixels is not None:
+        fields.update(height=str(pixels[0]), width=str(pixels[1]))
+    return fields

@@ -27,6 +27,7 @@ import torch
 from ..inspect.scoring import result_rows
 from ..io.keeping import ImageKeeper
 from ..io.results import now_utc
+from ..io.store import redacted
 from . import queue as q
 from .drift import DriftMonitor
 from .metrics import WorkerMetrics
@@ -127,6 +128,7 @@ class Scorer:
                 "enqueued_at": ve.entry.enqueued_at(processed),
                 "meta": ve.meta,
                 "frame_check": frame.issue,
+                "payload_uri": None if ve.ref is None else redacted(ve.ref.uri),
             }
             for ve, frame in items
         ]

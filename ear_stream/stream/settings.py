@@ -28,6 +28,8 @@ DEFAULT_DRIFT_SHIFT = 1.0
 #: share of passed items whose original image is kept with ``--keep-images`` (the review sample; flagged ones
 #: are all kept): 1 in 100, enough to find escapes in review, small next to the flagged ones on a real line
 DEFAULT_KEEP_PASSED = 0.01
+#: what happens to a claim check's object once its row is durable (``stream.payloads``)
+PAYLOAD_AFTER = ("delete", "keep")
 
 
 def default_worker_name() -> str:
@@ -92,6 +94,12 @@ class WorkerConfig:
     #: write its score beside the verdict (``shadow_score``, ``shadow_version``); the verdict stays the promoted
     #: model's
     shadow: bool = False
+    #: the store claim-check entries resolve in (a folder or a pyarrow filesystem URI; None: such entries are
+    #: dead-lettered ``payload_invalid``), how many objects are fetched at once, and what happens to an object
+    #: once its row is durable: ``delete`` (the claim is consumed) or ``keep`` (``stream.payloads``)
+    payload_store: str | None = None
+    fetch_threads: int = 8
+    payload_after: str = "delete"
 
     def keep_policy(self) -> KeepPolicy | None:
         """What ``--keep-images`` and its retention options describe (None when nothing is kept)."""

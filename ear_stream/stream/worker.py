@@ -32,6 +32,7 @@ from .heartbeat import Heartbeat
 from .intake import Frame, Intake, Prepared
 from .metrics import WorkerMetrics
 from .models import ModelRegistry, UnknownProduct, check_models_dir
+from .payloads import PayloadFetcher
 from .redis_calls import STOPPING_RETRIES, RedisCalls
 from .scorer import LastErrors, Scorer
 from .settings import WorkerConfig, default_worker_name
@@ -86,12 +87,16 @@ class Worker:
         self.keeper = self._image_keeper()
         spill = q.DeadLetterSpill(cfg.dlq_spill_dir or q.default_spill_dir(cfg.out_dir))
         self.letters = DeadLetters(self.calls, self.scfg, cfg.name, spill, self.held, self.stats, self.metrics)
-        self.intake = Intake(cfg, self.models, last_errors)
+        self.payloads = self._payload_fetcher()
+        self.intake = Intake(cfg, self.models, last_errors, self.payloads)
         shadow = ModelRegistry.for_worker(cfg, cfg.models_dir / CANDIDATES) if cfg.shadow else None
         self.scorer = Scorer(
             cfg.name, self.drift, self.metrics, self.letters.send, self.held, last_errors, self.keeper, shadow
         )
-        self.verdicts = VerdictBuffer(cfg, self.calls, self.held, self.stats, self.metrics, self._fault, self.keeper)
+        self.verdicts = VerdictBuffer(
+            cfg, self.calls, self.held, self.stats, self.metrics, self._fault, self.keeper,
+            acked=self.payloads.release if self.payloads is not None else None,
+        )  # fmt: skip
         self.heartbeat = Heartbeat(
             self.client, self.scfg, cfg.name, cfg.heartbeat_every_s, self.models, self.drift, self.stats, self.metrics
         )
@@ -138,6 +143,19 @@ class Worker:
 
         return ImageKeeper(policy, on_settled=settled, on_usage=usage)
 
+    def _payload_fetcher(self) -> PayloadFetcher | None:
+        """The fetcher of claim-check objects (``--store``), counted in the stats and the metrics."""
+        if self.cfg.payload_store is None:
+            return None
+
+        def failing(now: bool) -> None:
+            self.metrics.payload_fetch_failing.set(1 if now else 0)
+
+        return PayloadFetcher(
+            self.cfg.payload_store, self.scfg.max_image_bytes, self.cfg.fetch_threads, self.cfg.payload_after,
+            self.stats, failing,
+        )  # fmt: skip
+
     def _count_retry(self) -> None:
         self.stats["reconnects"] += 1
         self.metrics.reconnects.inc()
@@ -155,17 +173,22 @@ class Worker:
         try:
             while True:
                 # with a batch in flight, only take what is already there: blocking would delay its verdicts;
-                # while results cannot be written, take nothing new: the rows in hand wait for the disk
-                reading = not self._stop.is_set() and not self.verdicts.write_failures
+                # while results cannot be written, take nothing new: the rows in hand wait for the disk; nor while
+                # claim checks wait for their store: the entries in hand wait for it
+                reading = not self._stop.is_set() and not self.verdicts.write_failures and not self.intake.waiting
                 entries = self._fetch(may_block=in_flight is None and not self.intake.deferred) if reading else []
                 # decode the next batch on the pool while the device scores the previous one
-                next_batch = self._prefetch.submit(self._take_in, entries) if entries or self.intake.deferred else None
+                next_batch = (
+                    self._prefetch.submit(self._take_in, entries) if entries or self.intake.has_work() else None
+                )
                 if in_flight is not None:
                     self._score(in_flight.result())
                 in_flight = next_batch
                 if entries:
                     idle_since = time.monotonic()
                 self._maybe_flush(may_wait=in_flight is None)
+                if self.intake.waiting:
+                    self._wait_for_store(may_wait=in_flight is None and not self._stop.is_set())
                 self.letters.retry()
                 if self.keeper is not None:
                     self.keeper.maybe_prune()
@@ -217,6 +240,7 @@ class Worker:
             and in_flight is None
             and not self.verdicts.rows
             and not self.intake.deferred
+            and not self.intake.waiting
             and time.monotonic() - idle_since >= self.cfg.exit_when_idle_s
             and self.calls(lambda: q.backlog(self.client, self.scfg), "backlog") == (0, 0)
         )
@@ -279,6 +303,13 @@ class Worker:
         self._fault("before_score")
         self.verdicts.add(*self.scorer.score(prepared))
         self._fault("before_flush")
+
+    def _wait_for_store(self, may_wait: bool) -> None:
+        """Claim checks wait for their store: keep them (and all held entries) claimed; with nothing in flight,
+        sleep until their retry is due (at most 0.2 s, so stopping and heartbeats stay prompt)."""
+        self.verdicts.keep_held_claimed()
+        if may_wait and self.payloads is not None:
+            self._stop.wait(min(0.2, self.payloads.retry_in()))
 
     def _maybe_flush(self, may_wait: bool) -> None:
         """Flush when due (or stopping); after a failed write keep the entries ours and, with nothing in

@@ -69,7 +69,7 @@ def run_mode(models_dir: Path, payloads: list[bytes], tmp: Path, claim: bool, pa
             flush_rows=1 if paced else 64,
             flush_seconds=0.05 if paced else 1.0,
             block_ms=20,
-            exit_when_idle_s=1.0,
+            exit_when_idle_s=4.0 if paced else 1.0,  # paced: idle between frames, not done
             payload_store=None if store is None else str(store.local),
         )
         peak_mem = 0

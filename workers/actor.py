@@ -13,11 +13,13 @@ from typing import Any
 
 import ray
 
-from ear_stream.stream.worker import Worker, WorkerConfig
+from ear_stream.stream.settings import WorkerConfig
+from ear_stream.stream.shards import make_worker
 
 
 class InspectionActor:
-    """Runs one :class:`~ear_stream.stream.worker.Worker`; ``stop`` drains it (finish, flush, ack, return)."""
+    """Runs one :class:`~ear_stream.stream.worker.Worker` (one per shard it reads, ``stream.shards``); ``stop``
+    drains it (finish, flush, ack, return)."""
 
     def __init__(self, config: dict[str, Any], torch_threads: int = 1) -> None:
         import torch
@@ -25,7 +27,7 @@ class InspectionActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         torch.set_num_threads(max(1, torch_threads))
         self.cfg = WorkerConfig.from_dict(config)
-        self.worker = Worker(self.cfg)  # models load lazily, once per actor, on first use
+        self.worker = make_worker(self.cfg)  # models load lazily, once per actor, on first use; a loop per shard
 
     def run(self) -> dict[str, Any]:
         return self.worker.run()

@@ -168,16 +168,24 @@ class Supervisor:
             returned = True
         except Exception as exc:  # noqa: BLE001 - a dead actor has nothing left to drain
             log.warning("draining %s: %s", slot.name, exc)
-        stream = self.template.stream
+        # the consumer of each shard the actor read (one stream: the actor's own name)
+        consumers = [
+            (lane, slot.name if lane.shard is None else f"{slot.name}-s{lane.shard}")
+            for lane in self.template.stream.lanes(self.template.own_shards)
+        ]
         left: int | None = None
         try:
-            left = self._redis(lambda: q.consumer_pending(self._client, stream, slot.name), "pending count")
+            left = sum(
+                self._redis(lambda lane=lane, c=c: q.consumer_pending(self._client, lane, c), "pending count")
+                for lane, c in consumers
+            )
         except redis.RedisError as exc:  # only when stopping with Redis gone: its entries stay pending anyway
             log.warning("pending entries of %s unknown (%s)", slot.name, exc)
         self.drains.append({"name": slot.name, "returned": returned, "pending_at_kill": left})
         ray.kill(slot.handle, no_restart=True)
         try:  # `status` drops it now, not when stale
-            self._redis(lambda: q.mark_stopped(self._client, stream, slot.name), "clean-exit marker")
+            for lane, c in consumers:
+                self._redis(lambda lane=lane, c=c: q.mark_stopped(self._client, lane, c), "clean-exit marker")
         except redis.RedisError as exc:
             log.warning("%s not marked stopped (%s): status lists it until its heartbeat expires", slot.name, exc)
         log.info("stopped %s", slot.name)

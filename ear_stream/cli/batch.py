@@ -46,6 +46,24 @@ from .options import (
 @tile_options
 @THRESHOLD_OPTION
 @keep_options
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Score on Ray Data: decode on CPU tasks, score in an actor pool (a GPU each on GPU clusters), rows written "
+    "here as without it. --ray alone starts a local Ray; --ray auto or ray://head:10001 joins a cluster. INPUTS may "
+    "then be object-store URIs (s3://bucket/prefix); a rerun skips the ids already in --out.",
+)
+@click.option(
+    "--actors",
+    default="1:2",
+    show_default=True,
+    metavar="MIN:MAX",
+    help="With --ray: the scoring actor pool's size range (the autoscaler adds nodes up to MAX).",
+)
 def score(
     inputs,
     model_dir,
@@ -64,6 +82,8 @@ def score(
     keep_passed,
     keep_bytes,
     keep_days,
+    ray_address,
+    actors,
 ) -> None:
     """Score image files (INPUTS: files, folders or globs) into Parquet.
 
@@ -77,6 +97,17 @@ def score(
     product = check_product(product or model_dir.name)  # the partition and the column must say the same
     keep = keep_config(keep_images, keep_passed, keep_bytes, keep_days)
     announce_backend(precision, device)
+    if ray_address is not None and not _is_ray_address(ray_address):  # `--ray imgs/`: the folder is an input
+        inputs, ray_address = (*inputs, ray_address), "local"
+    if ray_address is not None:
+        if keep or save_maps is not None:
+            raise click.UsageError("--keep-images and --save-maps are not available with --ray (yet): run without it")
+        options = dict(
+            device=device, dino_weights=dino_weights, tile=tile, tile_overlap=tile_overlap,
+            threshold=threshold_override, precision=precision, compile=compile_,
+        )  # fmt: skip
+        _score_on_ray(list(inputs), model_dir, out_dir, product, ray_address, batch_size, actors, options)
+        return
     from ..inspect.scoring import score_files
     from ..io.decode import list_images
 
@@ -103,6 +134,33 @@ def score(
         click.echo(f"kept {keeper.kept} original images in {keeper.policy.shown()}{held}")
         if keeper.failed:
             click.secho(f"warning: {keeper.failed} flagged or sampled images could not be kept", fg="yellow", err=True)
+    for _path, reason, message in report.rejected:
+        click.echo(f"rejected [{reason}] {message}", err=True)
+    if report.rejected:
+        sys.exit(2)
+
+
+def _is_ray_address(value: str) -> bool:
+    """What ``--ray`` takes as a cluster address: local, auto, ray://…, or host:port."""
+    return value in ("local", "auto") or "://" in value or (":" in value and not Path(value).exists())
+
+
+def _score_on_ray(inputs, model_dir, out_dir, product, address, batch_size, actors, options) -> None:  # type: ignore[no-untyped-def]
+    """``score --ray``: the Ray Data path (``workers/batch.py``), reported as ``score`` reports."""
+    try:
+        low, high = (int(x) for x in actors.split(":"))
+        if not 1 <= low <= high:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"MIN:MAX with 1 <= MIN <= MAX, got {actors!r}", param_hint="--actors") from None
+    from ear_stream_workers.batch import score_on_ray
+
+    report = score_on_ray(
+        inputs, model_dir, out_dir, product, address=None if address == "local" else address,
+        batch_size=batch_size, actors=(low, high), pipeline_options=options,
+    )  # fmt: skip
+    skipped = f"; skipped {report.skipped} already in {out_dir}" if report.skipped else ""
+    click.echo(f"scored {report.scored} images into {len(report.written)} Parquet part(s) under {out_dir}{skipped}")
     for _path, reason, message in report.rejected:
         click.echo(f"rejected [{reason}] {message}", err=True)
     if report.rejected:

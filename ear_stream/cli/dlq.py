@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import REDIS_OPTION
+from .options import REDIS_OPTION, shards_option
 
 
 def _filters(fn):
@@ -18,15 +18,16 @@ def _filters(fn):
     )(fn)
     fn = click.option("--dlq", default="ear:dlq", show_default=True, help="Dead-letter stream.")(fn)
     fn = click.option("--stream", default="ear:in", show_default=True, help="Input stream (replay target).")(fn)
+    fn = shards_option(fn)
     return REDIS_OPTION(fn)
 
 
-def _select(redis_url, stream, dlq, reason, product, ids):  # type: ignore[no-untyped-def]
+def _select(redis_url, stream, dlq, reason, product, ids, shards):  # type: ignore[no-untyped-def]
     from ..stream import dlq as dead
     from ..stream import queue as q
 
     client = q.connect(redis_url, verify=True)
-    cfg = q.StreamConfig(stream=stream, dlq=dlq)
+    cfg = q.StreamConfig(stream=stream, dlq=dlq, shards=shards)
     wanted = {i.strip() for i in ids.split(",") if i.strip()} if ids else None
     with q.setup_errors(redis_url, "read the dead-letter stream"):
         return client, cfg, list(dead.iter_dead_letters(client, cfg, reason, product, wanted))
@@ -53,9 +54,9 @@ def printable(text: str) -> str:
 @_filters
 @click.option("--limit", default=50, show_default=True, help="Rows to print (all with --json).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per dead letter.")
-def list_cmd(redis_url, stream, dlq, reason, product, ids, limit, as_json) -> None:
+def list_cmd(redis_url, shards, stream, dlq, reason, product, ids, limit, as_json) -> None:
     """Dead letters oldest first: reason, product, id, age, and whether the payload was kept for replay."""
-    _, _, letters = _select(redis_url, stream, dlq, reason, product, ids)
+    _, _, letters = _select(redis_url, stream, dlq, reason, product, ids, shards)
     if as_json:
         click.echo(json.dumps([x.summary() for x in letters], indent=2))
         return
@@ -82,7 +83,7 @@ def list_cmd(redis_url, stream, dlq, reason, product, ids, limit, as_json) -> No
     show_default=True,
     help="Refuse letters already replayed this often (a poison entry must not cycle forever).",
 )
-def replay(redis_url, stream, dlq, reason, product, ids, max_backlog, max_replays) -> None:
+def replay(redis_url, shards, stream, dlq, reason, product, ids, max_backlog, max_replays) -> None:
     """Move matching dead letters back to the input stream with their original fields.
 
     Entries whose payload was not kept (larger than the image limit), or that were
@@ -92,7 +93,7 @@ def replay(redis_url, stream, dlq, reason, product, ids, max_backlog, max_replay
     from ..stream import dlq as dead
     from ..stream import queue as q
 
-    client, cfg, letters = _select(redis_url, stream, dlq, reason, product, ids)
+    client, cfg, letters = _select(redis_url, stream, dlq, reason, product, ids, shards)
     with q.setup_errors(redis_url, "replay dead letters"):
         replayed, refused = dead.replay(client, cfg, letters, max_backlog, max_replays)
     click.echo(f"replayed {replayed} entries to {stream}; refused {len(refused)}")
@@ -106,7 +107,7 @@ def replay(redis_url, stream, dlq, reason, product, ids, max_backlog, max_replay
 @dlq.command()
 @_filters
 @click.option("--all", "purge_all", is_flag=True, help="Allow purging without any filter.")
-def purge(redis_url, stream, dlq, reason, product, ids, purge_all) -> None:
+def purge(redis_url, shards, stream, dlq, reason, product, ids, purge_all) -> None:
     """Delete matching dead letters (needs a filter, or --all)."""
     from ..stream import dlq as dead
 
@@ -114,7 +115,7 @@ def purge(redis_url, stream, dlq, reason, product, ids, purge_all) -> None:
         raise click.UsageError("give --reason, --product or --ids, or --all to purge everything")
     from ..stream import queue as q
 
-    client, cfg, letters = _select(redis_url, stream, dlq, reason, product, ids)
+    client, cfg, letters = _select(redis_url, stream, dlq, reason, product, ids, shards)
     with q.setup_errors(redis_url, "delete dead letters"):
         purged = dead.purge(client, cfg, letters)
     click.echo(f"purged {purged} dead letters from {dlq}")

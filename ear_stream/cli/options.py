@@ -135,10 +135,30 @@ def _mosaic_scale(value: str) -> int | None:
     return m
 
 
+SHARDS_HELP = (
+    "Spread the input over this many stream keys, <stream>:{k} (and <dlq>:{k}) for k in 0..N-1, so that a Redis "
+    "Cluster spreads them over its primaries; every verb of one pool must give the same N (1: one stream)."
+)
+
+
+def shards_option(fn):  # type: ignore[no-untyped-def]
+    """--shards: one definition for the stream verbs and ``dlq`` (default: StreamConfig's)."""
+    from ..stream.protocol import MAX_SHARDS, StreamConfig
+
+    return click.option(
+        "--shards",
+        type=click.IntRange(1, MAX_SHARDS),
+        default=default_of(StreamConfig, "shards"),
+        show_default=True,
+        help=SHARDS_HELP,
+    )(fn)
+
+
 def _stream_options(fn):
-    """--stream/--group/--dlq/--results-stream shared by push, worker, status and cluster."""
+    """--stream/--group/--dlq/--results-stream/--shards shared by push, worker, status and cluster."""
     from ..stream.protocol import StreamConfig
 
+    fn = shards_option(fn)
     fn = click.option("--results-stream", default=None, help="Also XADD id/product/score/verdict here (e.g. ear:out).")(
         fn
     )
@@ -197,7 +217,7 @@ def _retention_options(fn):
     return fn
 
 
-def stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dlq_maxlen, **extra):  # type: ignore[no-untyped-def]
+def stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dlq_maxlen, shards=1, **extra):  # type: ignore[no-untyped-def]
     """The StreamConfig that --stream/--group/--dlq/--results-stream and the retention options describe."""
     from ..stream.protocol import StreamConfig
 
@@ -206,6 +226,7 @@ def stream_config(stream, group, dlq, results_stream, retain, results_maxlen, dl
         group=group,
         dlq=dlq,
         results=results_stream,
+        shards=shards,
         retain=retain,
         results_maxlen=results_maxlen,
         dlq_maxlen=dlq_maxlen,
@@ -349,6 +370,13 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
             "refine`) and write its score beside the verdict (shadow_score, shadow_version); the verdict stays the "
             "promoted model's.",
         ),
+        click.option(
+            "--own-shards",
+            default=None,
+            metavar="K,K,…",
+            callback=_shard_list,
+            help="With --shards: the shards this worker reads (default: all), one loop each.",
+        ),
         keep_options,
         payload_options,
         _stream_options,
@@ -359,12 +387,25 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
+def _shard_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """``--own-shards 0,2,5`` as a sorted list of distinct shard numbers, each below ``--shards``."""
+    if value is None:
+        return None
+    try:
+        own = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError:
+        raise click.BadParameter(f"a comma-separated list of shard numbers, got {value!r}") from None
+    if not own or own[0] < 0:
+        raise click.BadParameter(f"shard numbers are 0 or more, got {value!r}")
+    return own  # checked against --shards in worker_config, once every option is read
+
+
 def worker_config(redis_url: str, models_dir, out_dir, **opts):  # type: ignore[no-untyped-def]
     """The WorkerConfig that :func:`worker_options` (plus the verb's own keyword values) describe."""
     from ..stream.settings import WorkerConfig
     from .keep import keep_config
 
-    stream_keys = ("stream", "group", "dlq", "results_stream", "retain", "results_maxlen", "dlq_maxlen")
+    stream_keys = ("stream", "group", "dlq", "results_stream", "retain", "results_maxlen", "dlq_maxlen", "shards")
     scfg = stream_config(
         **{k: opts.pop(k) for k in stream_keys},
         max_deliveries=opts.pop("max_deliveries"),
@@ -376,6 +417,11 @@ def worker_config(redis_url: str, models_dir, out_dir, **opts):  # type: ignore[
     opts["threshold"] = opts.pop("threshold_override")
     opts.update(keep_config(*(opts.pop(k) for k in ("keep_images", "keep_passed", "keep_bytes", "keep_days"))))
     opts.update(payload_config(*(opts.pop(k) for k in ("payload_store", "fetch_threads", "payload_after"))))
+    own = opts.get("own_shards")
+    if own is not None and own[-1] >= scfg.shards:
+        raise click.BadParameter(
+            f"shards are 0..{scfg.shards - 1} with --shards {scfg.shards}, got {own[-1]}", param_hint="--own-shards"
+        )
     return WorkerConfig(redis_url=redis_url, models_dir=models_dir, out_dir=out_dir, stream=scfg, **opts)
 
 

@@ -10,6 +10,7 @@ import click
 
 from ..stream.protocol import DEFAULT_INLINE_BELOW
 from ..stream.scaling import DEFAULT_POLL_S, ScalingPolicy
+from ..stream.settings import SPREAD_CHOICES
 from .options import (
     MODELS_DIR_OPTION,
     REDIS_OPTION,
@@ -63,6 +64,22 @@ def _scaling(name: str):  # type: ignore[no-untyped-def]
     "bytes; the workers need the same store (worker --store).",
 )
 @click.option(
+    "--wait-replicas",
+    type=click.IntRange(0, 16),
+    default=0,
+    show_default=True,
+    help="Return from each XADD only once this many replicas have the entry (WAIT): a failover of the primary "
+    "right after cannot lose it.",
+)
+@click.option(
+    "--spread",
+    type=click.Choice(SPREAD_CHOICES),
+    default=SPREAD_CHOICES[0],
+    show_default=True,
+    help="With --shards: give each entry the next shard in turn, or its product's shard (one product's entries "
+    "stay in order on one shard).",
+)
+@click.option(
     "--inline-below",
     default=DEFAULT_INLINE_BELOW,
     show_default=True,
@@ -79,11 +96,14 @@ def push(
     max_backlog,
     wait_timeout,
     store,
+    wait_replicas,
+    spread,
     inline_below,
     stream,
     group,
     dlq,
     results_stream,
+    shards,
 ) -> None:
     """XADD image files (INPUTS: files, folders or globs) to the input stream.
 
@@ -107,20 +127,23 @@ def push(
     from ..io.decode import list_images
     from ..io.store import StoreError
     from ..stream import queue as q
+    from ..stream.shards import make_producer
 
     if models_dir is not None:
         _require_model(models_dir, product)
-    cfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream)
+    cfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream, shards=shards)
     files = list_images(list(inputs))
     blob_store = _payload_store(store)
     with q.setup_errors(redis_url, "push to the input stream"):
-        producer = q.Producer(
+        producer = make_producer(
             q.connect(redis_url, verify=True),
             cfg,
+            spread,
             max_backlog=max_backlog,
             wait_timeout_s=wait_timeout,
             store=blob_store,
             inline_below=inline_below,
+            replicas=wait_replicas,
         )
         refused = pushed = 0
         for path in tqdm(files, desc=f"pushing {product}", file=sys.stderr, disable=None):  # no bar in logs
@@ -198,7 +221,8 @@ def worker(redis_url, models_dir, out_dir, name, exit_when_idle, **opts) -> None
     import logging
 
     from ..stream import queue as q
-    from ..stream.worker import Worker, default_worker_name
+    from ..stream.shards import make_worker
+    from ..stream.worker import default_worker_name
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = worker_config(
@@ -210,30 +234,28 @@ def worker(redis_url, models_dir, out_dir, name, exit_when_idle, **opts) -> None
         **opts,
     )
     with q.setup_errors(redis_url):  # rights cut or the primary demoted while it runs: one line, not a traceback
-        w = Worker(cfg)
+        w = make_worker(cfg)
         w.install_signal_handlers()
         stats = w.run()
-        _mark_stopped(w, cfg)
+        _mark_stopped(w)
     click.echo(json.dumps(stats))
 
 
-def _mark_stopped(w, cfg) -> None:  # type: ignore[no-untyped-def]
+def _mark_stopped(w) -> None:  # type: ignore[no-untyped-def]
     """The clean-exit marker, so that ``status`` drops this worker now (best effort: Redis may be gone)."""
     import contextlib
 
     import redis
 
-    from ..stream import queue as q
-
     with contextlib.suppress(redis.RedisError):
-        q.mark_stopped(w.client, cfg.stream, cfg.name)
+        w.mark_stopped()
 
 
 @click.command()
 @REDIS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @_stream_options
-def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
+def status(redis_url, as_json, stream, group, dlq, results_stream, shards) -> None:
     """Stream lengths, group lag and pending, pending per consumer, DLQ size, Redis memory, live workers.
 
     Live workers are those whose heartbeat is recent; each one's counts are those of its last heartbeat
@@ -242,7 +264,7 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
     """
     from ..stream import queue as q
 
-    scfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream or "ear:out")
+    scfg = q.StreamConfig(stream=stream, group=group, dlq=dlq, results=results_stream or "ear:out", shards=shards)
     with q.setup_errors(redis_url, "read the stream status"):
         st = q.stream_status(q.connect(redis_url, verify=True), scfg)
     if st["persistence_warning"]:
@@ -261,6 +283,11 @@ def status(redis_url, as_json, stream, group, dlq, results_stream) -> None:
     click.echo(
         f"group {g['name']}: lag {g.get('lag')}, pending {g.get('pending', 0)}, consumers {g.get('consumers', 0)}"
     )
+    for shard, sh in st.get("shards", {}).items():
+        click.echo(
+            f"  shard {shard}: length {sh['length']}, lag {sh['lag']}, pending {sh['pending']}, "
+            f"dead letters {sh['dlq']}, live workers {sh['workers']}"
+        )
     for consumer, c in g.get("per_consumer", {}).items():
         click.echo(f"  consumer {consumer}: pending {c['pending']}, idle {c['idle_ms'] / 1000:.1f}s")
     click.echo(f"live workers: {len(st['workers'])}")

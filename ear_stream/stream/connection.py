@@ -78,9 +78,47 @@ def connect(url: str, verify: bool = False, **kwargs: Any) -> redis.Redis:
         client = redis.Redis.from_url(url, **options)
     except ValueError as exc:  # redis-py's message may quote the URL: say what is wrong without it
         raise RedisSetupError(f"{describe_url(url)} is not a usable Redis URL ({type(exc).__name__})") from None
+    if _cluster_enabled(client):
+        client.close()
+        client = _cluster_client(url, options)
     if verify:
         verify_connection(client, url)
     return client
+
+
+def _cluster_enabled(client: redis.Redis) -> bool:
+    """Whether the server is a Redis Cluster node (INFO cluster); False when it cannot be asked now."""
+    try:
+        return int(client.info("cluster").get("cluster_enabled", 0)) == 1
+    except (redis.RedisError, OSError, ValueError):
+        return False  # unreachable or INFO refused: the plain client, whose first call says what is wrong
+
+
+def _cluster_client(url: str, options: dict[str, Any]) -> redis.RedisCluster:
+    """A RedisCluster client from any node's URL: the slot map is read from it, and read again on MOVED or a
+    failover (its commands retry; :func:`atomic` asks again itself)."""
+    try:
+        return redis.RedisCluster.from_url(url, **options)
+    except (redis.RedisError, ValueError) as exc:
+        raise RedisSetupError(f"cannot use the Redis Cluster at {describe_url(url)}: {exc}") from None
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, redis.RedisCluster)
+
+
+def node_clients(client: Any) -> list[redis.Redis]:
+    """One plain client per primary of a Redis Cluster (the server's checks ask each), else ``[client]``."""
+    if not is_cluster(client):
+        return [client]
+    return [client.get_redis_connection(node) for node in client.get_primaries()]
+
+
+def slot_client(client: Any, key: str) -> redis.Redis:
+    """The plain client of the primary that holds ``key`` (a cluster), or ``client`` itself."""
+    if not is_cluster(client):
+        return client
+    return client.get_redis_connection(client.get_node_from_key(key))
 
 
 def verify_connection(client: redis.Redis, url: str) -> None:
@@ -113,6 +151,8 @@ def check_primary(client: redis.Redis, url: str) -> None:
 
     A user without +info cannot be asked; the first write then says it (:func:`setup_errors`).
     """
+    if is_cluster(client):  # the cluster client sends writes to primaries itself
+        return
     try:
         info = client.info("replication")
     except redis.ResponseError:
@@ -161,6 +201,12 @@ def atomic(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
     Redis is full, NOPERM) makes it discard the whole transaction (EXECABORT); that first refusal is
     raised (:class:`redis.OutOfMemoryError` as itself: the caller keeps what it wanted to write).
     """
+    if is_cluster(client):  # one slot (a shard's stream and dead letters share a hash tag): its primary's MULTI
+        try:
+            return atomic(slot_client(client, str(commands[0][1])), commands)
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.MovedError) as exc:
+            client.nodes_manager.initialize()  # a failover moved the slot: the next try asks the new primary
+            raise redis.ConnectionError(f"the slot's primary changed or is gone ({exc}); nothing was applied") from exc
     pool = client.connection_pool
     conn = pool.get_connection()
     try:

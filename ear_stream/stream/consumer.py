@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from .connection import atomic
+from .connection import atomic, node_clients
 from .protocol import RUNNING, STOPPED, Entry, Rejection, StreamConfig, as_text
 
 log = logging.getLogger("ear_stream.stream.consumer")
@@ -19,8 +19,13 @@ log = logging.getLogger("ear_stream.stream.consumer")
 def ensure_group(client: redis.Redis, cfg: StreamConfig) -> None:
     """Create the consumer group (and the stream) if needed; start from the beginning of the stream.
 
-    Looked up first (a read): a full Redis refuses XGROUP CREATE even for a group that exists.
+    Looked up first (a read): a full Redis refuses XGROUP CREATE even for a group that exists. With shards,
+    on every shard's stream.
     """
+    if cfg.shards > 1:
+        for lane in cfg.lanes():
+            ensure_group(client, lane)
+        return
     try:
         if any(as_text(g["name"]) == cfg.group for g in client.xinfo_groups(cfg.stream)):
             return
@@ -150,8 +155,8 @@ def server_has_xackdel(client: redis.Redis) -> bool:
     """
     cached = getattr(client, "_ear_has_xackdel", None)
     if cached is None:
-        try:
-            client.execute_command("XACKDEL", "ear:xackdel-probe:none", "g", "IDS", 1, "0-1")
+        try:  # on a Redis Cluster, any primary answers for the servers (they run one version)
+            node_clients(client)[0].execute_command("XACKDEL", "ear:xackdel-probe:none", "g", "IDS", 1, "0-1")
             cached = True
         except redis.ResponseError as exc:
             text = str(exc).lower()

@@ -35,6 +35,8 @@ class DeadLetter:
     product: str | None
     failed_at: float | None
     fields: dict[str, bytes]
+    #: the shard whose dead-letter stream holds it (``StreamConfig.shards > 1``), None for one stream
+    shard: int | None = None
 
     @property
     def replayable(self) -> bool:
@@ -88,7 +90,14 @@ def iter_dead_letters(
     ids: set[str] | None = None,
     page: int = 500,
 ) -> Iterator[DeadLetter]:
-    """Dead letters oldest first, filtered by reason, product and ids (producer ids or DLQ stream ids)."""
+    """Dead letters oldest first, filtered by reason, product and ids (producer ids or DLQ stream ids); with
+    shards, shard after shard (each letter says its ``shard``)."""
+    if cfg.shards > 1:
+        for lane in cfg.lanes():
+            for letter in iter_dead_letters(client, lane, reason, product, ids, page):
+                letter.shard = lane.shard
+                yield letter
+        return
     start = "-"
     while True:
         rows = client.xrange(cfg.dlq, min=start, max="+", count=page)
@@ -126,19 +135,21 @@ def replay(
     Each replay counts in the entry's ``replays`` field; a letter replayed ``max_replays`` times already is
     refused (a poison entry must not cycle forever), as is one whose payload was not kept.
     """
-    producer = Producer(client, cfg, max_backlog=max_backlog)
+    producers: dict[int | None, Producer] = {}
     replayed, refused = 0, []
     for letter in letters:
         if not letter.replayable or replays_of(letter) >= max_replays:
             refused.append(letter)
             continue
+        lane = _lane(cfg, letter)  # back to the shard it came from: its letter and its stream share one slot
+        producer = producers.setdefault(letter.shard, Producer(client, lane, max_backlog=max_backlog))
         producer.wait_for_room()
         fields = {k[len("orig_") :]: v for k, v in letter.fields.items() if k.startswith("orig_")}
         fields["replays"] = str(replays_of(letter) + 1).encode()
         # all or nothing, also when MULTI itself is refused: never an entry both replayed and still dead
         atomic(
             client,
-            [("XADD", cfg.stream, "*", *(x for kv in fields.items() for x in kv)), ("XDEL", cfg.dlq, letter.dlq_id)],
+            [("XADD", lane.stream, "*", *(x for kv in fields.items() for x in kv)), ("XDEL", lane.dlq, letter.dlq_id)],
         )
         replayed += 1
     return replayed, refused
@@ -147,6 +158,16 @@ def replay(
 def purge(client: redis.Redis, cfg: StreamConfig, letters: list[DeadLetter]) -> int:
     """Delete the given dead letters; returns how many were removed."""
     removed = 0
-    for i in range(0, len(letters), 500):
-        removed += int(client.xdel(cfg.dlq, *[x.dlq_id for x in letters[i : i + 500]]))
+    by_shard: dict[int | None, list[DeadLetter]] = {}
+    for letter in letters:
+        by_shard.setdefault(letter.shard, []).append(letter)
+    for batch in by_shard.values():
+        dlq = _lane(cfg, batch[0]).dlq
+        for i in range(0, len(batch), 500):
+            removed += int(client.xdel(dlq, *[x.dlq_id for x in batch[i : i + 500]]))
     return removed
+
+
+def _lane(cfg: StreamConfig, letter: DeadLetter) -> StreamConfig:
+    """The config of the shard a letter came from (``cfg`` itself for one stream)."""
+    return cfg if letter.shard is None or cfg.shards == 1 else cfg.lane(letter.shard)

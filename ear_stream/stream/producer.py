@@ -12,6 +12,7 @@ import redis
 
 from ..errors import EarStreamError
 from ..io.limits import DEFAULT_MAX_PIXELS
+from .connection import slot_client
 from .protocol import StreamConfig, ValidationError, as_text, reference_fields, validate_fields
 from .redis_calls import RedisCalls
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from ..io.store import BlobStore
 
 log = logging.getLogger("ear_stream.stream.producer")
+#: how long a producer with ``replicas`` waits for them to have an entry (WAIT)
+REPLICA_WAIT_MS = 2000
 #: tries a producer gives an unreachable Redis after the first, before its caller sees the error (~3 s of backoff)
 PRODUCER_RETRIES = 5
 
@@ -31,6 +34,7 @@ def push(
     meta: dict[str, Any] | str | None = None,
     cfg: StreamConfig | None = None,
     store: BlobStore | None = None,
+    replicas: int = 0,
 ) -> str:
     """Validate and XADD one image; returns the stream id. Never trims: see :class:`Producer` for backpressure.
 
@@ -51,7 +55,19 @@ def push(
         fields.update(reference_fields(ref.uri, ref.sha256, ref.bytes, header_size(image)))
     if meta_text is not None:
         fields["meta"] = meta_text
-    return as_text(client.xadd(cfg.stream, fields))
+    if replicas <= 0:
+        return as_text(client.xadd(cfg.stream, fields))
+    # WAIT counts the writes of its own connection: XADD and WAIT on one connection of the key's primary
+    pipe = slot_client(client, cfg.stream).pipeline(transaction=False)
+    pipe.xadd(cfg.stream, fields)
+    pipe.execute_command("WAIT", replicas, REPLICA_WAIT_MS)
+    sid, acked = pipe.execute()
+    if int(acked) < replicas:
+        raise redis.ConnectionError(
+            f"{cfg.stream}: the entry reached {acked} of {replicas} replicas within {REPLICA_WAIT_MS} ms "
+            "(it is on the primary; a failover now could lose it)"
+        )
+    return as_text(sid)
 
 
 #: the side :func:`check_image` decodes towards (a large JPEG at a reduced DCT scale: every byte read, less memory)
@@ -109,6 +125,9 @@ class Producer:
     #: ``store`` and the entry carries their reference; smaller ones (and all without a store) travel inline
     store: BlobStore | None = None
     inline_below: int = 0
+    #: replicas each entry must reach before push returns (WAIT): on a Redis Cluster or a primary with
+    #: replicas, a failover right after the push then cannot lose it; a shortfall is retried like a lost reply
+    replicas: int = 0
     _room: int = 0
     _checked_at: float = -1e9
 
@@ -119,7 +138,7 @@ class Producer:
         self.wait_for_room()
         store = self.store if self.store is not None and len(image) >= self.inline_below else None
         sid = self._calls(
-            lambda: push(self.client, product, image, ident, meta, self.cfg, store),
+            lambda: push(self.client, product, image, ident, meta, self.cfg, store, self.replicas),
             "push to the input stream",
             raise_oom=True,
         )

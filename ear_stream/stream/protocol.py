@@ -6,6 +6,7 @@ defaults all read it from here, so each name and limit is written once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ MAX_REPLAYS = 3
 MAX_ID_BYTES = 256
 MAX_META_BYTES = 16 * 1024
 DEFAULT_MAX_IMAGE_BYTES = 32 * 1024 * 1024
+#: the most stream shards one pool is spread over (a shard per Redis Cluster primary, a few per GPU)
+MAX_SHARDS = 1024
 
 
 #: why an entry went to the dead-letter stream (its ``reason`` field): one enum for the whole package
@@ -82,10 +85,30 @@ class StreamConfig:
     #: approximate caps (XADD MAXLEN ~) of the verdict stream and the dead-letter stream
     results_maxlen: int = 100_000
     dlq_maxlen: int = 100_000
+    #: stream keys the input is spread over (docs/design.md, "Shards"): 1 is one ``stream`` and one ``dlq`` as
+    #: always; N > 1 is ``<stream>:{k}`` and ``<dlq>:{k}`` for k in 0..N-1, each pair under one hash tag, so
+    #: Redis Cluster spreads the shards over its primaries and a shard's dead letter + ack stays one slot
+    shards: int = 1
+    #: set on a shard's own config (:meth:`lane`): which shard it is
+    shard: int | None = None
 
     def __post_init__(self) -> None:
         if self.retain not in RETAIN_CHOICES:
             raise ConfigError(f"retain must be one of {RETAIN_CHOICES}, got {self.retain!r}")
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError(f"shards must be 1..{MAX_SHARDS}, got {self.shards}")
+
+    def lane(self, k: int) -> StreamConfig:
+        """Shard ``k``'s own config: its stream and dead-letter keys under the tag ``{k}``, one shard."""
+        if not 0 <= k < self.shards:
+            raise ConfigError(f"shard {k} is not one of 0..{self.shards - 1}")
+        return dataclasses.replace(self, stream=f"{self.stream}:{{{k}}}", dlq=f"{self.dlq}:{{{k}}}", shards=1, shard=k)
+
+    def lanes(self, own: list[int] | None = None) -> list[StreamConfig]:
+        """The configs a reader walks: this one when unsharded, else every shard's (or those in ``own``)."""
+        if self.shards == 1:
+            return [self]
+        return [self.lane(k) for k in (range(self.shards) if own is None else own)]
 
     @property
     def heartbeat_prefix(self) -> str:

@@ -39,7 +39,16 @@ STOPPING_RETRIES = 5
 #: the backoff between tries: base · 2^failures, at most the cap (0.1 s, 0.2 s, … 5 s)
 BACKOFF_BASE_S, BACKOFF_CAP_S = 0.05, 5.0
 #: what is retried whatever the caller asks: the server is unreachable, slow, or still loading
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    # Redis Cluster while a failover runs: no primary for a slot yet, or the slot moved under a request
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.SlotNotCoveredError,
+)
 
 
 def _never() -> bool:

@@ -30,6 +30,8 @@ DEFAULT_DRIFT_SHIFT = 1.0
 DEFAULT_KEEP_PASSED = 0.01
 #: what happens to a claim check's object once its row is durable (``stream.payloads``)
 PAYLOAD_AFTER = ("delete", "keep")
+#: how a producer picks the shard of an entry (``stream.shards``): in turn, or by product (one shard per product)
+SPREAD_CHOICES = ("round-robin", "product")
 
 
 def default_worker_name() -> str:
@@ -100,6 +102,8 @@ class WorkerConfig:
     payload_store: str | None = None
     fetch_threads: int = 8
     payload_after: str = "delete"
+    #: with ``stream.shards > 1``: the shards this worker reads (None: all of them), one loop each
+    own_shards: list[int] | None = None
 
     def keep_policy(self) -> KeepPolicy | None:
         """What ``--keep-images`` and its retention options describe (None when nothing is kept)."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from .connection import RedisSetupError
+from .connection import RedisSetupError, node_clients
 from .protocol import RUNNING, STALE_HEARTBEAT_S, STOPPED, STREAM_KEYS, StreamConfig, as_text
 
 log = logging.getLogger("ear_stream.stream.status")
@@ -20,6 +20,8 @@ def stream_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
     :data:`STALE_HEARTBEAT_S`: killed or stuck) are under ``gone``, until their heartbeat key expires.
     Each worker's figures are those of its last heartbeat, ``age_s`` old.
     """
+    if cfg.shards > 1:
+        return _sharded_status(client, cfg)
     out: dict[str, Any] = {
         "stream": cfg.stream,
         "length": int(client.xlen(cfg.stream)),
@@ -43,6 +45,46 @@ def stream_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
     out["workers"], out["gone"] = {}, {}
     for name, hb in heartbeats(client, cfg).items():
         out["workers" if worker_state(hb) == RUNNING else "gone"][name] = hb
+    return out
+
+
+def _sharded_status(client: redis.Redis, cfg: StreamConfig) -> dict[str, Any]:
+    """:func:`stream_status` of every shard under ``shards``, and the pool's sums where a single stream's are."""
+    shards = [stream_status(client, lane) for lane in cfg.lanes()]
+    first = shards[0]
+    groups = [sh["group"] for sh in shards]
+    lags = [g.get("lag") for g in groups]
+    out: dict[str, Any] = {
+        "stream": cfg.stream,
+        "length": sum(sh["length"] for sh in shards),
+        "dlq": sum(sh["dlq"] for sh in shards),
+        "lengths": {name: n for sh in shards for name, n in sh["lengths"].items()},
+        "redis": first["redis"],
+        "persistence_warning": first["persistence_warning"],
+        "group": {
+            "name": cfg.group,
+            "pending": sum(int(g.get("pending", 0)) for g in groups),
+            "lag": None if any(lag is None for lag in lags) else sum(int(lag) for lag in lags),
+            "consumers": max((int(g.get("consumers", 0)) for g in groups), default=0),
+            "per_consumer": {
+                f"{consumer} [{sh['stream']}]": c
+                for sh in shards
+                for consumer, c in sh["group"].get("per_consumer", {}).items()
+            },
+        },
+        "workers": {f"{name} [{sh['stream']}]": w for sh in shards for name, w in sh["workers"].items()},
+        "gone": {f"{name} [{sh['stream']}]": w for sh in shards for name, w in sh["gone"].items()},
+        "shards": {
+            sh["stream"]: {
+                "length": sh["length"],
+                "dlq": sh["dlq"],
+                "lag": sh["group"].get("lag"),
+                "pending": sh["group"].get("pending", 0),
+                "workers": len(sh["workers"]),
+            }
+            for sh in shards
+        },
+    }
     return out
 
 
@@ -84,12 +126,16 @@ def worker_state(hb: dict[str, Any]) -> str:
 
 
 def redis_memory(client: redis.Redis) -> dict[str, Any]:
-    """used_memory, maxmemory and maxmemory_policy from INFO memory (works where CONFIG is disabled)."""
-    info = client.info("memory")
+    """used_memory, maxmemory and maxmemory_policy from INFO memory (works where CONFIG is disabled).
+
+    On a Redis Cluster: the primaries' sums, and the policy when they agree (else the ones they have, joined).
+    """
+    infos = [node.info("memory") for node in node_clients(client)]
+    policies = sorted({str(info.get("maxmemory_policy", "unknown")) for info in infos})
     return {
-        "used_memory": int(info.get("used_memory", 0)),
-        "maxmemory": int(info.get("maxmemory", 0)),
-        "maxmemory_policy": str(info.get("maxmemory_policy", "unknown")),
+        "used_memory": sum(int(info.get("used_memory", 0)) for info in infos),
+        "maxmemory": sum(int(info.get("maxmemory", 0)) for info in infos),
+        "maxmemory_policy": policies[0] if len(policies) == 1 else "+".join(policies),
     }
 
 
@@ -120,12 +166,15 @@ def check_persistence(client: redis.Redis) -> str | None:
     (604 of 1,500 entries in one restart). Not fatal: a test bench may want exactly that. None as well
     where CONFIG GET is refused (managed services): they persist as their plan says.
     """
-    try:
-        save = as_text(client.config_get("save").get("save")) or ""
-        appendonly = as_text(client.config_get("appendonly").get("appendonly")) or "no"
-    except redis.ResponseError:
-        return None
-    if save.strip() or appendonly.strip().lower() != "no":
+    for node in node_clients(client):  # on a Redis Cluster each primary keeps its own slots
+        try:
+            save = as_text(node.config_get("save").get("save")) or ""
+            appendonly = as_text(node.config_get("appendonly").get("appendonly")) or "no"
+        except redis.ResponseError:
+            return None
+        if not save.strip() and appendonly.strip().lower() == "no":
+            break
+    else:
         return None
     return (
         'Redis keeps nothing on disk (save "" and appendonly no): a restart silently loses every entry not yet '
@@ -149,6 +198,9 @@ def backlog(client: redis.Redis, cfg: StreamConfig) -> tuple[int, int]:
     One XINFO GROUPS call: workers and the supervisor ask this every few seconds, so it
     does not go through :func:`stream_status` (which also scans heartbeats and consumers).
     """
+    if cfg.shards > 1:  # the pool's backlog is its shards' together
+        per_shard = [backlog(client, lane) for lane in cfg.lanes()]
+        return sum(lag for lag, _ in per_shard), sum(pending for _, pending in per_shard)
     try:
         groups = client.xinfo_groups(cfg.stream)
     except redis.ResponseError:  # no stream yet

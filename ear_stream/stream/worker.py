@@ -58,7 +58,9 @@ FAULT_POINT_ENV, FAULT_AFTER_ENV = "EAR_FAULT_POINT", "EAR_FAULT_AFTER"
 class Worker:
     """Scores stream entries until stopped (SIGTERM/SIGINT, :meth:`stop`, or idle timeout)."""
 
-    def __init__(self, cfg: WorkerConfig, registry: ModelRegistry | None = None) -> None:
+    def __init__(
+        self, cfg: WorkerConfig, registry: ModelRegistry | None = None, metrics: WorkerMetrics | None = None
+    ) -> None:
         if registry is None:
             check_models_dir(cfg.models_dir)  # a worker with no model refuses to start, before Redis is touched
         self.cfg = cfg
@@ -66,7 +68,7 @@ class Worker:
         return_large_frees_to_the_os()
         self.client = q.connect(cfg.redis_url)
         self.models = registry or ModelRegistry.for_worker(cfg)
-        self.metrics = WorkerMetrics(cfg.name)
+        self.metrics = metrics or WorkerMetrics(cfg.name)  # shared by the shards of a ShardedWorker
         self.stats: dict[str, Any] = {
             "scored": 0,
             "dead_letters": 0,
@@ -110,6 +112,10 @@ class Worker:
     def stop(self) -> None:
         """Finish the batch in hand, flush, acknowledge and leave."""
         self._stop.set()
+
+    def mark_stopped(self) -> None:
+        """Write the clean-exit marker of this worker's heartbeat (after :meth:`run` returned)."""
+        q.mark_stopped(self.client, self.scfg, self.cfg.name)
 
     def install_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():

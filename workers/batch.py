@@ -62,7 +62,10 @@ def list_inputs(inputs: list[str]) -> list[Input]:
     local = [i for i in inputs if not is_uri(i)]
     found = [Input(str(p)) for p in list_images(local)] if local else []
     for uri in (i for i in inputs if is_uri(i)):
-        fs, base = pafs.FileSystem.from_uri(uri)
+        try:
+            fs, base = pafs.FileSystem.from_uri(uri)
+        except (pa.ArrowInvalid, ValueError, OSError) as exc:  # pyarrow's message repeats the URI, credentials too
+            raise DataError(f"cannot read {redacted(uri)}: {str(exc).replace(uri, redacted(uri))}") from None
         scheme = uri.split("://", 1)[0]
         info = fs.get_file_info(base)
         if info.type == pafs.FileType.NotFound:

@@ -141,8 +141,12 @@ def score(
 
 
 def _is_ray_address(value: str) -> bool:
-    """What ``--ray`` takes as a cluster address: local, auto, ray://…, or host:port."""
-    return value in ("local", "auto") or "://" in value or (":" in value and not Path(value).exists())
+    """What ``--ray`` takes as a cluster address: local, auto, ray://…, or host:port (an input such as a folder
+    or ``s3://bucket/x`` that follows ``--ray`` is an input)."""
+    if value in ("local", "auto") or value.startswith("ray://"):
+        return True
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and "/" not in value and not Path(value).exists())
 
 
 def _score_on_ray(inputs, model_dir, out_dir, product, address, batch_size, actors, options) -> None:  # type: ignore[no-untyped-def]

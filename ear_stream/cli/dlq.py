@@ -28,6 +28,8 @@ def _select(redis_url, stream, dlq, reason, product, ids, shards):  # type: igno
 
     client = q.connect(redis_url, verify=True)
     cfg = q.StreamConfig(stream=stream, dlq=dlq, shards=shards)
+    for lane in cfg.lanes():
+        q.check_same_slot(client, lane.stream, lane.dlq)
     wanted = {i.strip() for i in ids.split(",") if i.strip()} if ids else None
     with q.setup_errors(redis_url, "read the dead-letter stream"):
         return client, cfg, list(dead.iter_dead_letters(client, cfg, reason, product, wanted))

@@ -107,6 +107,21 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, redis.RedisCluster)
 
 
+def check_same_slot(client: Any, stream: str, dlq: str) -> None:
+    """On a Redis Cluster, refuse an input stream and a dead-letter stream in different slots: a dead letter and
+    its ack are one transaction, which a cluster runs in one slot only."""
+    if not is_cluster(client):
+        return
+    from redis.crc import key_slot
+
+    if key_slot(stream.encode()) != key_slot(dlq.encode()):
+        raise RedisSetupError(
+            f"on a Redis Cluster the input stream {stream!r} and the dead-letter stream {dlq!r} must share a slot: "
+            "give --shards N (each shard's keys share a hash tag), or names with one tag, e.g. "
+            "--stream 'ear:{line3}:in' --dlq 'ear:{line3}:dlq'"
+        )
+
+
 def node_clients(client: Any) -> list[redis.Redis]:
     """One plain client per primary of a Redis Cluster (the server's checks ask each), else ``[client]``."""
     if not is_cluster(client):

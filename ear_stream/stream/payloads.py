@@ -18,13 +18,17 @@ What the store answers decides the entry's fate, each with its own dead-letter r
 Once an entry's row is durable and acknowledged its object is deleted (``payload_after="delete"``: the
 claim is consumed) or left (``"keep"``: for review and refine, aged out by the store's own retention), on a
 background thread: a failed delete leaves an orphan object, never a lost row. An object whose bytes the
-image keeper kept under the same URI, or that an entry still waiting here names, is not deleted.
+image keeper kept, or that another entry this worker holds names (counted from fetch to ack), is not
+deleted; entries held by other workers (or other shards' loops) are not known here: identical bytes sent
+twice may find their object gone (``payload_missing``), so lines that resend frames use ``keep``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,6 +47,8 @@ from . import protocol as p
 from .settings import PAYLOAD_AFTER
 
 log = logging.getLogger("ear_stream.stream.payloads")
+#: deletes of consumed objects at once (an object store answers each in tens of ms: one thread would fall behind)
+DELETE_THREADS = 4
 #: a fetch the store could not serve is tried again after 0.5 s, doubling to at most 10 s
 FETCH_RETRY_S, FETCH_RETRY_CAP_S = 0.5, 10.0
 
@@ -78,7 +84,11 @@ class PayloadFetcher:
         self.failures = 0
         self.retry_at = 0.0
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="ear-fetch")
-        self._deletes = ThreadPoolExecutor(1, thread_name_prefix="ear-payload-delete")
+        self._deletes = ThreadPoolExecutor(DELETE_THREADS, thread_name_prefix="ear-payload-delete")
+        #: sha256 of every claim check this worker holds, from its first fetch until its row is acknowledged
+        #: (an object another held entry names is not deleted); under a lock: fetch and release run on two threads
+        self._in_hand: Counter[str] = Counter()
+        self._in_hand_lock = threading.Lock()
 
     # ------------------------------------------------------------------ fetching
     def due(self) -> bool:
@@ -97,6 +107,8 @@ class PayloadFetcher:
         """
         claims = [ve for ve in entries if ve.ref is not None]
         ready = [ve for ve in entries if ve.ref is None]
+        with self._in_hand_lock:
+            self._in_hand.update(ve.ref.sha256 for ve in claims if ve.ref is not None)
         if self.waiting and not self.due():
             self.waiting += claims
             return ready, []
@@ -109,6 +121,7 @@ class PayloadFetcher:
                 ready.append(ve)
             elif isinstance(got, p.Rejection):
                 rejections.append(got)
+                self._let_go([ve.ref.sha256] if ve.ref is not None else [])
             else:
                 self.waiting.append(ve)
                 last_error = got
@@ -158,17 +171,23 @@ class PayloadFetcher:
     # ------------------------------------------------------------------ releasing
     def release(self, rows: list[dict[str, Any]]) -> None:
         """After the rows are durable and acknowledged: delete their objects (``payload_after="delete"``)."""
+        claimed = [row for row in rows if row.get("payload_uri")]
+        free = self._let_go([_sha_of(row["payload_uri"]) for row in claimed])
         if self.after != "delete":
             return
-        waiting = {ve.ref.sha256 for ve in self.waiting if ve.ref is not None}
-        uris = {
-            row["payload_uri"]
-            for row in rows
-            if row.get("payload_uri") and row.get("image_uri") != row["payload_uri"]  # kept under that very URI
-        }
-        for uri in sorted(uris):
-            if uri.split("?", 1)[0].rsplit("/", 1)[-1].split(".", 1)[0].lower() not in waiting:
+        for uri in sorted({row["payload_uri"] for row in claimed if _sha_of(row["payload_uri"]) in free}):
+            kept = {_sha_of(row["image_uri"]) for row in claimed if row.get("image_uri")}
+            if _sha_of(uri) not in kept:  # the keeper kept these bytes (whatever store it names): leave them
                 self._deletes.submit(self._delete, uri)
+
+    def _let_go(self, shas: list[str]) -> set[str]:
+        """Count these claims as no longer held; the shas no held entry names any more (free to delete)."""
+        with self._in_hand_lock:
+            for sha in shas:
+                self._in_hand[sha] -= 1
+                if self._in_hand[sha] <= 0:
+                    del self._in_hand[sha]
+            return {sha for sha in shas if sha not in self._in_hand}
 
     def _delete(self, uri: str) -> None:
         try:
@@ -179,6 +198,12 @@ class PayloadFetcher:
             log.warning("could not delete the payload %s (%s): it stays in the store", redacted(uri), exc)
 
     def close(self) -> None:
-        """Finish the deletes in hand (they follow durable rows) and stop the threads."""
+        """Stop the threads; deletes not yet started are dropped (their objects are orphans the store's retention
+        ages out: never a lost row), so a slow or unreachable store cannot hold a stopping worker."""
         self._pool.shutdown(wait=True)
-        self._deletes.shutdown(wait=True)
+        self._deletes.shutdown(wait=True, cancel_futures=True)
+
+
+def _sha_of(uri: str) -> str:
+    """The sha256 a claim check's URI ends in (its key's name without the ending)."""
+    return uri.split("?", 1)[0].rsplit("/", 1)[-1].split(".", 1)[0].lower()

@@ -12,7 +12,7 @@ import redis
 
 from ..errors import EarStreamError
 from ..io.limits import DEFAULT_MAX_PIXELS
-from .connection import slot_client
+from .connection import is_cluster, slot_client
 from .protocol import StreamConfig, ValidationError, as_text, reference_fields, validate_fields
 from .redis_calls import RedisCalls
 
@@ -61,7 +61,13 @@ def push(
     pipe = slot_client(client, cfg.stream).pipeline(transaction=False)
     pipe.xadd(cfg.stream, fields)
     pipe.execute_command("WAIT", replicas, REPLICA_WAIT_MS)
-    sid, acked = pipe.execute()
+    try:
+        sid, acked = pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.MovedError) as exc:
+        if is_cluster(client):  # a failover moved the slot: read the map again, the retry asks the new primary
+            client.nodes_manager.initialize()
+            raise redis.ConnectionError(f"the primary of {cfg.stream} changed or is gone ({exc})") from exc
+        raise
     if int(acked) < replicas:
         raise redis.ConnectionError(
             f"{cfg.stream}: the entry reached {acked} of {replicas} replicas within {REPLICA_WAIT_MS} ms "

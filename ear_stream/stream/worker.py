@@ -218,6 +218,7 @@ class Worker:
     def _start(self) -> None:
         """Check the server (set-up mistakes fail now, in one line), serve metrics, create the group, warm up."""
         q.verify_connection(self.client, self.cfg.redis_url)
+        q.check_same_slot(self.client, self.scfg.stream, self.scfg.dlq)
         with q.setup_errors(self.cfg.redis_url, "read the server's configuration (INFO, CONFIG GET)"):
             q.check_eviction_policy(self.client, self.cfg.allow_eviction)
             no_persistence = q.check_persistence(self.client)

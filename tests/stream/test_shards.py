@@ -156,6 +156,16 @@ def test_a_redis_cluster_spreads_shards_over_its_primaries(redis_cluster, stream
 
 
 @needs_redis
+def test_one_stream_on_a_cluster_is_refused_when_its_dead_letters_are_another_slot(redis_cluster, models_dir, tmp_path):
+    cfg = q.StreamConfig(stream="ear:in", dlq="ear:dlq")  # slots 15927 and 10776: dead letter + ack cannot be one step
+    worker = make_worker(worker_cfg(redis_cluster.url, models_dir, cfg, tmp_path / "out", name="w"))
+    with pytest.raises(q.RedisSetupError, match="must share a slot"):
+        worker.run()
+    tagged = q.StreamConfig(stream="ear:{line3}:in", dlq="ear:{line3}:dlq")
+    q.check_same_slot(q.connect(redis_cluster.url), tagged.stream, tagged.dlq)  # one tag: accepted
+
+
+@needs_redis
 def test_failover_of_a_primary_mid_run_loses_nothing(redis_cluster, models_dir, stream_cfg, images, tmp_path):
     client = q.connect(redis_cluster.url, verify=True)
     cfg = sharded(stream_cfg, 3)

@@ -91,3 +91,10 @@ def test_score_on_ray_reads_an_object_store(tiny_model, synthetic_root, tmp_path
         assert done.returncode == 0, done.stderr[-3000:]
     ids = sorted(read_results(out)["id"].to_pylist())
     assert ids == [f"s3://ear-payloads/archive/day-1/{i:02d}.png" for i in range(6)]  # no credentials, no query
+
+
+def test_ray_takes_only_an_address_as_its_value(tmp_path):
+    from ear_stream.cli.batch import _is_ray_address
+
+    assert all(map(_is_ray_address, ["local", "auto", "ray://head:10001", "10.0.0.5:6379"]))
+    assert not any(map(_is_ray_address, ["s3://bucket/x", str(tmp_path), "images/", "a/b:c"]))

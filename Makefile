@@ -13,7 +13,7 @@ export TORCH_CUDA_ARCH_LIST
 export MAX_JOBS ?= 2
 EXT_SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: install build demo test lint typecheck format cmake-test redis promtool browser bench clean
+.PHONY: install build demo test lint typecheck format cmake-test cpp-deps redis promtool browser bench clean
 
 $(VENV)/.deps: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ promtool:
 browser:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null || { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null || echo "chromium not installed: the browser test will skip"; }
 
+# the AOTI consumer (tools/export/aoti_score.cpp) decodes images with stb_image (Debian's libstb-dev)
+cpp-deps:
+	@test -f /usr/include/stb/stb_image.h || { (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libstb-dev >/dev/null || echo "libstb-dev not installed: aoti_score is not built and its test skips"; }
+
 demo: install redis
 	$(VENV)/bin/ear-stream demo
 
@@ -58,7 +62,7 @@ format: $(VENV)/.deps
 	$(VENV)/bin/ruff check --fix ear_stream workers tests benchmarks tools setup.py
 	$(VENV)/bin/ruff format ear_stream workers tests benchmarks tools setup.py
 
-cmake-test: $(VENV)/.deps
+cmake-test: $(VENV)/.deps cpp-deps
 	source $(VENV)/bin/activate && cmake -S . -B build/cmake -G Ninja >/dev/null && cmake --build build/cmake -j$(MAX_JOBS) && ctest --test-dir build/cmake --output-on-failure
 
 test: install redis promtool browser lint typecheck cmake-test

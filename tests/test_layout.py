@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ear_stream"
 #: the data flow, lowest first: a module may import its own wing and the wings to its left
-WINGS = ("errors", "model", "io", "inspect", "stream", "review", "cli")
+WINGS = ("errors", "model", "io", "inspect", "export", "stream", "review", "cli")
 
 
 class Import(NamedTuple):

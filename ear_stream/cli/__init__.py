@@ -22,7 +22,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from . import batch, bench, demo, dlq, evaluate, labels, model, refine, review, stream, threshold
+    from . import batch, bench, demo, dlq, evaluate, export, labels, model, refine, review, stream, threshold
 
     for command in (
         model.train,
@@ -30,6 +30,7 @@ def _register() -> None:
         model.simulate,
         threshold.threshold,
         batch.score,
+        export.export_cmd,
         batch.results,
         review.review,
         stream.push,

@@ -15,6 +15,7 @@ from .options import (
     DINO_OPTION,
     MODEL_OPTION,
     PRECISION_OPTION,
+    RUNTIME_OPTION,
     THRESHOLD_OPTION,
     announce_backend,
     tile_options,
@@ -43,9 +44,15 @@ from .options import (
 @DEVICE_OPTION
 @PRECISION_OPTION
 @COMPILE_OPTION
+@RUNTIME_OPTION
 @tile_options
 @THRESHOLD_OPTION
 @keep_options
+@click.option(
+    "--timings",
+    is_flag=True,
+    help="Print where the time went, per stage (start-up, read+decode, prepare, score, rows, write), on stderr.",
+)
 @click.option(
     "--ray",
     "ray_address",
@@ -75,6 +82,7 @@ def score(
     device,
     precision,
     compile_,
+    runtime,
     tile,
     tile_overlap,
     threshold_override,
@@ -82,6 +90,7 @@ def score(
     keep_passed,
     keep_bytes,
     keep_days,
+    timings,
     ray_address,
     actors,
 ) -> None:
@@ -92,16 +101,27 @@ def score(
     items (and of the --keep-passed sample) are kept as read, under their sha256.
     """
     from ..inspect.pipeline import Pipeline
+    from ..inspect.stages import StageTimer
+    from ..model.exported import is_export_dir, read_export_info
     from ..stream.protocol import check_product
 
+    timer = StageTimer.started_at_process_start()
+    if product is None and is_export_dir(model_dir):
+        product = read_export_info(model_dir).product  # the exported model's own name, not its folder's
     product = check_product(product or model_dir.name)  # the partition and the column must say the same
     keep = keep_config(keep_images, keep_passed, keep_bytes, keep_days)
     announce_backend(precision, device)
     if ray_address is not None and not _is_ray_address(ray_address):  # `--ray imgs/`: the folder is an input
         inputs, ray_address = (*inputs, ray_address), "local"
+    if runtime != "torch" and (compile_ or tile is not None or tile_overlap is not None):
+        raise click.UsageError("--runtime runs an exported graph: --compile, --tile and --tile-overlap do not apply")
     if ray_address is not None:
         if keep or save_maps is not None:
             raise click.UsageError("--keep-images and --save-maps are not available with --ray (yet): run without it")
+        if runtime != "torch":
+            raise click.UsageError(
+                "--runtime with --ray: export the model first (ear-stream export) and pass the export as --model"
+            )
         options = dict(
             device=device, dino_weights=dino_weights, tile=tile, tile_overlap=tile_overlap,
             threshold=threshold_override, precision=precision, compile=compile_,
@@ -112,9 +132,16 @@ def score(
     from ..io.decode import list_images
 
     files = list_images(list(inputs))
-    pipe = Pipeline.from_artifact(
-        model_dir, device, dino_weights, tile, tile_overlap, threshold_override, precision, compile_
-    )
+    if runtime != "torch":
+        from ..export.live import runtime_pipeline
+
+        pipe = runtime_pipeline(model_dir, runtime, device, dino_weights, threshold_override, precision)
+    else:
+        pipe = Pipeline.from_artifact(
+            model_dir, device, dino_weights, tile, tile_overlap, threshold_override, precision, compile_
+        )
+    if pipe.runtime is not None:
+        click.echo(f"runtime: {pipe.runtime_name}", err=True)
     if not files:
         raise click.ClickException("no images found in the given inputs")
     keeper = None
@@ -126,8 +153,11 @@ def score(
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # the store's warning
         policy = KeepPolicy(keep["keep_images"], keep["keep_passed"], keep["keep_bytes"], keep["keep_days"])
         keeper = ImageKeeper(policy)
-    report = score_files(pipe, files, out_dir, product, batch_size, save_maps, keeper=keeper)
+    timer.mark("start-up")
+    report = score_files(pipe, files, out_dir, product, batch_size, save_maps, keeper=keeper, timer=timer)
     click.echo(f"scored {report.scored} images into {len(report.written)} Parquet part(s) under {out_dir}")
+    if timings:
+        click.echo(timer.table(report.scored), err=True)
     if keeper is not None:
         usage = keeper.usage
         held = f"; the store holds {usage.objects} ({usage.bytes} bytes)" if usage is not None else ""

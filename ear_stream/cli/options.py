@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..model.config import DEFAULT_PRECISION, PRECISION_CHOICES
+from ..model.config import DEFAULT_PRECISION, DEFAULT_RUNTIME, PRECISION_CHOICES, RUNTIME_CHOICES
 
 
 def default_of(config_cls, name: str):  # type: ignore[no-untyped-def]
@@ -37,6 +37,17 @@ COMPILE_OPTION = click.option(
     is_flag=True,
     help="torch.compile the U-Net for inference (inductor; one graph for every batch size), warmed up before "
     "the first batch.",
+)
+
+#: --runtime on the verbs that score: the torch pipeline, or an exported graph (``ear-stream export``)
+RUNTIME_OPTION = click.option(
+    "--runtime",
+    type=click.Choice(RUNTIME_CHOICES),
+    default=DEFAULT_RUNTIME,
+    show_default=True,
+    help="What runs the scoring function: torch, or the model exported on first use (cached per version under "
+    "~/.cache/ear-stream/exports, $EAR_STREAM_EXPORT_CACHE) and run by ONNX Runtime, OpenVINO or an AOTInductor "
+    "package; the same rows either way (BENCHMARKS.md compares their speed on this CPU). CPU only.",
 )
 
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
@@ -296,6 +307,7 @@ def worker_options(fn):  # type: ignore[no-untyped-def]
         DEVICE_OPTION,
         PRECISION_OPTION,
         COMPILE_OPTION,
+        RUNTIME_OPTION,
         click.option(
             "--flush-rows",
             default=w("flush_rows"),

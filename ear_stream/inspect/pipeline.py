@@ -26,6 +26,7 @@ from ..io.decode import to_model_input, to_native_input
 from ..model.artifact import ArtifactError
 from ..model.config import ModelConfig
 from ..model.container import ProductModel
+from ..model.exported import Runner, is_export_dir, open_exported
 from ..model.factory import load_model
 from ..model.head import head_inputs, smoothed_map
 from ..model.precision import DEFAULT_PRECISION, Precision, compile_module, resolve_precision
@@ -34,6 +35,7 @@ from .inputs import DeviceUnavailable, Images, image_sizes, load_images, resolve
 from .maps import banded_max, fit_normal_map, score_maps
 from .ood import FEATURES, OODCheck, image_features
 from .regions import region_table
+from .stages import StageTimer, maybe_stage
 from .threshold_policies import FollowImagePolicy
 from .tiled import score_tiled
 from .variant import Variant, paste_context, two_pass_attention
@@ -74,6 +76,7 @@ class Pipeline:
         pixel_threshold: float | None = None,
         precision: str | Precision = DEFAULT_PRECISION,
         head: nn.Module | None = None,
+        runtime: Runner | None = None,
     ) -> None:
         self.config = config
         #: map pixels above it form defect regions; None follows the image threshold
@@ -88,15 +91,24 @@ class Pipeline:
         self.threshold = float(threshold)
         self.device = device
         self.model_version = model_version
+        #: an exported graph's runner (:meth:`from_export`): it replaces saliency → U-Net → score; None: torch
+        self.runtime = runtime
+        #: what runs the scoring function: ``torch`` or an export format (the start-up line says it)
+        self.runtime_name = "torch"
+        #: where ``score --timings`` accounts the stages (saliency, U-Net, scoring); None: nothing is timed
+        self.timer: StageTimer | None = None
+        self.precision = precision if isinstance(precision, Precision) else resolve_precision(precision, device)
+        if runtime is not None:
+            self.model: ProductModel = None  # type: ignore[assignment]  # the graph holds the networks
+            return
         if config.head and head is None:
             raise ArtifactError("the model scores with a learned head, but no head weights were given")
         #: every part, on the device in eval mode: the U-Net, the saliency, the learned anomaly head
         #: (``config.head``: scores come from its map instead of the MSGMS max), the normal map
         #: (subtracted when ``config.scoring.normal_map``)
         self.model = ProductModel(unet, attention_model, head, normal_map).to(device).eval()
-        #: the U-Net's numeric path (bf16 autocast, channels_last), resolved for this device; the networks'
-        #: weights take its layout (the saliency keeps its own: DINO's numerics stay those it was checked with)
-        self.precision = precision if isinstance(precision, Precision) else resolve_precision(precision, device)
+        # the U-Net's numeric path (bf16 autocast, channels_last), resolved for this device above; the networks'
+        # weights take its layout (the saliency keeps its own: DINO's numerics stay those it was checked with)
         self.precision.module(self.model.unet)
         if self.model.anomaly_head is not None:
             self.precision.module(self.model.anomaly_head)
@@ -150,7 +162,12 @@ class Pipeline:
     ) -> Pipeline:
         """Load a model directory; ``tile``/``tile_overlap`` override a native model's stored tiling,
         ``threshold`` its image threshold for this run (the pixel threshold then follows it when the
-        model's pixel policy is ``image``)."""
+        model's pixel policy is ``image``). A directory written by ``ear-stream export`` is run by its
+        runtime (:meth:`from_export`)."""
+        if is_export_dir(model_dir):
+            if compile:
+                raise ArtifactError(f"{model_dir} is an exported model: it is compiled already (drop --compile)")
+            return cls.from_export(model_dir, device, threshold, precision)
         model, manifest = load_model(model_dir, dino_weights)
         try:
             manifest.config = manifest.config.with_tiling(tile, tile_overlap)
@@ -161,6 +178,26 @@ class Pipeline:
         pipe.apply_thresholds(manifest, threshold)
         if compile:
             pipe.compile()
+        return pipe
+
+    @classmethod
+    def from_export(
+        cls,
+        export_dir: str | Path,
+        device: str = "auto",
+        threshold: float | None = None,
+        precision: str = DEFAULT_PRECISION,
+    ) -> Pipeline:
+        """An exported directory (``ear-stream export``), verified, scored by its runtime on the CPU: the same
+        verdicts, regions and rows as the torch pipeline (the thresholds are those of its manifest copy)."""
+        if device not in ("auto", "cpu"):
+            raise ArtifactError(f"{export_dir} is an exported model: this build runs it on the CPU (--device cpu)")
+        exported = open_exported(export_dir, precision=precision)
+        manifest = exported.manifest
+        pipe = cls(manifest.config, None, manifest.threshold, torch.device("cpu"),  # type: ignore[arg-type]
+                   model_version=manifest.model_version, precision="fp32", runtime=exported.runner)  # fmt: skip
+        pipe.runtime_name = f"{exported.info.format} ({exported.info.precision})"
+        pipe.apply_thresholds(manifest, threshold)
         return pipe
 
     def compile(self) -> None:
@@ -225,9 +262,11 @@ class Pipeline:
 
             recon = riad.score(self.unet, images, self.config.scoring, forward=self.reconstruct)[2]
             return None, images, torch.ones(images.shape[0]), recon
-        attention = self.attention(images)
-        composite, ratio = self.variant.excise(images, attention)
-        recon = paste_context(self.reconstruct(composite), images, self.variant.context_mask(images, attention))
+        with maybe_stage(self.timer, "saliency"):
+            attention = self.attention(images)
+        with maybe_stage(self.timer, "U-Net"):
+            composite, ratio = self.variant.excise(images, attention)
+            recon = paste_context(self.reconstruct(composite), images, self.variant.context_mask(images, attention))
         return attention, composite, ratio, recon
 
     @torch.no_grad()
@@ -341,14 +380,23 @@ class Pipeline:
             raise ValueError(f"expected a [B, 3, {size}, {size}] batch, got {tuple(images.shape)}")
         images = images.to(self.device, non_blocking=True).float()
         sc = self.config.scoring
-        if self.variant.is_riad:  # baseline: 12 masked passes, no excision
+        attention = None
+        maps: torch.Tensor | None
+        if self.runtime is not None:
+            if want_recon:
+                raise ArtifactError("an exported model gives no composite or mask: score reports with the torch model")
+            with maybe_stage(self.timer, "graph"):
+                scores, maps, recon, ratio = self._run_exported(images)
+            composite = images
+        elif self.variant.is_riad:  # baseline: 12 masked passes, no excision
             from ..model import riad
 
             scores, maps, recon = riad.score(self.unet, images, sc, want_maps or want_regions, forward=self.reconstruct)
             composite, ratio, attention = images, torch.ones(images.shape[0]), None
         else:
             attention, composite, ratio, recon = self.recover(images)
-            scores, maps = self.score_recon(images, recon, want_maps or want_regions)
+            with maybe_stage(self.timer, "scoring"):
+                scores, maps = self.score_recon(images, recon, want_maps or want_regions)
         # fail closed: a reconstruction with any NaN/inf pixel scores NaN, even where the median or the
         # border band would have hidden the pixel (one reduction over the recon, on its device)
         broken = ~torch.isfinite(recon).flatten(1).all(dim=1)
@@ -368,6 +416,18 @@ class Pipeline:
             regions,
             image_features(images, recon),
         )
+
+    def _run_exported(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if images.shape[0] == 0:  # the graph's batch starts at 1
+            h, w = images.shape[-2:]
+            return (
+                images.new_zeros(0),
+                images.new_zeros((0, 1, h, w)),
+                images.new_zeros((0, 3, h, w)),
+                images.new_zeros(0),
+            )
+        assert self.runtime is not None
+        return self.runtime(images)
 
     @property
     def decode_target(self) -> int | None:

@@ -18,6 +18,7 @@ from ..io.limits import DEFAULT_MAX_PIXELS
 from ..io.results import ResultWriter, now_utc, verdict_row
 from ..model.config import NON_FINITE_SCORE
 from .pipeline import BatchResult, Pipeline
+from .stages import StageTimer
 from .visualize import contour_overlay, defect_mask_png, heatmap_overlay, to_png
 
 
@@ -91,12 +92,17 @@ def score_files(
     worker: str = "cli",
     progress: bool = True,
     keeper: ImageKeeper | None = None,
+    timer: StageTimer | None = None,
 ) -> ScoreReport:
     """Score files in batches; undecodable files are reported, never fatal.
 
     With a ``keeper`` the bytes of each flagged file (and of the passed review sample), as read for scoring,
     are kept and the row names them (``image_uri``); retention runs as the batches go and once at the end.
+    With a ``timer`` each batch's stages are accounted there (read+decode, prepare, the pipeline's, verdicts,
+    rows, write).
     """
+    timer = timer or StageTimer()
+    pipe.timer = timer
     writer = ResultWriter(out_dir, worker)
     report = ScoreReport()
     bar = tqdm(total=len(files), desc=f"scoring {product}", disable=not progress, file=sys.stderr)
@@ -114,9 +120,12 @@ def score_files(
             sizes.append(size)
             ids.append(str(path))
             payloads.append(data if keeper is not None else b"")
+        timer.mark("read+decode")
         if arrays:
             images = pipe.prepare(arrays)
+            timer.mark("prepare")
             res = pipe.score_images(images, want_maps=save_maps is not None, want_regions=True, orig_sizes=sizes)
+            timer.mark("verdicts")
             meta = [
                 {"meta": json.dumps({"path": i}), "frame_check": frame_issue(a)}
                 for i, a in zip(ids, arrays, strict=True)
@@ -145,11 +154,15 @@ def score_files(
             if keeper is not None:
                 keeper.settle()  # image_uri set (or null) before the rows are written
                 keeper.maybe_prune()
+            timer.mark("rows")
             report.written += writer.write(rows)
             report.scored += len(rows)
+            timer.mark("write")
         bar.update(len(chunk))
     bar.close()
     if keeper is not None:
         keeper.prune_now()
         keeper.close()
+    timer.mark("write")
+    pipe.timer = None
     return report

@@ -37,6 +37,12 @@ HEAD_MAPS = ("probability", "logit")
 #: what ``--precision`` accepts (``ear_stream.model.precision`` resolves ``auto`` per device)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "int8")
 DEFAULT_PRECISION = "auto"
+#: ``ear-stream export`` formats and the package each one's runtime is (``ear_stream.model.exported``)
+EXPORT_RUNTIME_PACKAGES = {"onnx": "onnxruntime", "openvino": "openvino", "aoti": "torch"}
+EXPORT_FORMATS = tuple(EXPORT_RUNTIME_PACKAGES)
+#: what ``--runtime`` takes: the torch pipeline (the default) or a format, exported on first use
+DEFAULT_RUNTIME = "torch"
+RUNTIME_CHOICES = (DEFAULT_RUNTIME, *EXPORT_FORMATS)
 #: the image threshold policy training applies: at most 1 of the usual 50 held-out good images above the threshold
 #: (order statistics: an expected 2/51 ≈ 3.9 % false rejects on new good images); of the policies that stayed
 #: within 5 % false rejects on validation in the 60-minute studies, the fewest validation escapes

@@ -136,11 +136,15 @@ def pool_pow2(gray: torch.Tensor, s: int) -> torch.Tensor:
 
 
 def median3x3(x: torch.Tensor) -> torch.Tensor:
-    """3×3 median with replicate padding (the 5th of 9 sorted values)."""
-    b, c, h, w = x.shape
+    """3×3 median with replicate padding (the 5th of 9 sorted values).
+
+    The nine neighbours as shifted slices and a top-5: standard operators every exporter expresses
+    (ONNX has no median), and the same value as a sort.
+    """
+    h, w = x.shape[-2:]
     padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    patches = F.unfold(padded, kernel_size=3).view(b, c, 9, h, w)
-    return patches.median(dim=2).values
+    patches = torch.stack([padded[..., dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], dim=2)
+    return patches.topk(5, dim=2).values[:, :, 4]
 
 
 def prewitt_magnitude(x: torch.Tensor) -> torch.Tensor:

@@ -121,17 +121,36 @@ class SpectralResidual(WeightFreeSaliency):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        b = images.shape[0]
-        if b == 0:
+        if images.shape[0] == 0:
             return images.new_zeros((0, self.grid, self.grid), dtype=torch.float32)
+        return self.residual(images, torch.float64)
+
+    def residual(self, images: torch.Tensor, fft_dtype: torch.dtype) -> torch.Tensor:
+        """The saliency grid with the FFT in ``fft_dtype`` (float64 here; an exported graph for a runtime
+        without float64 FFTs takes float32).
+
+        Written in real arithmetic (the phase as ``spectrum / |spectrum|``) rather than with a complex
+        ``exp``: the same values, and operators every exporter can express.
+        """
         gray = to_gray(images)
         gray = F.interpolate(gray, size=(self.work, self.work), mode="bilinear", align_corners=False, antialias=True)
         p = max(1, int(round(self.pad * self.work)))
-        x = F.pad(gray, (p, p, p, p), mode="reflect")
-        spec = torch.fft.fft2(x.double())
-        log_amp = torch.log(spec.abs() + 1e-9)
-        smooth = F.avg_pool2d(F.pad(log_amp, (1, 1, 1, 1), mode="circular"), 3, stride=1)
-        sal = torch.fft.ifft2(torch.exp((log_amp - smooth) + 1j * torch.angle(spec))).abs() ** 2
+        x = F.pad(gray, (p, p, p, p), mode="reflect").to(fft_dtype)
+        spectrum = torch.view_as_real(torch.fft.fft2(x))
+        re, im = spectrum[..., 0], spectrum[..., 1]
+        amp = torch.sqrt(re * re + im * im)
+        log_amp = torch.log(amp + 1e-9)
+        # the 3×3 circular mean of the log amplitude, as nine shifted copies (avg_pool has no float64 kernel
+        # in every runtime)
+        smooth = sum(torch.roll(log_amp, (dy, dx), (-2, -1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
+        gain = torch.exp(log_amp - smooth)
+        nonzero = amp > 0  # the phase of a zero coefficient is 0: unit (1, 0)
+        safe = torch.where(nonzero, amp, torch.ones_like(amp))
+        unit_re = torch.where(nonzero, re / safe, torch.ones_like(re))
+        unit_im = torch.where(nonzero, im / safe, torch.zeros_like(im))
+        residual = torch.view_as_complex(torch.stack([gain * unit_re, gain * unit_im], dim=-1))
+        back = torch.view_as_real(torch.fft.ifft2(residual))
+        sal = back[..., 0] ** 2 + back[..., 1] ** 2
         sal = gaussian_blur(sal.float(), self.blur_sigma)[..., p:-p, p:-p]
         return grid_pool(sal, self.grid)
 

@@ -20,7 +20,7 @@ from ..errors import ConfigError, EarStreamError
 from ..inspect.pipeline import Pipeline
 from ..io.labels import weights_of
 from ..model.artifact import MANIFEST_FILE, load_manifest
-from ..model.config import DEFAULT_PRECISION
+from ..model.config import DEFAULT_PRECISION, DEFAULT_RUNTIME
 from .settings import WorkerConfig
 
 log = logging.getLogger("ear_stream.stream.worker.models")  # a child of the worker's logger, as before the split
@@ -44,10 +44,12 @@ class ModelRegistry:
         reload_every_s: float = 2.0,
         precision: str = DEFAULT_PRECISION,
         compile: bool = False,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.precision = precision
         self.compile = compile
+        self.runtime = runtime
         self.device = device
         self.dino_weights = dino_weights
         self.tiling = (tile, tile_overlap)
@@ -74,6 +76,7 @@ class ModelRegistry:
             cfg.reload_every_s,
             cfg.precision,
             cfg.compile,
+            cfg.runtime,
         )
 
     def get(self, product: str) -> Pipeline:
@@ -91,6 +94,11 @@ class ModelRegistry:
     def _load(self, path: Path) -> Pipeline:
         # resolved once: a product promoted by ``ear-stream promote`` is a link to one version's folder, swapped
         # atomically; manifest and weights must come from the same version even if the link moves meanwhile
+        if self.runtime != DEFAULT_RUNTIME:  # an exported graph (exported on first use, cached per version)
+            from ..export.live import runtime_pipeline
+
+            return runtime_pipeline(path.resolve(), self.runtime, self.device, self.dino_weights, self.threshold,
+                                    self.precision)  # fmt: skip
         return Pipeline.from_artifact(
             path.resolve(),
             self.device,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..io.limits import DEFAULT_MAX_PIXELS, FRAME_MAX_ASPECT, FRAME_MIN_STD
-from ..model.config import DEFAULT_PRECISION
+from ..model.config import DEFAULT_PRECISION, DEFAULT_RUNTIME
 from .protocol import StreamConfig
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class WorkerConfig:
     #: the U-Net's numeric path (``ear_stream.model.precision``) and whether to compile it for inference
     precision: str = DEFAULT_PRECISION
     compile: bool = False
+    #: what runs the scoring function: ``torch`` or an export format (``ear_stream.export.live``)
+    runtime: str = DEFAULT_RUNTIME
     #: where the original images of flagged items and of the passed review sample are kept (a folder or a
     #: pyarrow filesystem URI; None: nothing is kept), the passed share, and the store's retention: a byte
     #: budget and an age in days, oldest first (``ear_stream.io.keeping``)

@@ -1,0 +1,55 @@
+"""``--runtime onnx|openvino|aoti``: score a trained model through an exported graph, exported on first use.
+
+The export is cached per model version, format and precision under the user's cache folder
+(``$EAR_STREAM_EXPORT_CACHE``, default ``~/.cache/ear-stream/exports``), so a worker restarting, a second
+worker on the host, or a product reloaded after a threshold revision (same weights) reuse it; new weights are
+a new version and a new export. One export at a time per entry (a lock file): concurrent workers wait
+rather than race. The cached directory is verified (hashes) every time it is opened, like any export.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ..inspect.pipeline import Pipeline
+from ..model.artifact import load_manifest
+from ..model.exported import EXPORT_FILE, FORMATS, RUNTIME_CHOICES
+from .graph import ExportError
+from .writer import export_model
+
+CACHE_ENV = "EAR_STREAM_EXPORT_CACHE"
+
+
+def cache_root() -> Path:
+    chosen = os.environ.get(CACHE_ENV)
+    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "ear-stream" / "exports"
+
+
+def runtime_pipeline(
+    model_dir: str | os.PathLike,
+    runtime: str,
+    device: str = "auto",
+    dino_weights: str | os.PathLike | None = None,
+    threshold: float | None = None,
+    precision: str = "auto",
+) -> Pipeline:
+    """The model at ``model_dir`` scored by ``runtime`` (exported into the cache first when needed); its
+    thresholds are the model's own (a revision after the export is taken, not the export's copy)."""
+    if runtime not in RUNTIME_CHOICES:
+        raise ExportError(f"runtime must be one of {', '.join(RUNTIME_CHOICES)}, got {runtime!r}")
+    if runtime == "torch":
+        return Pipeline.from_artifact(model_dir, device, dino_weights, threshold=threshold, precision=precision)
+    assert runtime in FORMATS
+    manifest = load_manifest(model_dir)
+    base_version = manifest.model_version.split(".t")[0]  # a threshold revision keeps the graph
+    entry = cache_root() / f"{base_version}-{runtime}-{precision}"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first one's export
+        if not (entry / EXPORT_FILE).is_file():
+            export_model(model_dir, runtime, entry, precision, dino_weights, force=True)
+    pipe = Pipeline.from_export(entry, device, threshold, precision)
+    pipe.apply_thresholds(manifest, threshold)  # the model's current thresholds, not the copy's
+    return pipe

@@ -18,6 +18,7 @@ from .options import (
     RUNTIME_OPTION,
     THRESHOLD_OPTION,
     announce_backend,
+    check_runtime_options,
     tile_options,
 )
 
@@ -51,7 +52,8 @@ from .options import (
 @click.option(
     "--timings",
     is_flag=True,
-    help="Print where the time went, per stage (start-up, read+decode, prepare, score, rows, write), on stderr.",
+    help="Print where the time went, per stage, on stderr: start-up (from the process's start: imports, model "
+    "load), read+decode, prepare, saliency, U-Net, scoring (or graph, for an exported model), verdicts, rows, write.",
 )
 @click.option(
     "--ray",
@@ -113,8 +115,7 @@ def score(
     announce_backend(precision, device)
     if ray_address is not None and not _is_ray_address(ray_address):  # `--ray imgs/`: the folder is an input
         inputs, ray_address = (*inputs, ray_address), "local"
-    if runtime != "torch" and (compile_ or tile is not None or tile_overlap is not None):
-        raise click.UsageError("--runtime runs an exported graph: --compile, --tile and --tile-overlap do not apply")
+    check_runtime_options(runtime, compile_, tile, tile_overlap, device)
     if ray_address is not None:
         if keep or save_maps is not None:
             raise click.UsageError("--keep-images and --save-maps are not available with --ray (yet): run without it")

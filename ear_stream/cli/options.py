@@ -46,8 +46,8 @@ RUNTIME_OPTION = click.option(
     default=DEFAULT_RUNTIME,
     show_default=True,
     help="What runs the scoring function: torch, or the model exported on first use (cached per version under "
-    "~/.cache/ear-stream/exports, $EAR_STREAM_EXPORT_CACHE) and run by ONNX Runtime, OpenVINO or an AOTInductor "
-    "package; the same rows either way (BENCHMARKS.md compares their speed on this CPU). CPU only.",
+    "~/.cache/ear-stream/exports, $EAR_STREAM_EXPORT_CACHE) and run on the CPU by ONNX Runtime, OpenVINO or an "
+    "AOTInductor package; the same rows either way (BENCHMARKS.md compares their speed and parity).",
 )
 
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
@@ -412,6 +412,21 @@ def _shard_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     return own  # checked against --shards in worker_config, once every option is read
 
 
+def check_runtime_options(
+    runtime: str, compile_: bool = False, tile: int | None = None, tile_overlap: int | None = None, device: str = "auto"
+) -> None:
+    """Refuse at start what an exported runtime cannot honour (not per entry, later), and a missing runtime."""
+    if runtime == DEFAULT_RUNTIME:
+        return
+    if compile_ or tile is not None or tile_overlap is not None:
+        raise click.UsageError("--runtime runs an exported graph: --compile, --tile and --tile-overlap do not apply")
+    if device == "cuda":
+        raise click.UsageError("--runtime runs exported graphs on the CPU in this build: --device cpu (or auto)")
+    from ..model.exported import require_runtime
+
+    require_runtime(runtime)
+
+
 def worker_config(redis_url: str, models_dir, out_dir, **opts):  # type: ignore[no-untyped-def]
     """The WorkerConfig that :func:`worker_options` (plus the verb's own keyword values) describe."""
     from ..stream.settings import WorkerConfig
@@ -424,6 +439,7 @@ def worker_config(redis_url: str, models_dir, out_dir, **opts):  # type: ignore[
         claim_idle_ms=opts.pop("claim_idle_ms"),
     )
     opts["compile"] = opts.pop("compile_")
+    check_runtime_options(opts["runtime"], opts["compile"], opts.get("tile"), opts.get("tile_overlap"), opts["device"])
     if not opts.pop("frame_check"):
         opts.update(frame_min_std=0.0, frame_max_aspect=0.0)
     opts["threshold"] = opts.pop("threshold_override")

@@ -1,25 +1,29 @@
 """``--runtime onnx|openvino|aoti``: score a trained model through an exported graph, exported on first use.
 
-The export is cached per model version, format and precision under the user's cache folder
+The export is cached per model version, format, precision and the versions of ear_stream, torch and the
+runtime that wrote it (:func:`cache_key`) under the user's cache folder
 (``$EAR_STREAM_EXPORT_CACHE``, default ``~/.cache/ear-stream/exports``), so a worker restarting, a second
 worker on the host, or a product reloaded after a threshold revision (same weights) reuse it; new weights are
 a new version and a new export. One export at a time per entry (a lock file): concurrent workers wait
-rather than race. The cached directory is verified (hashes) every time it is opened, like any export.
+rather than race. The cached directory is verified (hashes) every time it is opened, like any export; one that
+fails is exported again, once.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
 from ..inspect.pipeline import Pipeline
-from ..model.artifact import load_manifest
-from ..model.exported import EXPORT_FILE, FORMATS, RUNTIME_CHOICES
+from ..model.artifact import ArtifactError, load_manifest
+from ..model.exported import EXPORT_FILE, FORMATS, RUNTIME_CHOICES, is_export_dir
 from .graph import ExportError
 from .writer import export_model
 
 CACHE_ENV = "EAR_STREAM_EXPORT_CACHE"
+log = logging.getLogger("ear_stream.export.live")
 
 
 def cache_root() -> Path:
@@ -42,14 +46,39 @@ def runtime_pipeline(
     if runtime == "torch":
         return Pipeline.from_artifact(model_dir, device, dino_weights, threshold=threshold, precision=precision)
     assert runtime in FORMATS
+    if is_export_dir(model_dir):
+        raise ExportError(f"{model_dir} is an exported model: score it with --model {model_dir} and no --runtime")
     manifest = load_manifest(model_dir)
-    base_version = manifest.model_version.split(".t")[0]  # a threshold revision keeps the graph
-    entry = cache_root() / f"{base_version}-{runtime}-{precision}"
+    entry = cache_root() / cache_key(manifest.model_version, runtime, precision)
     entry.parent.mkdir(parents=True, exist_ok=True)
     with open(entry.parent / f".{entry.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first one's export
         if not (entry / EXPORT_FILE).is_file():
             export_model(model_dir, runtime, entry, precision, dino_weights, force=True)
-    pipe = Pipeline.from_export(entry, device, threshold, precision)
+        try:
+            pipe = Pipeline.from_export(entry, device, threshold, precision)
+        except ArtifactError as exc:  # a cached entry damaged on disk: exported again, once
+            log.warning("the cached export %s cannot be used (%s): exporting it again", entry, exc)
+            export_model(model_dir, runtime, entry, precision, dino_weights, force=True)
+            pipe = Pipeline.from_export(entry, device, threshold, precision)
     pipe.apply_thresholds(manifest, threshold)  # the model's current thresholds, not the copy's
     return pipe
+
+
+def cache_key(model_version: str, runtime: str, precision: str) -> str:
+    """One cache entry per weights-and-config version (a threshold revision, ``.t<n>``, reuses the graph),
+    format, precision, and the versions that wrote it (an upgraded torch, runtime or ear_stream exports anew)."""
+    import hashlib
+    import importlib.metadata
+
+    import torch
+
+    package = {"onnx": "onnxruntime", "openvino": "openvino", "aoti": "torch"}[runtime]
+    try:
+        versions = (
+            f"{importlib.metadata.version('ear-stream')}|{torch.__version__}|{importlib.metadata.version(package)}"
+        )
+    except importlib.metadata.PackageNotFoundError:
+        versions = f"unknown|{torch.__version__}"
+    stamp = hashlib.sha256(versions.encode()).hexdigest()[:8]
+    return f"{model_version.split('.t')[0]}-{runtime}-{precision}-{stamp}"

@@ -22,8 +22,16 @@ import numpy as np
 import torch
 
 from ..inspect.pipeline import Pipeline
-from ..model.artifact import MANIFEST_FILE, sha256_file
-from ..model.exported import EXPORT_FILE, FORMATS, ExportInfo, open_exported, require_runtime
+from ..model.artifact import MANIFEST_FILE, load_manifest, sha256_file
+from ..model.exported import (
+    EXPORT_FILE,
+    FORMATS,
+    GRAPH_FILES,
+    ExportInfo,
+    is_export_dir,
+    open_exported,
+    require_runtime,
+)
 from ..model.precision import resolve_precision
 from .graph import INPUT_NAME, OUTPUT_NAMES, ExportError, GraphOptions, ScoringGraph, check_exportable
 
@@ -35,7 +43,6 @@ SCORE_RTOL_FP32 = 1e-3
 SCORE_RTOL_BF16 = 5e-2
 #: generated images the export's own parity check scores (the tests and benchmarks score many more)
 CHECK_IMAGES = 6
-GRAPH_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin"), "aoti": ("model.pt2",)}
 
 
 @dataclass
@@ -56,7 +63,10 @@ def score_difference(got: np.ndarray, want: np.ndarray, threshold: float | None 
 
 def export_precision(fmt: str, precision: str) -> str:
     """What the export records and builds: ONNX graphs are fp32; OpenVINO chooses at load time (``runtime``:
-    its bf16 hint follows ``--precision`` where it is loaded); an AOTI package is compiled for one path."""
+    its bf16 hint follows ``--precision`` where it is loaded); an AOTI package is compiled for one path
+    (``auto`` resolved on the exporting host: pass fp32 or bf16 for a line box with other units)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ExportError(f"--precision {precision} is not exported (auto, fp32 or bf16)")
     if fmt == "onnx":
         if precision == "bf16":
             raise ExportError("ONNX graphs are exported in fp32 (--precision fp32 or auto); OpenVINO runs bf16")
@@ -149,12 +159,16 @@ def export_model(
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ExportError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
+    _check_out(Path(model_dir), out, force)
+    if is_export_dir(model_dir):
+        raise ExportError(f"{model_dir} is an exported model already: export the trained model directory it came from")
     _require_exporter(fmt)
     built = export_precision(fmt, precision)
     say(f"loading {model_dir}")
     torch_pipe = Pipeline.from_artifact(model_dir, device="cpu", dino_weights=dino_weights, precision="fp32")
+    # the manifest copy must be the one the export describes (checked below: a threshold revision while the
+    # export runs must not leave export.json and its manifest copy saying different things)
+    manifest_bytes = (Path(model_dir) / MANIFEST_FILE).read_bytes()
     check_exportable(torch_pipe.config)
     graph = ScoringGraph(torch_pipe, graph_options(fmt, built)).eval()
     size = torch_pipe.config.image_size
@@ -163,9 +177,18 @@ def export_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
         say(f"writing the {fmt} graph")
-        {"onnx": _write_onnx, "openvino": _write_openvino, "aoti": _write_aoti}[fmt](graph, example, staging)
-        shutil.copyfile(Path(model_dir) / MANIFEST_FILE, staging / MANIFEST_FILE)
-        info = _describe(torch_pipe, Path(model_dir).resolve().name, fmt, built, staging)
+        writer = {"onnx": _write_onnx, "openvino": _write_openvino, "aoti": _write_aoti}[fmt]
+        try:
+            writer(graph, example, staging)
+        except Exception as exc:  # an exporter's or compiler's own failure: one line, nothing written
+            raise ExportError(f"the {fmt} exporter failed: {type(exc).__name__}: {str(exc).strip()[:500]}") from exc
+        (staging / MANIFEST_FILE).write_bytes(manifest_bytes)
+        if load_manifest(staging).model_version != torch_pipe.model_version:
+            raise ExportError(
+                f"{model_dir} changed while it was exported (a threshold revision?): run the export again"
+            )
+        product = Path(os.path.abspath(model_dir)).name  # models/<product>, not the version folder a link names
+        info = _describe(torch_pipe, product, fmt, built, staging)
         (staging / EXPORT_FILE).write_text(json.dumps(info.to_json(), indent=2))
         say("checking parity against the torch pipeline")
         check_precision = "fp32" if built in ("fp32", "runtime") else built
@@ -187,6 +210,20 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportReport(out, info, score_diff, map_diff)
+
+
+def _check_out(model_dir: Path, out: Path, force: bool) -> None:
+    """``--out`` must be new, empty, or (with ``--force``) an earlier export; never the model, a folder holding
+    it, or a folder inside it (``--force`` would delete the model)."""
+    model, target = model_dir.resolve(), out.resolve()
+    if target == model or target in model.parents or model in target.parents:
+        raise ExportError(f"--out {out} overlaps the model directory {model_dir}: write the export somewhere else")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise ExportError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
+    if not (out.is_dir() and is_export_dir(out)):
+        raise ExportError(f"{out} is not an earlier export (no {EXPORT_FILE}): --force replaces only exports")
 
 
 def parity(

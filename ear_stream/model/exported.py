@@ -31,6 +31,9 @@ from .config import EXPORT_FORMATS, EXPORT_RUNTIME_PACKAGES, RUNTIME_CHOICES  # 
 
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT_VERSION = 1
+#: the graph files of each format, by fixed name (export.json must list exactly these and the manifest); the
+#: first is what the runtime loads
+GRAPH_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin"), "aoti": ("model.pt2",)}
 #: what ``pip install`` brings each format's runtime (the ``export`` extra installs all of them)
 RUNTIME_PACKAGES = EXPORT_RUNTIME_PACKAGES
 FORMATS = EXPORT_FORMATS
@@ -112,26 +115,52 @@ def read_export_info(path: str | os.PathLike) -> ExportInfo:
         raise
     except (OSError, TypeError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"{file} is not a valid export description: {type(exc).__name__}: {exc}") from exc
-    if info.format not in FORMATS:
+    if not isinstance(info.format, str) or info.format not in FORMATS:
         raise ArtifactError(f"{file}: unknown format {info.format!r}; known: {', '.join(FORMATS)}")
     if info.format_version != EXPORT_FORMAT_VERSION:
         raise ArtifactError(
             f"{file}: export format version {info.format_version}, this build reads {EXPORT_FORMAT_VERSION}"
         )
-    if not isinstance(info.files, dict) or MANIFEST_FILE not in info.files or not info.graph_files:
-        raise ArtifactError(f"{file}: lists no graph file and manifest with their hashes")
-    for name in info.files:
-        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
-            raise ArtifactError(f"{file}: file name {name!r} is not a plain name in the directory")
+    _check_field_types(file, info)
+    expected = {*GRAPH_FILES[info.format], MANIFEST_FILE}
+    if set(info.files) != expected:
+        raise ArtifactError(
+            f"{file}: lists {sorted(info.files)}, a {info.format} export is exactly {sorted(expected)} with their hashes"
+        )
     return info
 
 
+#: export.json's fields a loader relies on, and the types they must have
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (str,), "model_version": (str,), "product": (str,), "image_size": (int,),
+    "threshold": (int, float), "pixel_threshold": (int, float, type(None)), "precision": (str,),
+    "files": (dict,), "tolerance": (dict,), "input": (dict,), "outputs": (dict,), "versions": (dict,),
+    "format_version": (int,),
+}  # fmt: skip
+
+
+def _check_field_types(file: Path, info: ExportInfo) -> None:
+    for name, types in _FIELD_TYPES.items():
+        value = getattr(info, name)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ArtifactError(f"{file}: field {name!r} is {type(value).__name__}, not {types[0].__name__}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in info.files.items()):
+        raise ArtifactError(f"{file}: files must map plain names to sha256 hex digests")
+
+
 def verify_files(path: str | os.PathLike, info: ExportInfo) -> None:
-    """Every file export.json lists is there and has its hash (a replaced or truncated graph is refused)."""
+    """Every file export.json lists is a regular file (not a link to one elsewhere) with its hash: a replaced
+    or truncated graph is refused."""
+    import stat
+
     for name, digest in info.files.items():
         target = Path(path) / name
-        if not target.is_file():
-            raise ArtifactError(f"{path}: {name} is missing (listed in {EXPORT_FILE})")
+        try:
+            mode = target.lstat().st_mode
+        except FileNotFoundError:
+            raise ArtifactError(f"{path}: {name} is missing (listed in {EXPORT_FILE})") from None
+        if not stat.S_ISREG(mode):
+            raise ArtifactError(f"{target} is not a regular file (a link or a folder): an export holds its own files")
         if sha256_file(target) != digest:
             raise ArtifactError(f"{target} does not match its hash in {EXPORT_FILE} (corrupt or replaced)")
 
@@ -156,14 +185,24 @@ def open_exported(path: str | os.PathLike, precision: str = "auto", threads: int
     info = read_export_info(path)
     verify_files(path, info)
     manifest = load_manifest(path)
-    if manifest.model_version.split(".t")[0] != info.model_version.split(".t")[0]:
+    if manifest.model_version != info.model_version:
         raise ArtifactError(
             f"{path}: manifest version {manifest.model_version} is not the exported {info.model_version}"
         )
     runtime = require_runtime(info.format)
-    graph = path / info.graph_files[0]
+    graph = path / GRAPH_FILES[info.format][0]
     loader = {"onnx": _onnx_runner, "openvino": _openvino_runner, "aoti": _aoti_runner}[info.format]
-    return ExportedModel(path, info, manifest, loader(runtime, graph, precision, threads))
+    try:
+        runner = loader(runtime, graph, precision, threads)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a graph that hashes right but this runtime cannot load (another version wrote it)
+        versions = ", ".join(f"{k} {v}" for k, v in info.versions.items())
+        raise ArtifactError(
+            f"{graph} cannot be loaded by this {info.format} runtime ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+            f"it was written with {versions or 'unknown versions'}: export it again here"
+        ) from exc
+    return ExportedModel(path, info, manifest, runner)
 
 
 def _as_tensors(outputs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,10 +224,9 @@ def _onnx_runner(ort: Any, graph: Path, precision: str, threads: int | None) -> 
 
 
 def _onnx_providers(ort: Any) -> list[str]:
-    """CUDA (and TensorRT) when this onnxruntime build has them and a GPU is visible, else the CPU."""
-    available = set(ort.get_available_providers())
-    wanted = [p for p in ("CUDAExecutionProvider",) if p in available and torch.cuda.is_available()]
-    return [*wanted, "CPUExecutionProvider"]
+    """The CPU: this build scores exported models on the CPU (``tools/export/onnx_score.py --cuda`` runs the
+    same graph on ONNX Runtime's CUDA provider where the onnxruntime build has it)."""
+    return ["CPUExecutionProvider"]
 
 
 def openvino_precision(precision: str) -> str:

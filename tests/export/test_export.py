@@ -259,6 +259,20 @@ def test_cpp_aoti_consumer(headed, exports, odd_sized_images):
     assert bad.returncode == 1 and "cannot decode" in bad.stderr
 
 
+@pytest.mark.skipif(
+    not AOTI_SCORE.is_file(), reason="build/cmake/aoti_score is not built (make cmake-test; libstb-dev)"
+)
+def test_cpp_aoti_consumer_checks_the_hashes(headed, exports, odd_sized_images, tmp_path):
+    """A package is native code: the C++ program refuses one whose bytes do not match export.json."""
+    tampered = tmp_path / "tampered"
+    shutil.copytree(exports(headed, "aoti", "fp32"), tampered)
+    with open(tampered / "manifest.json", "a") as f:
+        f.write(" ")
+    done = subprocess.run([str(AOTI_SCORE), str(tampered), str(odd_sized_images[0])], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 1 and "does not match its hash" in done.stderr, done.stderr
+
+
 # ------------------------------------------------------------------------------------------------ refusals
 def test_refusals_leave_nothing(headed, tmp_path, synthetic_root):
     """Not a model, a variant no format expresses, an occupied --out: one line each, nothing written."""
@@ -285,6 +299,57 @@ def test_refusals_leave_nothing(headed, tmp_path, synthetic_root):
     )
     assert res.exit_code == 1 and "fp32" in res.output and not (tmp_path / "y").exists()
     assert not [p for p in tmp_path.iterdir() if ".export-" in p.name]  # no staging left behind
+
+
+def test_force_never_deletes_the_model_or_what_is_not_an_export(headed, exports, tmp_path):
+    """--out the model, a folder holding it or inside it, or (with --force) a folder that is no export: refused,
+    nothing deleted; an exported directory is no model to export again."""
+    models = tmp_path / "models"
+    shutil.copytree(headed, models / "tile")
+    before = sorted(p.name for p in (models / "tile").iterdir())
+    runner = CliRunner()
+    for out in (models / "tile", models, models / "tile" / "sub"):
+        res = runner.invoke(main, ["export", str(models / "tile"), "--format", "onnx", "--out", str(out), "--force"])
+        assert res.exit_code == 1 and "overlaps the model directory" in res.output, res.output
+        assert sorted(p.name for p in (models / "tile").iterdir()) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    res = runner.invoke(main, ["export", str(models / "tile"), "--format", "onnx", "--out", str(mine), "--force"])
+    assert res.exit_code == 1 and "not an earlier export" in res.output and (mine / "notes.txt").exists()
+    res = runner.invoke(
+        main, ["export", str(exports(headed, "onnx")), "--format", "onnx", "--out", str(tmp_path / "z")]
+    )
+    assert res.exit_code == 1 and "exported model already" in res.output and not (tmp_path / "z").exists()
+    res = runner.invoke(main, ["export", str(headed), "--format", "aoti", "--out", str(tmp_path / "q"),
+                               "--precision", "int8"])  # fmt: skip
+    assert res.exit_code == 1 and "is not exported" in res.output and not (tmp_path / "q").exists()
+
+
+def test_a_promoted_products_export_keeps_the_products_name(headed, tmp_path):
+    """models/<product> is a link to a version folder once promoted: the export is named after the product."""
+    versions = tmp_path / "versions" / "abc123-def456"
+    shutil.copytree(headed, versions)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tile").symlink_to(versions, target_is_directory=True)
+    report = export_model(tmp_path / "models" / "tile", "onnx", tmp_path / "out")
+    assert report.info.product == "tile"
+
+
+def test_runtime_options_are_refused_at_start(headed, tmp_path):
+    """`worker --runtime onnx --compile` (or --device cuda, --tile) stops at start with one line, not later per entry."""
+    runner = CliRunner()
+    base = ["worker", "--redis", "redis://127.0.0.1:1", "--models", str(tmp_path), "--out", str(tmp_path / "o"),
+            "--runtime", "onnx"]  # fmt: skip
+    for extra, said in ((["--compile"], "--compile"), (["--tile", "64"], "--tile")):
+        res = runner.invoke(main, [*base, *extra])
+        assert res.exit_code == 2 and said in res.output, res.output
+    import click
+
+    from ear_stream.cli.options import check_runtime_options
+
+    with pytest.raises(click.UsageError, match="on the CPU"):  # (the CLI refuses cuda earlier on a machine without)
+        check_runtime_options("onnx", device="cuda")
 
 
 def test_missing_runtime_is_one_line(headed, tmp_path, monkeypatch):
@@ -334,6 +399,8 @@ def test_tampered_exports_are_refused(headed, exports, tmp_path):
         ("escape", lambda d: d["files"].update({"../../etc/passwd": "0" * 64})),
         ("format", lambda d: d.update(format="tensorrt")),
         ("no-graph", lambda d: d.update(files={"manifest.json": d["files"]["manifest.json"]})),
+        ("version-type", lambda d: d.update(model_version=7)),
+        ("product-type", lambda d: d.update(product=["x"])),
     ]:
         hostile = tmp_path / name
         shutil.copytree(good, hostile)
@@ -342,6 +409,20 @@ def test_tampered_exports_are_refused(headed, exports, tmp_path):
         (hostile / "export.json").write_text(json.dumps(data))
         with pytest.raises(ArtifactError):
             open_exported(hostile)
+    ov = exports(headed, "openvino")
+    partial = tmp_path / "partial"  # lists model.xml only: model.bin would load unchecked
+    shutil.copytree(ov, partial)
+    data = json.loads((partial / "export.json").read_text())
+    del data["files"]["model.bin"]
+    (partial / "export.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="exactly"):
+        open_exported(partial)
+    linked = tmp_path / "linked"  # a graph that is a link to a file elsewhere (swappable after the hash check)
+    shutil.copytree(good, linked)
+    (linked / "model.onnx").unlink()
+    (linked / "model.onnx").symlink_to(good / "model.onnx")
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        open_exported(linked)
     (tmp_path / "garbage").mkdir()
     (tmp_path / "garbage" / "export.json").write_text("[1, 2")
     with pytest.raises(ArtifactError, match="not a valid export"):

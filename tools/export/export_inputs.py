@@ -14,18 +14,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+#: what each format's directory holds besides export.json (ear_stream.model.exported.GRAPH_FILES, repeated here
+#: because these scripts run without the package)
+GRAPH_FILES = {"onnx": ("model.onnx",), "openvino": ("model.xml", "model.bin"), "aoti": ("model.pt2",)}
+
 
 def read_export(export_dir: str | Path) -> dict:
-    """export.json, with every file it lists checked against its sha256 (a replaced graph is refused)."""
+    """export.json, checked as the package checks it: format version 1, exactly the format's files and the
+    manifest, each a regular file matching its sha256 (a replaced graph is refused)."""
     export_dir = Path(export_dir)
     info = json.loads((export_dir / "export.json").read_text())
-    for name, digest in info["files"].items():
+    if not isinstance(info, dict) or info.get("format_version") != 1 or info.get("format") not in GRAPH_FILES:
+        raise SystemExit(f"{export_dir}/export.json is not a version 1 export description")
+    files = info.get("files")
+    expected = {*GRAPH_FILES[info["format"]], "manifest.json"}
+    if not isinstance(files, dict) or set(files) != expected:
+        raise SystemExit(f"{export_dir}/export.json must list exactly {sorted(expected)} with their hashes")
+    for name, digest in files.items():
+        path = export_dir / name
+        if path.is_symlink() or not path.is_file():
+            raise SystemExit(f"{path} is missing or not a regular file")
         h = hashlib.sha256()
-        with open(export_dir / name, "rb") as f:
+        with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         if h.hexdigest() != digest:
-            raise SystemExit(f"{export_dir / name} does not match its hash in export.json (corrupt or replaced)")
+            raise SystemExit(f"{path} does not match its hash in export.json (corrupt or replaced)")
     return info
 
 
@@ -33,7 +47,13 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
     """One image file as float32 [3, size, size], RGB in [0, 1]: 8-bit / 255, then bilinear with antialias
     (Pillow's, in float, per channel), as export.json's ``input.resize`` says."""
     with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        if img.mode.startswith("I;16") or img.mode == "I":  # 16-bit grey to [0, 1], as the package scales it
+            grey = np.asarray(img, dtype=np.float64)
+            scale = 65535.0 if img.mode.startswith("I;16") or grey.max(initial=0) > 255 else 255.0
+            grey = np.clip(grey / scale, 0.0, 1.0).astype(np.float32)
+            rgb = np.repeat(grey[..., None], 3, axis=-1)
+        else:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     if rgb.shape[:2] != (size, size):
         channels = [Image.fromarray(rgb[..., c], mode="F").resize((size, size), Image.BILINEAR) for c in range(3)]
         rgb = np.stack([np.asarray(ch, dtype=np.float32) for ch in channels], axis=-1)

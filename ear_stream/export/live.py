@@ -14,11 +14,12 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from ..inspect.pipeline import Pipeline
 from ..model.artifact import ArtifactError, load_manifest
-from ..model.exported import EXPORT_FILE, FORMATS, RUNTIME_CHOICES, is_export_dir
+from ..model.exported import EXPORT_FILE, FORMATS, RUNTIME_CHOICES, RuntimeMissing, is_export_dir
 from .graph import ExportError
 from .writer import export_model
 
@@ -48,18 +49,26 @@ def runtime_pipeline(
     assert runtime in FORMATS
     if is_export_dir(model_dir):
         raise ExportError(f"{model_dir} is an exported model: score it with --model {model_dir} and no --runtime")
+    if device not in ("auto", "cpu"):
+        raise ExportError(f"--runtime {runtime} runs on the CPU in this build (--device cpu or auto)")
     manifest = load_manifest(model_dir)
     entry = cache_root() / cache_key(manifest.model_version, runtime, precision)
     entry.parent.mkdir(parents=True, exist_ok=True)
     with open(entry.parent / f".{entry.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first one's export
-        if not (entry / EXPORT_FILE).is_file():
+        fresh = not (entry / EXPORT_FILE).is_file()
+        if fresh:
             export_model(model_dir, runtime, entry, precision, dino_weights, force=True)
         try:
             pipe = Pipeline.from_export(entry, device, threshold, precision)
+        except RuntimeMissing:
+            raise
         except ArtifactError as exc:  # a cached entry damaged on disk: exported again, once
+            if fresh:
+                raise
             log.warning("the cached export %s cannot be used (%s): exporting it again", entry, exc)
-            export_model(model_dir, runtime, entry, precision, dino_weights, force=True)
+            shutil.rmtree(entry, ignore_errors=True)
+            export_model(model_dir, runtime, entry, precision, dino_weights)
             pipe = Pipeline.from_export(entry, device, threshold, precision)
     pipe.apply_thresholds(manifest, threshold)  # the model's current thresholds, not the copy's
     return pipe
@@ -67,18 +76,24 @@ def runtime_pipeline(
 
 def cache_key(model_version: str, runtime: str, precision: str) -> str:
     """One cache entry per weights-and-config version (a threshold revision, ``.t<n>``, reuses the graph),
-    format, precision, and the versions that wrote it (an upgraded torch, runtime or ear_stream exports anew)."""
+    format, precision as built (``auto`` resolved here), and the machine and versions that wrote it (an
+    upgraded torch, runtime or ear_stream, or a cache shared with a host of another kind, exports anew)."""
     import hashlib
     import importlib.metadata
+    import platform
 
     import torch
 
+    from .. import __version__
+    from ..model.precision import cpu_capability
+    from .writer import export_precision
+
+    built = export_precision(runtime, precision)
     package = {"onnx": "onnxruntime", "openvino": "openvino", "aoti": "torch"}[runtime]
     try:
-        versions = (
-            f"{importlib.metadata.version('ear-stream')}|{torch.__version__}|{importlib.metadata.version(package)}"
-        )
+        runtime_version = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        versions = f"unknown|{torch.__version__}"
-    stamp = hashlib.sha256(versions.encode()).hexdigest()[:8]
-    return f"{model_version.split('.t')[0]}-{runtime}-{precision}-{stamp}"
+        runtime_version = "unknown"
+    stamp = "|".join((__version__, torch.__version__, runtime_version, platform.machine(), cpu_capability()))
+    digest = hashlib.sha256(stamp.encode()).hexdigest()[:8]
+    return f"{model_version.split('.t')[0]}-{runtime}-{built}-{digest}"

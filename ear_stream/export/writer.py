@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..inspect.pipeline import Pipeline
-from ..model.artifact import MANIFEST_FILE, load_manifest, sha256_file
+from ..model.artifact import MANIFEST_FILE, ArtifactError, load_manifest, sha256_file
 from ..model.exported import (
     EXPORT_FILE,
     FORMATS,
@@ -30,6 +30,7 @@ from ..model.exported import (
     ExportInfo,
     is_export_dir,
     open_exported,
+    read_export_info,
     require_runtime,
 )
 from ..model.precision import resolve_precision
@@ -203,8 +204,9 @@ def export_model(
         info.tolerance["measured_score_rel_diff"] = float(score_diff)
         info.tolerance["measured_map_abs_diff"] = float(map_diff)
         (staging / EXPORT_FILE).write_text(json.dumps(info.to_json(), indent=2))
+        _check_out(Path(model_dir), out, force)  # again: minutes have passed since the first check
         if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+            shutil.rmtree(out)
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -213,17 +215,25 @@ def export_model(
 
 
 def _check_out(model_dir: Path, out: Path, force: bool) -> None:
-    """``--out`` must be new, empty, or (with ``--force``) an earlier export; never the model, a folder holding
-    it, or a folder inside it (``--force`` would delete the model)."""
+    """``--out`` must be new, empty, or (with ``--force``) an earlier export holding nothing else; never a link,
+    the model, a folder holding it, or a folder inside it (``--force`` would delete the model)."""
     model, target = model_dir.resolve(), out.resolve()
     if target == model or target in model.parents or model in target.parents:
         raise ExportError(f"--out {out} overlaps the model directory {model_dir}: write the export somewhere else")
+    if out.is_symlink():
+        raise ExportError(f"--out {out} is a link: name the directory itself")
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not force:
         raise ExportError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
-    if not (out.is_dir() and is_export_dir(out)):
-        raise ExportError(f"{out} is not an earlier export (no {EXPORT_FILE}): --force replaces only exports")
+    try:
+        info = read_export_info(out) if out.is_dir() else None
+    except ArtifactError:
+        info = None
+    allowed = set() if info is None else {EXPORT_FILE, MANIFEST_FILE, *GRAPH_FILES[info.format]}
+    held = {p.name for p in out.iterdir()} if out.is_dir() else {out.name}
+    if info is None or not held <= allowed or any((out / name).is_dir() for name in held):
+        raise ExportError(f"{out} is not an earlier export holding only its own files: --force replaces only exports")
 
 
 def parity(

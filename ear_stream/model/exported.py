@@ -39,6 +39,8 @@ RUNTIME_PACKAGES = EXPORT_RUNTIME_PACKAGES
 FORMATS = EXPORT_FORMATS
 #: export.json is small; a larger file is not read
 MAX_EXPORT_JSON_BYTES = 1 << 20
+#: the largest input side an export.json may state (the graph is one fixed square size)
+MAX_EXPORT_IMAGE_SIZE = 8192
 
 #: a runner: float32 images [B, 3, S, S] → (score [B], map [B, 1, S, S], recon [B, 3, S, S], mask_ratio [B])
 Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -49,6 +51,8 @@ class RuntimeMissing(ArtifactError):
 
 
 def is_export_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` claims to be an exported directory (it holds export.json; :func:`read_export_info`
+    says whether the claim holds)."""
     return (Path(path) / EXPORT_FILE).is_file()
 
 
@@ -146,6 +150,25 @@ def _check_field_types(file: Path, info: ExportInfo) -> None:
             raise ArtifactError(f"{file}: field {name!r} is {type(value).__name__}, not {types[0].__name__}")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in info.files.items()):
         raise ArtifactError(f"{file}: files must map plain names to sha256 hex digests")
+    import math
+
+    for name in ("threshold", "pixel_threshold"):
+        value = getattr(info, name)
+        if value is not None and not math.isfinite(value):
+            raise ArtifactError(f"{file}: {name} {value} is not a finite number")
+    if not 1 <= info.image_size <= MAX_EXPORT_IMAGE_SIZE:
+        raise ArtifactError(f"{file}: image_size {info.image_size} is not within 1..{MAX_EXPORT_IMAGE_SIZE}")
+
+
+def check_against_manifest(path: Path, info: ExportInfo, manifest: Manifest) -> None:
+    """export.json cannot hash itself: what it says that decides verdicts (thresholds, image size, version)
+    must be what its hashed manifest copy says."""
+    said = (info.model_version, info.image_size, info.threshold, info.pixel_threshold)
+    held = (manifest.model_version, manifest.config.image_size, manifest.threshold, manifest.pixel_threshold)
+    if said != held:
+        raise ArtifactError(
+            f"{path}: {EXPORT_FILE} says version/size/thresholds {said}, its manifest copy {held}: edited or mixed up"
+        )
 
 
 def verify_files(path: str | os.PathLike, info: ExportInfo) -> None:
@@ -185,10 +208,7 @@ def open_exported(path: str | os.PathLike, precision: str = "auto", threads: int
     info = read_export_info(path)
     verify_files(path, info)
     manifest = load_manifest(path)
-    if manifest.model_version != info.model_version:
-        raise ArtifactError(
-            f"{path}: manifest version {manifest.model_version} is not the exported {info.model_version}"
-        )
+    check_against_manifest(path, info, manifest)
     runtime = require_runtime(info.format)
     graph = path / GRAPH_FILES[info.format][0]
     loader = {"onnx": _onnx_runner, "openvino": _openvino_runner, "aoti": _aoti_runner}[info.format]

@@ -317,6 +317,9 @@ def test_force_never_deletes_the_model_or_what_is_not_an_export(headed, exports,
     (mine / "notes.txt").write_text("mine")
     res = runner.invoke(main, ["export", str(models / "tile"), "--format", "onnx", "--out", str(mine), "--force"])
     assert res.exit_code == 1 and "not an earlier export" in res.output and (mine / "notes.txt").exists()
+    (mine / "export.json").write_text("{}")  # a file of that name does not make a folder an export
+    res = runner.invoke(main, ["export", str(models / "tile"), "--format", "onnx", "--out", str(mine), "--force"])
+    assert res.exit_code == 1 and "not an earlier export" in res.output and (mine / "notes.txt").exists()
     res = runner.invoke(
         main, ["export", str(exports(headed, "onnx")), "--format", "onnx", "--out", str(tmp_path / "z")]
     )
@@ -400,6 +403,9 @@ def test_tampered_exports_are_refused(headed, exports, tmp_path):
         ("format", lambda d: d.update(format="tensorrt")),
         ("no-graph", lambda d: d.update(files={"manifest.json": d["files"]["manifest.json"]})),
         ("version-type", lambda d: d.update(model_version=7)),
+        ("nan-threshold", lambda d: d.update(threshold=float("nan"))),
+        ("looser-threshold", lambda d: d.update(threshold=99.0)),  # export.json cannot hash itself: the manifest
+        ("size", lambda d: d.update(image_size=0)),
         ("product-type", lambda d: d.update(product=["x"])),
     ]:
         hostile = tmp_path / name

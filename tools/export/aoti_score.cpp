@@ -15,7 +15,9 @@
 #include <stb/stb_image.h>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -87,7 +89,7 @@ std::string sha256_file(const std::string& path) {
     held += got;
     size_t off = 0;
     for (; off + 64 <= held; off += 64) block(buf.data() + off);
-    std::copy(buf.begin() + off, buf.begin() + held, buf.begin());
+    if (off) std::memmove(buf.data(), buf.data() + off, held - off);
     held -= off;
   }
   std::vector<unsigned char> tail(buf.begin(), buf.begin() + held);
@@ -139,8 +141,11 @@ int main(int argc, char** argv) {
     const std::string json = read_file(dir + "/export.json");
     if (!std::regex_search(json, std::regex("\"format\"\\s*:\\s*\"aoti\"")))
       throw std::runtime_error(dir + " holds no aoti export");
-    const auto size = static_cast<int64_t>(json_number(json, "image_size"));
+    const double size_read = json_number(json, "image_size");
     const double threshold = json_number(json, "threshold");
+    if (!(size_read >= 1 && size_read <= 8192) || !std::isfinite(threshold))
+      throw std::runtime_error("export.json: image_size or threshold out of range");
+    const auto size = static_cast<int64_t>(size_read);
     verify(dir, json, "model.pt2");
     verify(dir, json, "manifest.json");
     torch::NoGradGuard no_grad;

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def read_export(export_dir: str | Path) -> dict:
                 h.update(chunk)
         if h.hexdigest() != digest:
             raise SystemExit(f"{path} does not match its hash in export.json (corrupt or replaced)")
+    # export.json cannot hash itself: what decides the verdicts must be what the hashed manifest copy says
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    said = (info.get("threshold"), info.get("image_size"))
+    held = (manifest.get("threshold"), manifest.get("config", {}).get("image_size"))
+    if said != held or not isinstance(said[0], (int, float)) or not math.isfinite(said[0]):
+        raise SystemExit(f"{export_dir}/export.json says threshold/size {said}, its manifest copy {held}")
     return info
 
 

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ear_stream.export.writer import SCORE_RTOL_BF16, SCORE_RTOL_FP32, export_model, score_difference
+from ear_stream.export.writer import (
+    SCORE_RTOL_BF16,
+    SCORE_RTOL_FP32,
+    export_model,
+    in_tolerance_band,
+    score_difference,
+)
 from ear_stream.inspect.pipeline import Pipeline
 from ear_stream.io.decode import decode_image, list_images
 
@@ -52,8 +58,7 @@ def compare(
     rel = score_difference(got[0], want[0])
     rel_thr = score_difference(got[0], want[0], threshold)
     differ = (got[0] > threshold) != (want[0] > threshold)
-    floor = np.maximum(np.abs(want[0]), threshold) if bf16 else np.abs(want[0])
-    in_band = np.abs(want[0] - threshold) <= rtol * floor
+    in_band = in_tolerance_band(want[0], threshold, bf16)
     return {
         "rtol": rtol,
         "max_rel": float(rel.max()),

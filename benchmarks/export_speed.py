@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ear_stream.export.writer import check_images, export_model
+from ear_stream.export.writer import export_model, parity_images
 from ear_stream.inspect.pipeline import Pipeline
 
 #: name → (kind, precision): kind "torch", "compiled" or an export format
@@ -109,7 +109,7 @@ def main() -> None:
                 rates: dict[tuple[str, int], list[float]] = {}
                 for _ in range(args.repeat):
                     for b in batches:
-                        images = check_images(size, b, seed=b)
+                        images = parity_images(size, b, seed=b)
                         for name, pipe in pipes.items():
                             rate = images_per_second(pipe.score_tensor, images, args.min_seconds)
                             rates.setdefault((name, b), []).append(rate)

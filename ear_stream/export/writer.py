@@ -43,7 +43,7 @@ SCORE_RTOL_FP32 = 1e-3
 #: the threshold (the torch bf16 path itself does, against fp32), which cannot flip a verdict
 SCORE_RTOL_BF16 = 5e-2
 #: generated images the export's own parity check scores (the tests and benchmarks score many more)
-CHECK_IMAGES = 6
+PARITY_IMAGES = 6
 
 
 @dataclass
@@ -60,6 +60,16 @@ def score_difference(got: np.ndarray, want: np.ndarray, threshold: float | None 
     ``threshold``, ``/ max(|want|, threshold)`` (the bf16 criterion, see :data:`SCORE_RTOL_BF16`)."""
     floor = 1e-6 if threshold is None else max(abs(float(threshold)), 1e-6)
     return np.abs(np.asarray(got, np.float64) - want) / np.maximum(np.abs(np.asarray(want, np.float64)), floor)
+
+
+def in_tolerance_band(want: np.ndarray, threshold: float, bf16: bool) -> np.ndarray:
+    """Where a verdict may flip within the tolerance: the score lies within rtol of the threshold, relative to
+    what :func:`score_difference` is relative to on that path (``|score|`` in fp32, max(|score|, threshold)
+    in bf16)."""
+    want = np.asarray(want, np.float64)
+    rtol = SCORE_RTOL_BF16 if bf16 else SCORE_RTOL_FP32
+    scale = np.maximum(np.abs(want), threshold) if bf16 else np.abs(want)
+    return np.abs(want - threshold) <= rtol * scale
 
 
 def export_precision(fmt: str, precision: str) -> str:
@@ -86,7 +96,7 @@ def graph_options(fmt: str, precision: str) -> GraphOptions:
     return GraphOptions(fused=True, network_dtype=dtype)
 
 
-def check_images(size: int, n: int = CHECK_IMAGES, seed: int = 0) -> torch.Tensor:
+def parity_images(size: int, n: int = PARITY_IMAGES, seed: int = 0) -> torch.Tensor:
     """Smooth textured images with a few spots: inputs for a parity check that exercise the mask and the head."""
     g = torch.Generator().manual_seed(seed)
     low = torch.rand((n, 3, max(2, size // 8), max(2, size // 8)), generator=g)
@@ -173,7 +183,7 @@ def export_model(
     check_exportable(torch_pipe.config)
     graph = ScoringGraph(torch_pipe, graph_options(fmt, built)).eval()
     size = torch_pipe.config.image_size
-    example = check_images(size, 2)
+    example = parity_images(size, 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
@@ -242,7 +252,7 @@ def parity(
     """Max relative score difference and max absolute map difference of an exported directory against the
     torch pipeline on ``images`` (default: generated ones)."""
     exported = open_exported(export_dir, precision=precision)
-    images = check_images(torch_pipe.config.image_size) if images is None else images
+    images = parity_images(torch_pipe.config.image_size) if images is None else images
     expected = torch_pipe.score_tensor(images, want_maps=True)
     score, dmap, _, _ = exported.runner(images)
     assert expected.maps is not None  # want_maps=True

@@ -33,7 +33,6 @@ class StageTimer:
     def __init__(self, start: float | None = None) -> None:
         self.seconds: dict[str, float] = {}
         self._last = time.time() if start is None else start
-        self._depth = 0
 
     @classmethod
     def started_at_process_start(cls) -> StageTimer:
@@ -53,28 +52,12 @@ class StageTimer:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a block as ``name``; what ran before it since the last mark goes to ``other``. Nested blocks
-        count in the innermost stage only."""
-        if self._depth:
-            outer_started = time.time()
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                self._add(name, time.time() - outer_started)
-                self._add("__nested__", time.time() - outer_started)
-            return
+        """Time a block as ``name``; what ran before it since the last mark goes to ``other``."""
         self.mark("other")
-        self._depth += 1
         try:
             yield
         finally:
-            self._depth -= 1
-            now = time.time()
-            nested = self.seconds.pop("__nested__", 0.0)
-            self._add(name, now - self._last - nested)
-            self._last = now
+            self.mark(name)
 
     @property
     def total(self) -> float:

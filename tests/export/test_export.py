@@ -18,7 +18,14 @@ from conftest import needs_redis
 
 from ear_stream.cli import main
 from ear_stream.export.graph import ExportError, GraphOptions, ScoringGraph
-from ear_stream.export.writer import SCORE_RTOL_BF16, SCORE_RTOL_FP32, check_images, export_model, score_difference
+from ear_stream.export.writer import (
+    SCORE_RTOL_BF16,
+    SCORE_RTOL_FP32,
+    export_model,
+    in_tolerance_band,
+    parity_images,
+    score_difference,
+)
 from ear_stream.inspect.pipeline import Pipeline
 from ear_stream.io.results import read_results
 from ear_stream.model.artifact import ArtifactError
@@ -58,7 +65,7 @@ def _scores_agree(got: np.ndarray, want: np.ndarray, rtol: float, threshold: flo
     rel = score_difference(got, want, threshold if bf16 else None)
     assert rel.max() <= rtol, (rel.max(), rtol)
     differ = (got > threshold) != (want > threshold)
-    in_band = np.abs(want - threshold) <= rtol * (np.maximum(np.abs(want), threshold) if bf16 else np.abs(want))
+    in_band = in_tolerance_band(want, threshold, bf16)
     assert not (differ & ~in_band).any(), (got, want, threshold)
 
 
@@ -69,7 +76,7 @@ def test_graph_is_the_pipeline(headed, tiny_model, fused):
         pipe = Pipeline.from_artifact(model, device="cpu", precision="fp32")
         graph = ScoringGraph(pipe, GraphOptions(fused=fused)).eval()
         for b in (1, 5):
-            images = check_images(pipe.config.image_size, b, seed=b)
+            images = parity_images(pipe.config.image_size, b, seed=b)
             want = pipe.score_tensor(images, want_maps=True)
             with torch.no_grad():
                 score, dmap, recon, ratio = graph(images)
@@ -101,7 +108,7 @@ def test_parity_per_format(headed, exports, fmt, precision, rtol):
     exported = Pipeline.from_artifact(out, device="cpu", precision=precision)
     assert exported.runtime is not None and exported.model_version == torch_pipe.model_version
     for b in (1, 7):
-        images = check_images(64, b, seed=10 + b)
+        images = parity_images(64, b, seed=10 + b)
         want = torch_pipe.score_tensor(images, want_maps=True)
         got = exported.score_tensor(images, want_maps=True)
         _scores_agree(got.scores, want.scores, rtol, torch_pipe.threshold)
@@ -116,7 +123,7 @@ def test_plain_model_onnx(tiny_model, exports):
     """A model without saliency or head (the MSGMS max alone) exports too."""
     out = exports(tiny_model, "onnx")
     pipe = Pipeline.from_artifact(tiny_model, device="cpu", precision="fp32")
-    images = check_images(64, 3, seed=3)
+    images = parity_images(64, 3, seed=3)
     _scores_agree(Pipeline.from_export(out).score_tensor(images).scores, pipe.score_tensor(images).scores,
                   SCORE_RTOL_FP32, pipe.threshold)  # fmt: skip
 

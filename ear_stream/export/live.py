@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..inspect.pipeline import Pipeline
 from ..model.artifact import ArtifactError, load_manifest
-from ..model.exported import EXPORT_FILE, FORMATS, RUNTIME_CHOICES, RuntimeMissing, is_export_dir
+from ..model.exported import EXPORT_FILE, FORMATS, RUNTIME_CHOICES, RuntimeMissing, is_export_dir, runtime_version
 from .graph import ExportError
 from .writer import export_model
 
@@ -79,7 +79,6 @@ def cache_key(model_version: str, runtime: str, precision: str) -> str:
     format, precision as built (``auto`` resolved here), and the machine and versions that wrote it (an
     upgraded torch, runtime or ear_stream, or a cache shared with a host of another kind, exports anew)."""
     import hashlib
-    import importlib.metadata
     import platform
 
     import torch
@@ -89,11 +88,6 @@ def cache_key(model_version: str, runtime: str, precision: str) -> str:
     from .writer import export_precision
 
     built = export_precision(runtime, precision)
-    package = {"onnx": "onnxruntime", "openvino": "openvino", "aoti": "torch"}[runtime]
-    try:
-        runtime_version = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        runtime_version = "unknown"
-    stamp = "|".join((__version__, torch.__version__, runtime_version, platform.machine(), cpu_capability()))
+    stamp = "|".join((__version__, torch.__version__, runtime_version(runtime), platform.machine(), cpu_capability()))
     digest = hashlib.sha256(stamp.encode()).hexdigest()[:8]
     return f"{model_version.split('.t')[0]}-{runtime}-{built}-{digest}"

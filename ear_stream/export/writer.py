@@ -27,11 +27,13 @@ from ..model.exported import (
     EXPORT_FILE,
     FORMATS,
     GRAPH_FILES,
+    RUNTIME_PACKAGES,
     ExportInfo,
     is_export_dir,
     open_exported,
     read_export_info,
     require_runtime,
+    runtime_version,
 )
 from ..model.precision import resolve_precision
 from .graph import INPUT_NAME, OUTPUT_NAMES, ExportError, GraphOptions, ScoringGraph, check_exportable
@@ -301,12 +303,5 @@ def _describe(pipe: Pipeline, product: str, fmt: str, precision: str, staging: P
 
 
 def _runtime_versions(fmt: str) -> dict[str, str]:
-    if fmt == "onnx":
-        import onnxruntime
-
-        return {"onnxruntime": onnxruntime.__version__}
-    if fmt == "openvino":
-        import openvino
-
-        return {"openvino": openvino.__version__}
-    return {}
+    """The runtime package's version (the AOTI package's runtime is torch, recorded already)."""
+    return {} if fmt == "aoti" else {RUNTIME_PACKAGES[fmt]: runtime_version(fmt)}

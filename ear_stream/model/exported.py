@@ -56,6 +56,16 @@ def is_export_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / EXPORT_FILE).is_file()
 
 
+def runtime_version(fmt: str) -> str:
+    """The installed version of ``fmt``'s runtime package ("unknown" when it is not installed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(RUNTIME_PACKAGES[fmt])
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def require_runtime(fmt: str) -> Any:
     """Import and return the runtime module of ``fmt``, or one line naming the package to install."""
     package = RUNTIME_PACKAGES.get(fmt)
@@ -91,10 +101,6 @@ class ExportInfo:
     versions: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     format_version: int = EXPORT_FORMAT_VERSION
-
-    @property
-    def graph_files(self) -> list[str]:
-        return [name for name in self.files if name != MANIFEST_FILE]
 
     def to_json(self) -> dict[str, Any]:
         import dataclasses
